@@ -1,0 +1,647 @@
+"""Dataset readers (digits, MNIST, Fashion-MNIST, CIFAR-10, image folders) and the prepared cache.
+
+Every reader works on local files only: nothing is ever downloaded. A missing or malformed input
+raises :class:`PoisonDetectError` naming the path and describing the layout that was expected.
+
+Images come out as ``float32`` arrays shaped ``(N, C, H, W)`` with pixels in ``[0, 1]`` and labels
+as ``int64``. ``prepare_dataset`` reads a dataset once and writes a compact ``.npz`` cache (pixels
+as ``uint8`` plus the ``pixel_max`` they are divided by); ``load_prepared`` reads it back.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from poisondetect.errors import PoisonDetectError
+from poisondetect.io import atomic_path
+
+DATA_FORMATS: dict[str, str] = {
+    "digits": "scikit-learn's bundled 8x8 handwritten digits (sklearn.datasets.load_digits); "
+    "no path needed",
+    "mnist": "a directory holding the four IDX files train-images-idx3-ubyte, "
+    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte "
+    "(each plain or .gz), as in the original MNIST distribution",
+    "fashion_mnist": "a directory holding the four IDX files train-images-idx3-ubyte, "
+    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte "
+    "(each plain or .gz), e.g. /usr/share/datasets/fashion-mnist from Debian's "
+    "dataset-fashion-mnist package",
+    "cifar10": "the extracted cifar-10-batches-py directory (data_batch_1 ... data_batch_5, "
+    "test_batch and batches.meta, from cifar-10-python.tar.gz)",
+    "image_folder": "a directory, or a .tar / .tar.gz archive of it (optionally under one "
+    "top-level folder), holding train/<class>/<image> and test/<class>/<image> "
+    "(png, jpg, jpeg or bmp); classes are the sorted folder names, the same for train and test",
+}
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+CACHE_VERSION = 1
+
+
+@dataclass
+class Dataset:
+    """A train/test split of images (float32 (N, C, H, W) in [0, 1]) and int64 labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[2])
+
+
+@dataclass
+class _Raw:
+    """Reader output before scaling: uint8 pixels and the value that maps to 1.0."""
+
+    name: str
+    fmt: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    pixel_max: int
+
+    def to_dataset(self) -> Dataset:
+        scale = np.float32(self.pixel_max)
+        return Dataset(
+            name=self.name,
+            x_train=self.x_train.astype(np.float32) / scale,
+            y_train=self.y_train.astype(np.int64),
+            x_test=self.x_test.astype(np.float32) / scale,
+            y_test=self.y_test.astype(np.int64),
+            classes=list(self.classes),
+        )
+
+
+def _layout_error(fmt: str, path: str | os.PathLike | None, problem: str) -> PoisonDetectError:
+    return PoisonDetectError(
+        f"{path}: {problem}. Expected for format {fmt!r}: {DATA_FORMATS[fmt]}. "
+        "Nothing is downloaded: point the config at a local copy of the data."
+    )
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def read_dataset(
+    fmt: str,
+    path: str | os.PathLike | None = None,
+    *,
+    channels: int | None = None,
+    image_size: int | None = None,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+) -> Dataset:
+    """Read a dataset in format ``fmt`` from ``path`` (see ``DATA_FORMATS``).
+
+    ``channels`` and ``image_size`` apply to ``image_folder`` only; ``test_fraction`` and ``seed``
+    to ``digits`` only (it has no official split).
+    """
+    return _read_raw(
+        fmt,
+        path,
+        channels=channels,
+        image_size=image_size,
+        test_fraction=test_fraction,
+        seed=seed,
+    ).to_dataset()
+
+
+def prepare_dataset(
+    fmt: str,
+    path: str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    seed: int = 0,
+    **reader_options,
+) -> Dataset:
+    """Read a dataset once, optionally subsample it, write the ``.npz`` cache atomically.
+
+    ``max_train`` / ``max_test`` keep a seeded, stratified subset of that many samples (original
+    order kept). ``reader_options`` go to ``read_dataset`` (``seed`` is passed on too). Returns the
+    dataset as ``load_prepared(out)`` will return it.
+    """
+    raw = _read_raw(fmt, path, seed=seed, **reader_options)
+    rng = np.random.default_rng(seed)
+    if max_train is not None:
+        keep = _stratified_subset(raw.y_train, _check_max("max_train", max_train), rng)
+        raw.x_train, raw.y_train = raw.x_train[keep], raw.y_train[keep]
+    if max_test is not None:
+        keep = _stratified_subset(raw.y_test, _check_max("max_test", max_test), rng)
+        raw.x_test, raw.y_test = raw.x_test[keep], raw.y_test[keep]
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                version=np.int64(CACHE_VERSION),
+                name=np.str_(raw.name),
+                format=np.str_(raw.fmt),
+                classes=np.array(raw.classes, dtype=np.str_),
+                pixel_max=np.int64(raw.pixel_max),
+                x_train=raw.x_train,
+                y_train=raw.y_train.astype(np.int64),
+                x_test=raw.x_test,
+                y_test=raw.y_test.astype(np.int64),
+            )
+    return raw.to_dataset()
+
+
+def load_prepared(path: str | os.PathLike) -> Dataset:
+    """Load a cache written by ``prepare_dataset``; a corrupt file raises a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise PoisonDetectError(
+            f"{path}: prepared dataset not found; run the prepare step (prepare_dataset) first"
+        )
+    keys = ("version", "name", "format", "classes", "pixel_max")
+    keys += ("x_train", "y_train", "x_test", "y_test")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in keys if k not in npz.files]
+            if missing:
+                raise ValueError(f"missing arrays {missing}")
+            arrays = {k: npz[k] for k in keys}
+        if int(arrays["version"]) != CACHE_VERSION:
+            raise ValueError(f"cache version {int(arrays['version'])}, expected {CACHE_VERSION}")
+        raw = _Raw(
+            name=str(arrays["name"]),
+            fmt=str(arrays["format"]),
+            x_train=arrays["x_train"],
+            y_train=arrays["y_train"],
+            x_test=arrays["x_test"],
+            y_test=arrays["y_test"],
+            classes=[str(c) for c in arrays["classes"]],
+            pixel_max=int(arrays["pixel_max"]),
+        )
+        _check_raw(raw)
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise PoisonDetectError(
+            f"{path}: corrupt or truncated prepared dataset ({e}); "
+            "delete it and rerun the prepare step"
+        ) from e
+    return raw.to_dataset()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read_raw(
+    fmt: str,
+    path: str | os.PathLike | None,
+    *,
+    channels: int | None = None,
+    image_size: int | None = None,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+) -> _Raw:
+    if fmt not in DATA_FORMATS:
+        raise PoisonDetectError(
+            f"unknown dataset format {fmt!r}; known formats: {', '.join(DATA_FORMATS)}"
+        )
+    if fmt == "digits":
+        raw = _read_digits(test_fraction, seed)
+    else:
+        if path is None:
+            raise _layout_error(fmt, path, "no path given")
+        path = Path(path)
+        if not path.exists():
+            raise _layout_error(fmt, path, "does not exist")
+        if fmt in ("mnist", "fashion_mnist"):
+            raw = _read_idx_dataset(fmt, path)
+        elif fmt == "cifar10":
+            raw = _read_cifar10(path)
+        else:
+            raw = _read_image_folder(path, channels, image_size)
+    _check_raw(raw)
+    return raw
+
+
+def _check_raw(raw: _Raw) -> None:
+    """Sanity checks shared by readers and the cache loader."""
+    for split in ("train", "test"):
+        x, y = getattr(raw, f"x_{split}"), getattr(raw, f"y_{split}")
+        if x.ndim != 4 or x.dtype != np.uint8:
+            raise ValueError(f"x_{split} must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
+        if y.shape != (len(x),):
+            raise ValueError(f"y_{split} has shape {y.shape}, expected ({len(x)},)")
+        if len(y) and (y.min() < 0 or y.max() >= len(raw.classes)):
+            raise ValueError(f"y_{split} has labels outside 0..{len(raw.classes) - 1}")
+    if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
+        raise ValueError(f"train {raw.x_train.shape[1:]} and test {raw.x_test.shape[1:]} differ")
+    if raw.pixel_max <= 0:
+        raise ValueError(f"pixel_max must be positive, got {raw.pixel_max}")
+
+
+def _check_max(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise PoisonDetectError(f"{name} must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
+def _stratified_subset(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of a stratified random subset of ``n`` samples (all if ``n >= len(y)``).
+
+    Each class gets its proportional share; leftover slots go to the largest remainders.
+    """
+    if n >= len(y):
+        return np.arange(len(y))
+    classes, counts = np.unique(y, return_counts=True)
+    quota = counts * n / len(y)
+    take = np.floor(quota).astype(np.int64)
+    leftover = n - int(take.sum())
+    order = np.argsort(-(quota - take), kind="stable")
+    take[order[:leftover]] += 1
+    picked = [
+        rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(picked))
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def _read_digits(test_fraction: float, seed: int) -> _Raw:
+    from sklearn.datasets import load_digits
+
+    if not 0 < test_fraction < 1:
+        raise PoisonDetectError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    bunch = load_digits()
+    x = bunch.images.astype(np.uint8)[:, None]  # values 0..16
+    y = bunch.target.astype(np.int64)
+    test = np.zeros(len(y), dtype=bool)
+    n_test = round(len(y) * test_fraction)
+    test[_stratified_subset(y, n_test, np.random.default_rng(seed))] = True
+    return _Raw(
+        name="digits",
+        fmt="digits",
+        x_train=x[~test],
+        y_train=y[~test],
+        x_test=x[test],
+        y_test=y[test],
+        classes=[str(d) for d in range(10)],
+        pixel_max=16,
+    )
+
+
+# --------------------------------------------------------------------------- IDX (MNIST)
+
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _find_idx_file(fmt: str, directory: Path, stem: str) -> Path:
+    """The IDX file ``stem`` in ``directory``: plain, ``.gz``, or the ``train-images.idx3-ubyte``
+    spelling some copies use."""
+    dotted = stem.replace("-idx", ".idx")
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
+        candidate = directory / name
+        if candidate.is_file():
+            return candidate
+    raise _layout_error(fmt, directory, f"missing {stem} (or {stem}.gz)")
+
+
+def read_idx(path: str | os.PathLike, fmt: str = "mnist") -> np.ndarray:
+    """Read one IDX file (plain or gzip) into a native-endian array, validating its header."""
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise _layout_error(fmt, path, f"cannot read IDX file ({e})") from e
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise _layout_error(
+            fmt, path, f"not an IDX file (bad magic number {data[:4].hex() or 'empty'})"
+        )
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise _layout_error(fmt, path, "truncated IDX header")
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise _layout_error(
+            fmt,
+            path,
+            f"IDX header announces shape {dims} ({expected} bytes of data) but the file holds "
+            f"{len(data) - header} bytes after the header (truncated or wrong file)",
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    return array.astype(dtype.newbyteorder("="))
+
+
+def _read_idx_split(fmt: str, directory: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    images_path = _find_idx_file(fmt, directory, f"{prefix}-images-idx3-ubyte")
+    labels_path = _find_idx_file(fmt, directory, f"{prefix}-labels-idx1-ubyte")
+    images, labels = read_idx(images_path, fmt), read_idx(labels_path, fmt)
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise _layout_error(
+            fmt, images_path, f"expected uint8 images (N, H, W), got {images.dtype} {images.shape}"
+        )
+    if labels.ndim != 1 or labels.dtype != np.uint8:
+        raise _layout_error(
+            fmt, labels_path, f"expected uint8 labels (N,), got {labels.dtype} {labels.shape}"
+        )
+    if len(images) != len(labels):
+        raise _layout_error(
+            fmt,
+            directory,
+            f"{images_path.name} holds {len(images)} images but {labels_path.name} holds "
+            f"{len(labels)} labels",
+        )
+    if len(labels) and labels.max() > 9:
+        raise _layout_error(fmt, labels_path, f"label {labels.max()} outside 0..9")
+    return images[:, None], labels.astype(np.int64)
+
+
+def _read_idx_dataset(fmt: str, directory: Path) -> _Raw:
+    if not directory.is_dir():
+        raise _layout_error(fmt, directory, "not a directory")
+    x_train, y_train = _read_idx_split(fmt, directory, "train")
+    x_test, y_test = _read_idx_split(fmt, directory, "t10k")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise _layout_error(
+            fmt,
+            directory,
+            f"train images are {x_train.shape[2:]} but test images {x_test.shape[2:]}",
+        )
+    classes = FASHION_MNIST_CLASSES if fmt == "fashion_mnist" else [str(d) for d in range(10)]
+    return _Raw(fmt, fmt, x_train, y_train, x_test, y_test, list(classes), 255)
+
+
+# --------------------------------------------------------------------------- CIFAR-10 pickles
+
+
+def _safe_pickle_globals() -> dict[tuple[str, str], object]:
+    """The only globals a CIFAR-10 batch may reference: what numpy arrays and bytes need."""
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
+
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): multiarray._reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): multiarray._reconstruct,
+        ("numpy.core.multiarray", "scalar"): multiarray.scalar,
+        ("numpy._core.multiarray", "scalar"): multiarray.scalar,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,  # how protocol 2 stores Python 3 bytes
+    }
+
+
+def _latin1_encode(text: str | bytes, encoding: str | bytes = "latin1") -> bytes:
+    """Restricted stand-in for ``_codecs.encode``: only the text codecs pickle uses."""
+    if isinstance(encoding, bytes):  # Python 2 strings arrive as bytes (encoding="bytes")
+        encoding = encoding.decode("latin1")
+    if encoding.lower().replace("-", "").replace("_", "") not in ("latin1", "utf8", "ascii"):
+        raise pickle.UnpicklingError(f"codec {encoding!r} is not allowed")
+    return text if isinstance(text, bytes) else text.encode(encoding)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only numpy-array globals, so a pickle cannot run code."""
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return _safe_pickle_globals()[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
+
+
+def _load_cifar_pickle(path: Path) -> dict[str, object]:
+    """Load one CIFAR-10 batch file with the restricted unpickler; keys come back as str."""
+    if not path.is_file():
+        raise _layout_error("cifar10", path.parent, f"missing {path.name}")
+    try:
+        with open(path, "rb") as f:
+            obj = _RestrictedUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise _layout_error(
+            "cifar10", path, f"refused to unpickle: {e} (only numpy arrays and plain containers)"
+        ) from e
+    except Exception as e:  # any other failure means a malformed file
+        raise _layout_error("cifar10", path, f"not a CIFAR-10 pickle ({e!r})") from e
+    if not isinstance(obj, dict):
+        raise _layout_error("cifar10", path, f"expected a dict, got {type(obj).__name__}")
+    return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    batch = _load_cifar_pickle(path)
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        raise _layout_error("cifar10", path, "b'data' must be a uint8 array of shape (N, 3072)")
+    if data.shape[1] != 3 * 32 * 32:
+        raise _layout_error("cifar10", path, f"b'data' has {data.shape[1]} columns, expected 3072")
+    try:
+        y = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError) as e:
+        raise _layout_error("cifar10", path, f"b'labels' is not a list of integers ({e})") from e
+    if y.shape != (len(data),):
+        raise _layout_error(
+            "cifar10", path, f"{len(data)} images but b'labels' has shape {y.shape}"
+        )
+    return data.reshape(-1, 3, 32, 32), y
+
+
+def _read_cifar10(directory: Path) -> _Raw:
+    if not directory.is_dir():
+        raise _layout_error("cifar10", directory, "not a directory")
+    if not (directory / "batches.meta").exists() and (directory / "cifar-10-batches-py").is_dir():
+        directory = directory / "cifar-10-batches-py"
+    meta = _load_cifar_pickle(directory / "batches.meta")
+    names = meta.get("label_names")
+    if not isinstance(names, list) or not names:
+        raise _layout_error("cifar10", directory / "batches.meta", "no b'label_names' list")
+    classes = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    train = [_read_cifar_batch(directory / f"data_batch_{i}") for i in range(1, 6)]
+    x_test, y_test = _read_cifar_batch(directory / "test_batch")
+    x_train = np.concatenate([x for x, _ in train])
+    y_train = np.concatenate([y for _, y in train])
+    for split, y in (("training", y_train), ("test", y_test)):
+        if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+            raise _layout_error(
+                "cifar10", directory, f"{split} labels outside 0..{len(classes) - 1}"
+            )
+    return _Raw("cifar10", "cifar10", x_train, y_train, x_test, y_test, classes, 255)
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _iter_folder_files(root: Path) -> Iterator[tuple[str, bytes]]:
+    """(relative posix path, file bytes) of every image file under a directory."""
+    for file in sorted(root.rglob("*")):
+        if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
+            yield file.relative_to(root).as_posix(), file.read_bytes()
+
+
+def _iter_tar_files(archive: Path) -> Iterator[tuple[str, bytes]]:
+    """(member path, bytes) of every image member, read in archive order without extracting."""
+    try:
+        with tarfile.open(archive, "r|*") as tar:
+            for member in tar:
+                if member.isfile() and PurePosixPath(member.name).suffix.lower() in (
+                    IMAGE_EXTENSIONS
+                ):
+                    f = tar.extractfile(member)
+                    if f is not None:
+                        yield member.name, f.read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise _layout_error("image_folder", archive, f"cannot read archive ({e})") from e
+
+
+def _split_member(name: str) -> tuple[str, str, str, str] | None:
+    """Map ``[top/]split/class/file`` to (top, split, class, file); None for other paths."""
+    parts = [p for p in PurePosixPath(name).parts if p not in (".", "/")]
+    if any(p.startswith(".") for p in parts):  # hidden files such as macOS ._ resource forks
+        return None
+    if len(parts) == 3 and parts[0] in ("train", "test"):
+        return ("", *parts)
+    if len(parts) == 4 and parts[1] in ("train", "test"):
+        return tuple(parts)  # type: ignore[return-value]
+    return None
+
+
+def _decode_image(
+    data: bytes, where: str, source: Path, channels: int | None, image_size: int | None
+) -> np.ndarray:
+    """Decode to uint8 (H, W) (grayscale) or (H, W, 3), converted and resized as asked."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if channels is None:
+                mode = "L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+            else:
+                mode = "L" if channels == 1 else "RGB"
+            img = img.convert(mode)
+            if image_size is not None and img.size != (image_size, image_size):
+                img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise _layout_error("image_folder", source, f"cannot decode image {where} ({e})") from e
+
+
+def _read_image_folder(path: Path, channels: int | None, image_size: int | None) -> _Raw:
+    if channels not in (None, 1, 3):
+        raise PoisonDetectError(f"channels must be 1, 3 or None, got {channels!r}")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
+        raise PoisonDetectError(
+            f"image_size must be a positive integer or None, got {image_size!r}"
+        )
+    if path.is_dir():
+        files = _iter_folder_files(path)
+        name = path.name
+    elif tarfile.is_tarfile(path):
+        files = _iter_tar_files(path)
+        name = path.name.split(".")[0]
+    else:
+        raise _layout_error("image_folder", path, "neither a directory nor a tar archive")
+
+    entries: list[tuple[str, str, str]] = []  # (split, class, file name)
+    images: list[np.ndarray] = []
+    tops: set[str] = set()
+    for member, data in files:
+        parsed = _split_member(member)
+        if parsed is None:
+            continue
+        top, split, cls, fname = parsed
+        tops.add(top)
+        entries.append((split, cls, fname))
+        images.append(_decode_image(data, member, path, channels, image_size))
+    if len(tops) > 1:
+        raise _layout_error(
+            "image_folder", path, f"several top-level folders ({sorted(tops)}); expected one"
+        )
+
+    splits: dict[str, list[int]] = {"train": [], "test": []}
+    for i in sorted(range(len(entries)), key=entries.__getitem__):
+        splits[entries[i][0]].append(i)
+    class_lists = {s: sorted({entries[i][1] for i in idx}) for s, idx in splits.items()}
+    for split, idx in splits.items():
+        if not idx:
+            raise _layout_error("image_folder", path, f"no images under {split}/<class>/")
+    if class_lists["train"] != class_lists["test"]:
+        raise _layout_error(
+            "image_folder",
+            path,
+            f"train classes {class_lists['train']} differ from test classes {class_lists['test']}",
+        )
+    classes = class_lists["train"]
+
+    sizes = {img.shape[:2] for img in images}
+    if len(sizes) > 1:
+        odd = next(i for i, img in enumerate(images) if img.shape[:2] != images[0].shape[:2])
+        raise _layout_error(
+            "image_folder",
+            path,
+            f"images differ in size ({'/'.join(entries[0])} is {images[0].shape[:2]}, "
+            f"{'/'.join(entries[odd])} is {images[odd].shape[:2]}); set image_size to resize them",
+        )
+    gray = all(img.ndim == 2 for img in images)
+    n_channels = channels or (1 if gray else 3)
+
+    def stack(indices: list[int]) -> np.ndarray:
+        out = np.empty((len(indices), n_channels, *images[0].shape[:2]), dtype=np.uint8)
+        for j, i in enumerate(indices):
+            img = images[i]
+            out[j] = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
+        return out
+
+    def labels(indices: list[int]) -> np.ndarray:
+        lookup = {c: k for k, c in enumerate(classes)}
+        return np.array([lookup[entries[i][1]] for i in indices], dtype=np.int64)
+
+    return _Raw(
+        name=name,
+        fmt="image_folder",
+        x_train=stack(splits["train"]),
+        y_train=labels(splits["train"]),
+        x_test=stack(splits["test"]),
+        y_test=labels(splits["test"]),
+        classes=classes,
+        pixel_max=255,
+    )
