@@ -1,0 +1,208 @@
+"""Penultimate-layer activations (a forward pre-hook on ``model.classifier``) and their Parquet files.
+
+A dump holds one row per image: ``index`` (row in the input array), ``label``, ``pred`` (argmax of
+the logits) and ``activation`` (a fixed-size list of float32). The caller's metadata is stored as JSON
+in the Parquet schema metadata under the key ``poisondetect``. Files are written one row group per
+batch, so the whole set is never held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from poisondetect.errors import PoisonDetectError
+from poisondetect.io import _json_default, atomic_path
+from poisondetect.models import feature_dim
+
+METADATA_KEY = b"poisondetect"
+
+
+@dataclass
+class Activations:
+    """The content of an activation dump."""
+
+    index: np.ndarray  # int64 (N,)
+    label: np.ndarray  # int64 (N,)
+    pred: np.ndarray  # int64 (N,)
+    activations: np.ndarray  # float32 (N, d), C-contiguous
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def _check_images(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise PoisonDetectError(f"images must be shaped (N, C, H, W), got shape {x.shape}")
+    return x
+
+
+def iter_penultimate(
+    model: nn.Module,
+    x: np.ndarray,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(start_index, activations (b, d) float32, logits (b, k) float32)`` per batch.
+
+    The activations are the input of ``model.classifier``, captured by a forward pre-hook that is
+    removed afterwards. The model runs in eval mode (its previous mode is restored at the end) on
+    ``device``; only one batch of ``x`` is on the device at a time.
+    """
+    x = _check_images(x)
+    if batch_size < 1:
+        raise PoisonDetectError(f"batch_size must be at least 1, got {batch_size}")
+    feature_dim(model)  # checks that model.classifier exists
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        captured.append(inputs[0].detach())
+
+    was_training = model.training
+    model.to(device).eval()
+    handle = model.classifier.register_forward_pre_hook(hook)
+    try:
+        for start in range(0, len(x), batch_size):
+            batch = torch.from_numpy(
+                np.ascontiguousarray(x[start : start + batch_size], np.float32)
+            )
+            with torch.inference_mode():
+                logits = model(batch.to(device))
+            if len(captured) != 1:
+                raise PoisonDetectError(
+                    f"{type(model).__name__}.classifier ran {len(captured)} times in one forward "
+                    "pass; expected once"
+                )
+            acts = captured.pop()
+            yield (
+                start,
+                acts.float().cpu().numpy().reshape(len(batch), -1),
+                logits.float().cpu().numpy(),
+            )
+    finally:
+        handle.remove()
+        model.train(was_training)
+
+
+def penultimate_activations(
+    model: nn.Module,
+    x: np.ndarray,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """All penultimate activations of ``x`` as one float32 ``(N, d)`` array."""
+    parts = [acts for _, acts, _ in iter_penultimate(model, x, batch_size, device)]
+    if not parts:
+        return np.zeros((0, feature_dim(model)), np.float32)
+    return np.concatenate(parts)
+
+
+def _schema(dim: int, metadata: dict[str, Any]) -> pa.Schema:
+    try:
+        meta_json = json.dumps(metadata, sort_keys=True, default=_json_default)
+    except (TypeError, ValueError) as e:
+        raise PoisonDetectError(f"activation metadata is not JSON serialisable: {e}") from e
+    return pa.schema(
+        [
+            ("index", pa.int64()),
+            ("label", pa.int64()),
+            ("pred", pa.int64()),
+            ("activation", pa.list_(pa.float32(), dim)),
+        ],
+        metadata={METADATA_KEY: meta_json.encode()},
+    )
+
+
+def dump_activations(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    path: str | os.PathLike,
+    metadata: dict[str, Any],
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> int:
+    """Write the penultimate activations of ``x`` (labels ``y``) to the Parquet file ``path``.
+
+    One row group per batch, written to a temporary file renamed onto ``path`` at the end.
+    Returns the number of rows written.
+    """
+    x = _check_images(x)
+    y = np.asarray(y)
+    if y.shape != (len(x),):
+        raise PoisonDetectError(
+            f"labels must be shaped ({len(x)},) to match the images, got shape {y.shape}"
+        )
+    dim = feature_dim(model)
+    schema = _schema(dim, metadata)
+    rows = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
+        for start, acts, logits in iter_penultimate(model, x, batch_size, device):
+            n = len(acts)
+            table = pa.Table.from_arrays(
+                [
+                    pa.array(np.arange(start, start + n, dtype=np.int64)),
+                    pa.array(y[start : start + n].astype(np.int64)),
+                    pa.array(logits.argmax(axis=1).astype(np.int64)),
+                    pa.FixedSizeListArray.from_arrays(pa.array(acts.reshape(-1)), dim),
+                ],
+                schema=schema,
+            )
+            writer.write_table(table)
+            rows += n
+    return rows
+
+
+def _corrupt(path: str | os.PathLike, problem: str) -> PoisonDetectError:
+    return PoisonDetectError(
+        f"{path}: {problem}; the activation dump is incomplete or corrupt; delete it and rerun the "
+        "job that dumps the activations"
+    )
+
+
+def read_activations(path: str | os.PathLike) -> Activations:
+    """Read a file written by :func:`dump_activations`."""
+    path = Path(path)
+    if not path.is_file():
+        raise PoisonDetectError(f"{path}: activation file not found; rerun the activation dump")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise _corrupt(path, f"not a readable Parquet file ({e})") from e
+    expected = {"index", "label", "pred", "activation"}
+    missing = expected - set(table.column_names)
+    if missing:
+        raise _corrupt(path, f"missing column(s) {', '.join(sorted(missing))}")
+    act_type = table.schema.field("activation").type
+    if not pa.types.is_fixed_size_list(act_type):
+        raise _corrupt(path, f"column 'activation' has type {act_type}, expected a fixed-size list")
+    dim = act_type.list_size
+    try:
+        raw = (table.schema.metadata or {}).get(METADATA_KEY, b"{}")
+        metadata = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise _corrupt(path, f"metadata is not valid JSON ({e})") from e
+
+    def ints(name: str) -> np.ndarray:
+        return table.column(name).to_numpy().astype(np.int64, copy=False)
+
+    acts = table.column("activation").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return Activations(
+        index=ints("index"),
+        label=ints("label"),
+        pred=ints("pred"),
+        activations=np.ascontiguousarray(acts.reshape(len(table), dim), dtype=np.float32),
+        metadata=metadata,
+    )

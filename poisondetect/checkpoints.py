@@ -1,0 +1,246 @@
+"""Model checkpoints: safetensors save/load, and weights-only loading of ``.pt`` files.
+
+A checkpoint is a safetensors file whose metadata holds, as JSON under the key ``poisondetect``,
+what is needed to rebuild the model (arch, in_channels, num_classes, image_size, width) plus anything
+else the caller adds. Models received from someone else may be hostile: ``.pt`` / ``.pth`` / ``.bin``
+files are only read with ``torch.load(weights_only=True)``, which never runs code from the file, and
+anything other than plain tensors (and plain metadata) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from poisondetect.errors import PoisonDetectError
+from poisondetect.io import _json_default, atomic_path
+from poisondetect.models import build_model, image_hw
+
+METADATA_KEY = "poisondetect"
+SPEC_KEYS = ("arch", "in_channels", "num_classes", "image_size", "width")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+
+HOW_TO_PROVIDE = (
+    "Provide the weights as a .safetensors file, or as a .pt file holding only a state dict of "
+    "tensors (torch.save(model.state_dict(), path))"
+)
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: dict[str, Any]) -> None:
+    """Write ``model``'s state dict to the safetensors file ``path`` (atomically).
+
+    ``metadata`` must contain the model spec (``arch``, ``in_channels``, ``num_classes``,
+    ``image_size``, ``width``); it is stored as JSON under the key ``poisondetect``.
+    """
+    missing = [k for k in SPEC_KEYS if k not in metadata]
+    if missing:
+        raise PoisonDetectError(
+            f"checkpoint metadata for {path} lacks {', '.join(missing)}; pass the model spec "
+            f"({', '.join(SPEC_KEYS)}) in the metadata"
+        )
+    try:
+        meta_json = json.dumps(metadata, sort_keys=True, default=_json_default)
+    except (TypeError, ValueError) as e:
+        raise PoisonDetectError(
+            f"checkpoint metadata for {path} is not JSON serialisable: {e}"
+        ) from e
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        safetensors.torch.save_file(state, str(tmp), metadata={METADATA_KEY: meta_json})
+
+
+def _refuse(path: Path, reason: str) -> PoisonDetectError:
+    return PoisonDetectError(
+        f"{path}: refusing to unpickle a suspicious model ({reason}); it may carry code that would "
+        f"run on loading. {HOW_TO_PROVIDE}"
+    )
+
+
+def _parse_metadata(path: Path, raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise PoisonDetectError(f"{path}: checkpoint metadata is not valid JSON ({e})") from e
+    if not isinstance(raw, dict):
+        raise PoisonDetectError(
+            f"{path}: checkpoint metadata must be a dict, got {type(raw).__name__}"
+        )
+    return raw
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (safetensors.SafetensorError, OSError, ValueError) as e:
+        raise PoisonDetectError(
+            f"{path}: not a readable safetensors file ({e}); it is truncated or corrupt: delete it "
+            "and rerun the job that writes it, or provide an intact copy"
+        ) from e
+    return state, _parse_metadata(path, raw)
+
+
+def _unpickle_reason(message: str) -> str:
+    """The useful part of torch's weights-only error (never its advice to disable the check)."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    if found:
+        return f"it references {found.group(1)}, which is code, not a tensor"
+    found = re.search(r"WeightsUnpickler error: ([^\n]*)", message)
+    return f"it holds more than tensors: {found.group(1) if found else 'unsupported content'}"
+
+
+def _load_weights_only(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's restricted unpickler raises this for any global it does not allow (code, classes).
+        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+            raise _refuse(path, _unpickle_reason(str(e))) from e
+        raise PoisonDetectError(
+            f"{path}: not a readable weights file ({e}); it may be truncated or corrupt. "
+            f"{HOW_TO_PROVIDE}"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise PoisonDetectError(
+            f"{path}: not a readable weights file ({e}); it may be truncated or corrupt. "
+            f"{HOW_TO_PROVIDE}"
+        ) from e
+    if not isinstance(obj, dict):
+        raise _refuse(path, f"it holds a {type(obj).__name__}, not a state dict")
+    metadata: dict[str, Any] = {}
+    if "state_dict" in obj:
+        metadata = _parse_metadata(path, obj.get("metadata"))
+        obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise _refuse(path, f"its 'state_dict' is a {type(obj).__name__}, not a dict")
+    bad = [str(k) for k, v in obj.items() if not (isinstance(k, str) and torch.is_tensor(v))]
+    if bad:
+        raise _refuse(path, f"non-tensor entries in the state dict: {', '.join(bad[:5])}")
+    return dict(obj), metadata
+
+
+def load_state_dict_safely(
+    path: str | os.PathLike,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read ``(state_dict, metadata)`` from a ``.safetensors`` or weights-only ``.pt`` file.
+
+    Never unpickles code: ``.pt`` / ``.pth`` / ``.bin`` files go through
+    ``torch.load(weights_only=True)`` and must hold a plain state dict of tensors, or a dict with
+    ``state_dict`` (and optionally ``metadata``) entries.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PoisonDetectError(f"{path}: checkpoint file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return _load_safetensors(path)
+    if suffix in PICKLE_SUFFIXES:
+        return _load_weights_only(path)
+    raise PoisonDetectError(
+        f"{path}: unknown checkpoint format {suffix or '(no suffix)'!r}; use .safetensors "
+        f"(preferred) or a weights-only {'/'.join(PICKLE_SUFFIXES)} state dict"
+    )
+
+
+def _strip_prefix(
+    state: dict[str, torch.Tensor], prefix: str = "module."
+) -> dict[str, torch.Tensor]:
+    """Drop the ``module.`` prefix that ``nn.DataParallel`` adds to every key."""
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    arch: str | None = None,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+    image_size: int | list[int] | tuple[int, int] | None = None,
+    width: float | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored in ``path``; return ``(model in eval mode, metadata)``.
+
+    The spec comes from the file's metadata; the keyword arguments supply what the file lacks
+    (a plain ``.pt`` state dict has none) and must agree with what it has. ``width`` defaults to 1.0.
+    The returned metadata is the file's, completed with the spec used.
+    """
+    path = Path(path)
+    state, metadata = load_state_dict_safely(path)
+    given = {
+        "arch": arch,
+        "in_channels": in_channels,
+        "num_classes": num_classes,
+        "image_size": image_size,
+        "width": width,
+    }
+    spec: dict[str, Any] = {}
+    for key in SPEC_KEYS:
+        stored, arg = metadata.get(key), given[key]
+        if stored is not None and arg is not None and not _same(key, stored, arg):
+            raise PoisonDetectError(
+                f"{path}: the checkpoint says {key}={stored!r} but {key}={arg!r} was requested"
+            )
+        spec[key] = stored if stored is not None else arg
+    if spec["width"] is None:
+        spec["width"] = 1.0
+    missing = [k for k in SPEC_KEYS if spec[k] is None]
+    if missing:
+        raise PoisonDetectError(
+            f"{path}: the checkpoint does not say {', '.join(missing)}; pass "
+            f"{', '.join(f'{k}=...' for k in missing)} to load_checkpoint"
+        )
+    model = build_model(
+        spec["arch"], spec["in_channels"], spec["num_classes"], spec["image_size"], spec["width"]
+    )
+    _load_into(model, _strip_prefix(state), path, spec)
+    model.to(device).eval()
+    return model, {**metadata, **spec}
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    if key == "image_size":
+        return image_hw(a) == image_hw(b)
+    return a == b
+
+
+def _load_into(
+    model: nn.Module, state: dict[str, torch.Tensor], path: Path, spec: dict[str, Any]
+) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es) (e.g. {'; '.join(shapes[:3])})")
+    if problems:
+        spec_text = ", ".join(f"{k}={spec[k]!r}" for k in SPEC_KEYS)
+        raise PoisonDetectError(
+            f"{path}: the weights do not fit the model {spec_text}: {'; '.join(problems)}; check "
+            "the architecture arguments or the file"
+        )
+    model.load_state_dict(state, strict=True)
