@@ -1,0 +1,630 @@
+"""Sample-level poisoning attacks on a binary SVM (Razmi & Xiong; Biggio, Nelson & Laskov 2012).
+
+Every attack ADDS new points to a round's training set and returns them as ``(x_poison,
+y_poison)``. Labels are 0/1 outside this module; the SVM math uses -1/+1 (label 1 -> +1).
+
+- ``flip``: copies of random training points with flipped labels (features untouched).
+- ``optimal``: Biggio et al.'s gradient ascent. A poison starts from a random training point with
+  its label flipped (plus uniform noise in ``[-noise, noise]``, clipped to the box) and its features
+  are moved to maximise the mean hinge loss of the retrained SVM on the validation set.
+- ``semi_optimal``: the same optimisation, started from a random validation point with its true
+  label (the label is kept).
+- ``mixed``: a third of each (flip, optimal, semi-optimal; the remainder goes to the kinds in that
+  order). The parts are made in that order, each with the earlier poisons in the training set.
+
+The gradient of the validation loss w.r.t. the poison's features goes through the KKT conditions of
+the SVM solution: the margin support vectors stay on the margin (``y_i f(x_i) = 1``), bounded ones
+keep ``alpha = C``, and ``sum_i alpha_i y_i = 0`` holds. It is exact for as long as the sets of
+margin / bounded / other points do not change. A poison that is not a support vector has zero
+gradient, so its optimisation stops at once (as in the original attack). Poisons are optimised one
+at a time in one pass; each later poison sees the earlier ones in the training set.
+
+Kernels: ``linear`` and ``rbf``. The SVM is refitted with scikit-learn's ``SVC`` on a precomputed
+kernel matrix, of which only the poison's row and column change between iterations. For
+``gamma="scale"`` / ``"auto"`` the numeric gamma is resolved once on the clean training set and kept
+fixed during the attack.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.spatial.distance import cdist
+from sklearn import config_context
+from sklearn.svm import SVC
+
+from poisondetect.errors import PoisonDetectError
+
+log = logging.getLogger(__name__)
+
+KINDS = ("flip", "optimal", "semi_optimal", "mixed")
+ATTACK_OPTIONS = ("step", "max_iter", "tol", "box", "noise")
+# SVC arguments that may be passed through to the precomputed-kernel SVM used during the attack.
+_PASS_THROUGH = ("C", "tol", "max_iter", "shrinking", "cache_size", "random_state")
+_KERNEL_KEYS = ("kernel", "gamma")
+# SVC arguments without effect on a linear / RBF decision function: accepted and ignored.
+_IGNORED = ("degree", "coef0", "probability", "decision_function_shape", "break_ties", "verbose")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A linear or RBF kernel with the derivatives the attack needs."""
+
+    name: str
+    gamma: float = 1.0
+
+    def gram(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Kernel matrix ``K[i, j] = k(a_i, b_j)``."""
+        if self.name == "linear":
+            return a @ b.T
+        return np.exp(-self.gamma * cdist(a, b, "sqeuclidean"))
+
+    def weighted_grad(
+        self, weights: np.ndarray, rows: np.ndarray, z: np.ndarray, k_rows_z: np.ndarray
+    ) -> np.ndarray:
+        """``sum_i weights_i * d k(rows_i, z) / dz`` (shape ``(D,)``); ``k_rows_z = k(rows, z)``."""
+        if self.name == "linear":
+            return weights @ rows
+        wk = weights * k_rows_z
+        return 2.0 * self.gamma * (wk @ rows - wk.sum() * z)
+
+    def grad_self(self, z: np.ndarray) -> np.ndarray:
+        """Total derivative ``d k(z, z) / dz``."""
+        if self.name == "linear":
+            return 2.0 * z
+        return np.zeros_like(z)
+
+
+def _pm(y01: np.ndarray) -> np.ndarray:
+    """0/1 labels -> -1/+1 (float)."""
+    return np.where(np.asarray(y01) == 1, 1.0, -1.0)
+
+
+def _check_labels(y: np.ndarray, name: str) -> np.ndarray:
+    y = np.asarray(y)
+    bad = ~np.isin(y, (0, 1))
+    if bad.any():
+        raise PoisonDetectError(
+            f"{name}: labels must be 0/1 (map the two classes first, e.g. with make_rounds), found"
+            f" {np.unique(y[bad])[:5].tolist()}"
+        )
+    return y.astype(np.int64)
+
+
+def _check_xy(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise PoisonDetectError(f"{name}: features must be 2-D (N, D), got shape {x.shape}")
+    y = _check_labels(y, name)
+    if y.shape != (x.shape[0],):
+        raise PoisonDetectError(f"{name}: {x.shape[0]} feature rows but labels shaped {y.shape}")
+    return x, y
+
+
+def resolve_svm(svm_params: Mapping[str, Any], x_tr: np.ndarray) -> tuple[Kernel, dict[str, Any]]:
+    """Split ``SVC`` keyword arguments into the kernel and the arguments of a precomputed SVC."""
+    allowed = _PASS_THROUGH + _KERNEL_KEYS + _IGNORED
+    unknown = sorted(set(svm_params) - set(allowed))
+    if unknown:
+        raise PoisonDetectError(
+            f"svm_params: unsupported key(s) {unknown} for the SVM attacks; allowed: {sorted(allowed)}"
+        )
+    params = {k: v for k, v in svm_params.items() if k not in _IGNORED}
+    name = params.pop("kernel", "rbf")
+    gamma = params.pop("gamma", "scale")
+    if name == "linear":
+        kernel = Kernel("linear")
+    elif name == "rbf":
+        n_features = x_tr.shape[1]
+        if gamma == "scale":
+            var = float(np.var(x_tr))
+            gamma = 1.0 / (n_features * var) if var > 0 else 1.0
+        elif gamma == "auto":
+            gamma = 1.0 / n_features
+        if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real) or gamma <= 0:
+            raise PoisonDetectError(
+                f"svm_params.gamma must be > 0, 'scale' or 'auto', got {gamma!r}"
+            )
+        kernel = Kernel("rbf", float(gamma))
+    else:
+        raise PoisonDetectError(
+            f"svm_params.kernel: {name!r} is not supported by the SVM attacks; use 'linear' or 'rbf'"
+        )
+    if float(params.get("C", 1.0)) <= 0:
+        raise PoisonDetectError(f"svm_params.C must be > 0, got {params['C']!r}")
+    return kernel, params
+
+
+def _fit_precomputed(K: np.ndarray, y01: np.ndarray, svc_kwargs: Mapping[str, Any]) -> tuple:
+    """Fit a precomputed-kernel SVC; return signed dual coefficients (one per point) and bias."""
+    # the inputs are checked once by the caller; skip sklearn's per-fit validation overhead
+    with config_context(skip_parameter_validation=True, assume_finite=True):
+        svc = SVC(kernel="precomputed", **svc_kwargs).fit(K, y01)
+    a = np.zeros(len(y01))
+    a[svc.support_] = svc.dual_coef_[0]
+    return a, float(svc.intercept_[0])
+
+
+def _hinge_and_gradient(
+    kernel: Kernel,
+    x: np.ndarray,
+    K: np.ndarray,
+    a: np.ndarray,
+    b: float,
+    C: float,
+    c: int,
+    x_val: np.ndarray,
+    y_val_pm: np.ndarray,
+    K_val: np.ndarray,
+) -> tuple[float, np.ndarray]:
+    """Mean validation hinge loss and its gradient w.r.t. the features of training point ``c``.
+
+    ``x`` (n, D) training set, ``K`` its kernel matrix, ``a`` signed dual coefficients
+    (``alpha_i y_i``), ``b`` the bias, ``K_val`` (m, n) kernel between validation and training.
+    """
+    margins = 1.0 - y_val_pm * (K_val @ a + b)
+    objective = float(np.mean(np.maximum(margins, 0.0)))
+    grad = np.zeros(x.shape[1])
+    a_c = a[c]
+    if a_c == 0.0:  # not a support vector: the solution does not depend on x_c locally
+        return objective, grad
+    z = x[c]
+    # dL/df_k for each validation point.
+    w = np.where(margins > 0.0, -y_val_pm, 0.0) / len(y_val_pm)
+    # Direct term: x_c moves the validation scores through k(x_k, x_c) with a_c fixed.
+    grad += a_c * kernel.weighted_grad(w, x_val, z, K_val[:, c])
+
+    # Indirect term: the margin support vectors' coefficients and the bias adapt (KKT).
+    margin = np.flatnonzero((a != 0.0) & (np.abs(a) < C * (1.0 - 1e-9)))
+    if margin.size == 0:
+        return objective, grad
+    s = margin.size
+    M = np.zeros((s + 1, s + 1))
+    M[:s, :s] = K[np.ix_(margin, margin)]
+    M[:s, s] = 1.0
+    M[s, :s] = 1.0
+    rhs = np.append(K_val[:, margin].T @ w, w.sum())
+    u = np.linalg.lstsq(M, rhs, rcond=None)[0][:s]  # adjoint: M is symmetric
+    # d/dx_c of the margin conditions sum_j a_j k(x_i, x_j) + b = y_i, at fixed coefficients.
+    others = margin != c
+    rows = margin[others]
+    grad -= a_c * kernel.weighted_grad(u[others], x[rows], z, K[rows, c])
+    if not others.all():  # the poison itself is a margin support vector
+        sv = np.flatnonzero((a != 0.0) & (np.arange(len(a)) != c))
+        r_c = kernel.weighted_grad(a[sv], x[sv], z, K[sv, c]) + a_c * kernel.grad_self(z)
+        grad -= u[~others][0] * r_c
+    return objective, grad
+
+
+def validation_hinge_gradient(
+    svc_or_params: SVC | Mapping[str, Any],
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    poison_index: int,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+) -> tuple[float, np.ndarray]:
+    """Mean hinge loss on ``(x_val, y_val)`` of the SVM trained on ``(x_tr, y_tr)`` and its gradient
+    w.r.t. ``x_tr[poison_index]`` (through the KKT conditions).
+
+    ``svc_or_params`` is either an ``SVC`` already fitted on exactly ``(x_tr, y_tr)`` (linear or RBF
+    kernel) or the ``SVC`` keyword arguments, in which case the SVM is fitted here.
+    """
+    x_tr, y_tr = _check_xy(x_tr, y_tr, "training set")
+    x_val, y_val = _check_xy(x_val, y_val, "validation set")
+    x = np.asarray(x_tr, dtype=np.float64)
+    xv = np.asarray(x_val, dtype=np.float64)
+    if not 0 <= poison_index < len(x):
+        raise PoisonDetectError(f"poison_index {poison_index} outside the training set of {len(x)}")
+    if isinstance(svc_or_params, SVC):
+        svc = svc_or_params
+        if not hasattr(svc, "support_"):
+            raise PoisonDetectError("the SVC passed to validation_hinge_gradient is not fitted")
+        if svc.kernel not in ("linear", "rbf") or svc.class_weight is not None:
+            raise PoisonDetectError(
+                "validation_hinge_gradient supports linear / RBF SVCs without class weights"
+            )
+        if list(svc.classes_) != [0, 1] or svc.shape_fit_ != x.shape:
+            raise PoisonDetectError(
+                "the SVC must be fitted on exactly (x_tr, y_tr) with labels 0/1"
+            )
+        kernel, _ = resolve_svm({"kernel": svc.kernel, "gamma": svc.gamma}, x)
+        K = kernel.gram(x, x)
+        a = np.zeros(len(x))
+        a[svc.support_] = svc.dual_coef_[0]
+        b = float(svc.intercept_[0])
+        C = float(svc.C)
+    else:
+        kernel, svc_kwargs = resolve_svm(svc_or_params, x)
+        K = kernel.gram(x, x)
+        a, b = _fit_precomputed(K, y_tr, svc_kwargs)
+        C = float(svc_kwargs.get("C", 1.0))
+    return _hinge_and_gradient(
+        kernel, x, K, a, b, C, poison_index, xv, _pm(y_val), kernel.gram(xv, x)
+    )
+
+
+class _PoisonedSet:
+    """Training set growing by one poison at a time, with cached kernel matrices."""
+
+    def __init__(self, kernel, svc_kwargs, x_tr, y_tr, x_val, y_val, capacity: int) -> None:
+        self.kernel = kernel
+        self.svc_kwargs = svc_kwargs
+        self.C = float(svc_kwargs.get("C", 1.0))
+        n, d = x_tr.shape
+        self.n = n
+        self.x = np.zeros((capacity, d))
+        self.x[:n] = x_tr
+        self.y = np.zeros(capacity, dtype=np.int64)
+        self.y[:n] = y_tr
+        self.K = np.zeros((capacity, capacity))
+        self.K[:n, :n] = kernel.gram(self.x[:n], self.x[:n])
+        self.x_val = np.asarray(x_val, dtype=np.float64)
+        self.y_val_pm = _pm(y_val)
+        self.K_val = np.zeros((len(x_val), capacity))
+        self.K_val[:, :n] = kernel.gram(self.x_val, self.x[:n])
+
+    def append(self, z: np.ndarray, label: int) -> int:
+        self.n += 1
+        self.y[self.n - 1] = label
+        self.set_point(self.n - 1, z)
+        return self.n - 1
+
+    def set_point(self, c: int, z: np.ndarray) -> None:
+        n = self.n
+        self.x[c] = z
+        k = self.kernel.gram(z[None, :], self.x[:n])[0]
+        self.K[c, :n] = k
+        self.K[:n, c] = k
+        self.K_val[:, c] = self.kernel.gram(self.x_val, z[None, :])[:, 0]
+
+    def objective_and_gradient(self, c: int) -> tuple[float, np.ndarray]:
+        n = self.n
+        K = self.K[:n, :n]
+        a, b = _fit_precomputed(K, self.y[:n], self.svc_kwargs)
+        return _hinge_and_gradient(
+            self.kernel,
+            self.x[:n],
+            K,
+            a,
+            b,
+            self.C,
+            c,
+            self.x_val,
+            self.y_val_pm,
+            self.K_val[:, :n],
+        )
+
+
+def _optimise_last(
+    state: _PoisonedSet, step: float, max_iter: int, tol: float, box: tuple[float, float]
+) -> tuple[np.ndarray, int, float, float]:
+    """Projected gradient ascent on the last point of ``state``; leaves the best point in place.
+
+    Returns (best point, iterations, start objective, best objective).
+    """
+    c = state.n - 1
+    obj, grad = state.objective_and_gradient(c)
+    start_obj = best_obj = obj
+    best = state.x[c].copy()
+    iters = 0
+    while iters < max_iter:
+        norm = np.linalg.norm(grad)
+        if not np.isfinite(norm) or norm == 0.0:
+            break
+        z = np.clip(state.x[c] + step * grad / norm, box[0], box[1])
+        if np.array_equal(z, state.x[c]):  # the projection cancels the step
+            break
+        iters += 1
+        state.set_point(c, z)
+        new_obj, grad = state.objective_and_gradient(c)
+        if new_obj > best_obj:
+            best_obj, best = new_obj, z.copy()
+        if new_obj - obj < tol:  # changed by < tol, or decreased
+            break
+        obj = new_obj
+    if not np.array_equal(state.x[c], best):
+        state.set_point(c, best)
+    return best, iters, start_obj, best_obj
+
+
+def _check_options(step: float, max_iter: int, tol: float, box: tuple[float, float], noise: float):
+    lo, hi = float(box[0]), float(box[1])
+    if not lo < hi:
+        raise PoisonDetectError(f"box must be (low, high) with low < high, got {box}")
+    if step <= 0 or max_iter < 0 or noise < 0:
+        raise PoisonDetectError(
+            f"attack options need step > 0, max_iter >= 0, noise >= 0; got step={step},"
+            f" max_iter={max_iter}, noise={noise}"
+        )
+    return lo, hi
+
+
+def _check_n(n_poison: int) -> int:
+    if int(n_poison) != n_poison or n_poison < 0:
+        raise PoisonDetectError(f"n_poison must be a non-negative integer, got {n_poison!r}")
+    return int(n_poison)
+
+
+def _choose(n_pool: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``n`` starting points (without replacement while the pool is large enough)."""
+    return rng.choice(n_pool, size=n, replace=n > n_pool)
+
+
+def _sources(
+    sources: np.ndarray | None, n_pool: int, n: int, rng: np.random.Generator, pool: str
+) -> np.ndarray:
+    """Given starting-point indices (checked) or ``n`` drawn from ``rng``."""
+    if sources is None:
+        return _choose(n_pool, n, rng)
+    src = np.asarray(sources)
+    if (
+        src.shape != (n,)
+        or not np.issubdtype(src.dtype, np.integer)
+        or (src < 0).any()
+        or (src >= n_pool).any()
+    ):
+        raise PoisonDetectError(
+            f"sources must be {n} integer indices into the {pool} set of {n_pool} points"
+        )
+    return src
+
+
+def _gradient_poisons(
+    x_base: np.ndarray,
+    y_base: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    x_start: np.ndarray,
+    y_start: np.ndarray,
+    svm_params: Mapping[str, Any],
+    rng: np.random.Generator,
+    step: float,
+    max_iter: int,
+    tol: float,
+    box: tuple[float, float],
+    noise: float,
+    what: str,
+) -> np.ndarray:
+    """Optimise poisons starting at ``x_start`` (labels ``y_start``), one at a time, one pass."""
+    lo, hi = _check_options(step, max_iter, tol, box, noise)
+    if len(np.unique(y_base)) < 2:
+        raise PoisonDetectError("the training set must contain both classes (labels 0 and 1)")
+    kernel, svc_kwargs = resolve_svm(svm_params, x_base)
+    n_poison, d = x_start.shape
+    start = np.clip(x_start + rng.uniform(-noise, noise, size=(n_poison, d)), lo, hi)
+    state = _PoisonedSet(kernel, svc_kwargs, x_base, y_base, x_val, y_val, len(x_base) + n_poison)
+    out = np.empty((n_poison, d))
+    for i in range(n_poison):
+        state.append(start[i], int(y_start[i]))
+        out[i], iters, obj0, obj1 = _optimise_last(state, step, max_iter, tol, (lo, hi))
+        log.debug(
+            "%s poison %d/%d: %d iterations, hinge %.4f -> %.4f",
+            what,
+            i + 1,
+            n_poison,
+            iters,
+            obj0,
+            obj1,
+        )
+    return out
+
+
+def _out_dtype(x: np.ndarray) -> np.dtype:
+    return (
+        np.result_type(x.dtype, np.float32)
+        if np.issubdtype(x.dtype, np.floating)
+        else np.dtype(np.float32)
+    )
+
+
+def flip_attack(
+    x_tr: np.ndarray, y_tr: np.ndarray, n_poison: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of ``n_poison`` random training points with flipped labels."""
+    x_tr, y_tr = _check_xy(x_tr, y_tr, "training set")
+    src = _choose(len(x_tr), _check_n(n_poison), rng)
+    return x_tr[src].astype(_out_dtype(x_tr)), 1 - y_tr[src]
+
+
+def optimal_attack(
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_poison: int,
+    svm_params: Mapping[str, Any],
+    rng: np.random.Generator,
+    *,
+    step: float = 0.25,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    box: tuple[float, float] = (0.0, 1.0),
+    noise: float = 1e-3,
+    sources: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Biggio et al. (2012) poisons: random training points, labels flipped, features optimised.
+
+    ``sources`` (optional) are the indices of the starting training points; drawn from ``rng``
+    (without replacement while there are enough points) when not given.
+    """
+    opts = dict(step=step, max_iter=max_iter, tol=tol, box=box, noise=noise)
+    return _optimal(x_tr, y_tr, x_val, y_val, n_poison, svm_params, rng, x_tr, y_tr, opts, sources)
+
+
+def semi_optimal_attack(
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_poison: int,
+    svm_params: Mapping[str, Any],
+    rng: np.random.Generator,
+    *,
+    step: float = 0.25,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+    box: tuple[float, float] = (0.0, 1.0),
+    noise: float = 1e-3,
+    sources: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Poisons started from random validation points with their TRUE labels; features optimised.
+
+    ``sources`` (optional) are the indices of the starting validation points.
+    """
+    opts = dict(step=step, max_iter=max_iter, tol=tol, box=box, noise=noise)
+    return _semi_optimal(
+        x_tr, y_tr, x_val, y_val, n_poison, svm_params, rng, x_tr, y_tr, opts, sources
+    )
+
+
+def _optimal(
+    x_tr, y_tr, x_val, y_val, n_poison, svm_params, rng, x_base, y_base, opts, sources=None
+):
+    """Optimal poisons drawn from the clean ``x_tr``, optimised against ``x_base`` (clean + earlier)."""
+    x_tr, y_tr = _check_xy(x_tr, y_tr, "training set")
+    x_val, y_val = _check_xy(x_val, y_val, "validation set")
+    src = _sources(sources, len(x_tr), _check_n(n_poison), rng, "training")
+    y_p = 1 - y_tr[src]
+    x_p = _gradient_poisons(
+        np.asarray(x_base, np.float64),
+        y_base,
+        x_val,
+        y_val,
+        x_tr[src].astype(np.float64),
+        y_p,
+        svm_params,
+        rng,
+        what="optimal",
+        **opts,
+    )
+    return x_p.astype(_out_dtype(x_tr)), y_p
+
+
+def _semi_optimal(
+    x_tr, y_tr, x_val, y_val, n_poison, svm_params, rng, x_base, y_base, opts, sources=None
+):
+    """Semi-optimal poisons drawn from the validation set, optimised against ``x_base``."""
+    x_tr, y_tr = _check_xy(x_tr, y_tr, "training set")
+    x_val, y_val = _check_xy(x_val, y_val, "validation set")
+    src = _sources(sources, len(x_val), _check_n(n_poison), rng, "validation")
+    y_p = y_val[src].copy()
+    x_p = _gradient_poisons(
+        np.asarray(x_base, np.float64),
+        y_base,
+        x_val,
+        y_val,
+        x_val[src].astype(np.float64),
+        y_p,
+        svm_params,
+        rng,
+        what="semi-optimal",
+        **opts,
+    )
+    return x_p.astype(_out_dtype(x_tr)), y_p
+
+
+def mixed_split(n_poison: int) -> dict[str, int]:
+    """How many poisons of each kind a mixed attack makes (remainder to flip, then optimal)."""
+    n = _check_n(n_poison)
+    kinds = ("flip", "optimal", "semi_optimal")
+    return {k: n // 3 + (1 if i < n % 3 else 0) for i, k in enumerate(kinds)}
+
+
+def mixed_attack(
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_poison: int,
+    svm_params: Mapping[str, Any],
+    rng: np.random.Generator,
+    **options: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A third each of flip, optimal and semi-optimal poisons; returns also each poison's kind.
+
+    The parts are made in that order; the optimised ones see the earlier poisons in the training set.
+    """
+    x_tr, y_tr = _check_xy(x_tr, y_tr, "training set")
+    opts = _attack_options(options)
+    counts = mixed_split(n_poison)
+    x_f, y_f = flip_attack(x_tr, y_tr, counts["flip"], rng)
+    x_base = np.concatenate([x_tr, x_f]).astype(np.float64)
+    y_base = np.concatenate([y_tr, y_f])
+    x_o, y_o = _optimal(
+        x_tr, y_tr, x_val, y_val, counts["optimal"], svm_params, rng, x_base, y_base, opts
+    )
+    x_base = np.concatenate([x_base, x_o])
+    y_base = np.concatenate([y_base, y_o])
+    x_s, y_s = _semi_optimal(
+        x_tr, y_tr, x_val, y_val, counts["semi_optimal"], svm_params, rng, x_base, y_base, opts
+    )
+    kinds = np.array(
+        ["flip"] * counts["flip"]
+        + ["optimal"] * counts["optimal"]
+        + ["semi_optimal"] * counts["semi_optimal"],
+        dtype="<U12",
+    )
+    return np.concatenate([x_f, x_o, x_s]), np.concatenate([y_f, y_o, y_s]), kinds
+
+
+def _attack_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(ATTACK_OPTIONS))
+    if unknown:
+        raise PoisonDetectError(
+            f"unknown attack option(s) {unknown}; allowed: {list(ATTACK_OPTIONS)}"
+        )
+    opts: dict[str, Any] = dict(step=0.25, max_iter=100, tol=1e-6, box=(0.0, 1.0), noise=1e-3)
+    opts.update(options)
+    opts["box"] = tuple(opts["box"])
+    return opts
+
+
+def poison(
+    kind: str,
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    n_poison: int,
+    svm_params: Mapping[str, Any],
+    seed: int,
+    **attack_options: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Append ``n_poison`` poisons of ``kind`` to the training set.
+
+    Returns ``(x_all, y_all, is_poison, poison_kind)``: the clean points first, then the poisons;
+    ``poison_kind`` is ``"clean"`` or the poison's kind (``flip`` / ``optimal`` / ``semi_optimal``).
+    ``attack_options`` (step, max_iter, tol, box, noise) apply to the optimised kinds.
+    """
+    if kind not in KINDS:
+        raise PoisonDetectError(f"unknown attack kind {kind!r}; choose one of {list(KINDS)}")
+    x_tr, y_tr = _check_xy(x_tr, y_tr, "training set")
+    x_val, y_val = _check_xy(x_val, y_val, "validation set")
+    n = _check_n(n_poison)
+    opts = _attack_options(attack_options)
+    rng = np.random.default_rng(seed)
+    if n == 0:
+        x_p, y_p, kinds = x_tr[:0], y_tr[:0], np.empty(0, dtype="<U12")
+    elif kind == "flip":
+        x_p, y_p = flip_attack(x_tr, y_tr, n, rng)
+        kinds = np.full(n, "flip", dtype="<U12")
+    elif kind == "optimal":
+        x_p, y_p = optimal_attack(x_tr, y_tr, x_val, y_val, n, svm_params, rng, **opts)
+        kinds = np.full(n, "optimal", dtype="<U12")
+    elif kind == "semi_optimal":
+        x_p, y_p = semi_optimal_attack(x_tr, y_tr, x_val, y_val, n, svm_params, rng, **opts)
+        kinds = np.full(n, "semi_optimal", dtype="<U12")
+    else:
+        x_p, y_p, kinds = mixed_attack(x_tr, y_tr, x_val, y_val, n, svm_params, rng, **opts)
+    dtype = _out_dtype(x_tr)
+    x_all = np.concatenate([x_tr.astype(dtype), x_p.astype(dtype)])
+    y_all = np.concatenate([y_tr, y_p]).astype(np.int64)
+    is_poison = np.concatenate([np.zeros(len(x_tr), bool), np.ones(n, bool)])
+    poison_kind = np.concatenate([np.full(len(x_tr), "clean", dtype="<U12"), kinds])
+    return x_all, y_all, is_poison, poison_kind
