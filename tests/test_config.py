@@ -1,0 +1,62 @@
+import pytest
+import yaml
+
+from poisondetect.config import SCHEMA_PATH, validate_config
+from poisondetect.errors import PoisonDetectError
+
+
+def test_defaults_are_filled_in():
+    cfg = validate_config({})
+    assert cfg["device"] == "auto"
+    assert cfg["datasets"] == {"digits": {"format": "digits", "path": None, "label": None,
+                                           "channels": None, "image_size": None, "max_train": None,
+                                           "max_test": None, "test_fraction": 0.25}}
+    ml = cfg["model_level"]
+    assert ml["attacks"]["fraction"] == 0.5
+    assert ml["attacks"]["pattern_size"] == 5
+    assert ml["finetune"]["lr_factor"] == 0.1
+    assert cfg["resources"]["gpu_jobs"]["gpu"] == 1
+    assert cfg["sample_level"]["alpha"] == 0.66
+
+
+def test_shipped_config_is_valid():
+    with open(SCHEMA_PATH.parent.parent / "config.yaml") as f:
+        cfg = validate_config(yaml.safe_load(f))
+    assert cfg["model_level"]["datasets"] == ["digits"]
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(PoisonDetectError) as e:
+        validate_config({"model_level": {"train": {"epochs": "ten"}}})
+    assert "model_level.train.epochs" in str(e.value)
+    assert "'ten'" in str(e.value)
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    with pytest.raises(PoisonDetectError) as e:
+        validate_config({"model_level": {"train": {"epoch": 3}}})
+    msg = str(e.value)
+    assert "model_level.train.epoch" in msg
+    assert "did you mean 'epochs'" in msg
+
+
+def test_every_bad_key_is_listed():
+    with pytest.raises(PoisonDetectError) as e:
+        validate_config({"device": "tpu", "model_level": {"archs": ["resnet9"]}})
+    msg = str(e.value)
+    assert "'device'" in msg and "model_level.archs.0" in msg
+
+
+def test_threshold_epochs_must_be_a_finetune():
+    with pytest.raises(PoisonDetectError, match="threshold_finetune_epochs"):
+        validate_config({"model_level": {"finetune": {"epochs": [5]}, "threshold_finetune_epochs": 7}})
+
+
+def test_undeclared_dataset_is_refused():
+    with pytest.raises(PoisonDetectError, match="'cifar', which is not declared"):
+        validate_config({"model_level": {"datasets": ["cifar"]}})
+
+
+def test_target_and_attacker_class_must_differ():
+    with pytest.raises(PoisonDetectError, match="target_class and attacker_class"):
+        validate_config({"model_level": {"attacks": {"target_class": 3, "attacker_class": 3}}})
