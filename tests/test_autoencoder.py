@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from poisondetect.detectors.autoencoder import ActivationAutoencoder, mean_plus_std
+from poisondetect.errors import PoisonDetectError
+
+
+def _acts(n=300, d=24, shift=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 4))
+    w = np.random.default_rng(99).normal(size=(4, d))
+    return np.maximum(z @ w + shift, 0).astype(np.float32)
+
+
+def test_threshold_is_mean_plus_std():
+    e = np.array([1.0, 2.0, 3.0, 6.0])
+    assert mean_plus_std(e) == pytest.approx(3.0 + np.sqrt(3.5))
+
+
+def test_reconstruction_error_falls_during_fitting():
+    det = ActivationAutoencoder(latent=4, hidden=[16], epochs=40, batch_size=32).fit(_acts())
+    h = det.loss_history_
+    assert h[-1] < 0.5 * h[0]
+
+
+def test_calibrate_and_decide():
+    genuine = _acts(seed=0)
+    det = ActivationAutoencoder(latent=4, hidden=[16], epochs=60, batch_size=32).fit(genuine)
+    honest = _acts(seed=1)
+    thr = det.calibrate(honest)
+    assert thr == pytest.approx(mean_plus_std(det.score_samples(honest)))
+    assert det.decide(honest)[1] is False
+    shifted = _acts(seed=2) + np.random.default_rng(3).normal(0, 1.0, size=(300, 24)).astype(np.float32)
+    err, flagged = det.decide(shifted)
+    assert flagged and err > thr
+
+
+def test_same_seed_same_scores_and_bundle_round_trip(tmp_path):
+    x = _acts()
+    a = ActivationAutoencoder(latent=4, hidden=[16], epochs=5, seed=3).fit(x)
+    b = ActivationAutoencoder(latent=4, hidden=[16], epochs=5, seed=3).fit(x)
+    np.testing.assert_array_equal(a.score_samples(x), b.score_samples(x))
+    a.calibrate(x)
+    a.save(tmp_path / "d.safetensors", {"trigger_set": {"n": 300}})
+    c = ActivationAutoencoder.load(tmp_path / "d.safetensors")
+    np.testing.assert_allclose(c.score_samples(x), a.score_samples(x), rtol=1e-6)
+    assert c.threshold_ == a.threshold_ and c.description_ == {"trigger_set": {"n": 300}}
+
+
+def test_wrong_width_and_bad_bundle_are_explained(tmp_path):
+    det = ActivationAutoencoder(latent=2, hidden=[8], epochs=1).fit(_acts())
+    with pytest.raises(PoisonDetectError, match="width 10"):
+        det.score_samples(np.zeros((3, 10), np.float32))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 20)
+    with pytest.raises(PoisonDetectError, match="not a valid poisondetect detector bundle"):
+        ActivationAutoencoder.load(bad)
