@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from poisondetect.errors import PoisonDetectError
-from poisondetect.io import _json_default, atomic_path
+from poisondetect.io import json_default, atomic_path
 from poisondetect.models import feature_dim
 
 METADATA_KEY = b"poisondetect"
@@ -111,7 +111,7 @@ def penultimate_activations(
 
 def _schema(dim: int, metadata: dict[str, Any]) -> pa.Schema:
     try:
-        meta_json = json.dumps(metadata, sort_keys=True, default=_json_default)
+        meta_json = json.dumps(metadata, sort_keys=True, default=json_default)
     except (TypeError, ValueError) as e:
         raise PoisonDetectError(f"activation metadata is not JSON serialisable: {e}") from e
     return pa.schema(

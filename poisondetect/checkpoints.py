@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from poisondetect.errors import PoisonDetectError
-from poisondetect.io import _json_default, atomic_path
+from poisondetect.io import json_default, atomic_path
 from poisondetect.models import build_model, image_hw
 
 METADATA_KEY = "poisondetect"
@@ -48,7 +48,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: dict[st
             f"({', '.join(SPEC_KEYS)}) in the metadata"
         )
     try:
-        meta_json = json.dumps(metadata, sort_keys=True, default=_json_default)
+        meta_json = json.dumps(metadata, sort_keys=True, default=json_default)
     except (TypeError, ValueError) as e:
         raise PoisonDetectError(
             f"checkpoint metadata for {path} is not JSON serialisable: {e}"

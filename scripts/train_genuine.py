@@ -1,0 +1,21 @@
+from _common import cell_of, run_logged
+
+from poisondetect.model_level import train_genuine
+
+sm = snakemake  # noqa: F821
+cell = cell_of(sm.wildcards)
+run_logged(
+    sm.log,
+    train_genuine,
+    sm.input.data,
+    sm.output.model,
+    sm.output.metrics,
+    dataset=cell["dataset"],
+    arch=cell["arch"],
+    scenario=cell["scenario"],
+    seed=cell["seed"],
+    width=sm.params.width,
+    train=sm.params.train,
+    new_data_fraction=sm.params.new_data_fraction,
+    device=sm.params.device,
+)
