@@ -391,6 +391,7 @@ DETECTION_COLUMNS = [
 def collect(summaries: list[str], out: str) -> pd.DataFrame:
     """The tidy detection table: one row per grid cell."""
     df = pd.DataFrame([read_json(p) for p in summaries])
+    df["epochs"] = df["epochs"].astype("Int64")  # empty for the genuine model
     df = (
         df[DETECTION_COLUMNS]
         .sort_values(
