@@ -94,7 +94,8 @@ class ActivationAutoencoder:
             raise PoisonDetectError(
                 f"need a 2-D array of at least 2 activation rows, got {X.shape}"
             )
-        seed_everything(self.seed)
+        dev = pick_device(self.device)
+        seed_everything(self.seed, dev)
         self.input_dim_ = X.shape[1]
         if self.standardize:
             self.mean_ = X.mean(0)
@@ -107,7 +108,6 @@ class ActivationAutoencoder:
         else:
             self.mean_ = np.zeros(self.input_dim_, np.float32)
             self.std_ = np.ones(self.input_dim_, np.float32)
-        dev = pick_device(self.device)
         self.net_ = _AE(self.input_dim_, self.hidden, self.latent).to(dev)
         data = self._prep(X).to(dev)
         opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr)
