@@ -80,7 +80,17 @@ def validate_config(config: Mapping[str, Any], schema: dict | None = None) -> di
             "schemas/config.schema.yaml documents every key."
         )
     _check_consistency(cfg)
-    return cfg
+    return canonical(cfg)
+
+
+def canonical(obj: Any) -> Any:
+    """Dicts with keys sorted, recursively. Snakemake compares a rule's params by their text, so
+    without this, reordering the keys of a config file would rerun every job."""
+    if isinstance(obj, dict):
+        return {k: canonical(obj[k]) for k in sorted(obj)}
+    if isinstance(obj, list):
+        return [canonical(v) for v in obj]
+    return obj
 
 
 def _check_consistency(cfg: dict) -> None:
@@ -106,12 +116,18 @@ def _check_consistency(cfg: dict) -> None:
             problems.append("model_level.attacks.target_class and attacker_class must differ")
     sl = cfg.get("sample_level", {})
     for task, spec in sl.get("tasks", {}).items():
-        if spec["dataset"] not in declared:
+        if task in (sl.get("run_tasks") or sl["tasks"]) and spec["dataset"] not in declared:
             problems.append(
                 f"sample_level.tasks.{task}.dataset = '{spec['dataset']}' is not declared under "
                 "'datasets'"
             )
     if sl:
+        for name in sl["run_tasks"] or []:
+            if name not in sl["tasks"]:
+                problems.append(
+                    f"sample_level.run_tasks names '{name}', which is not declared under "
+                    f"sample_level.tasks (declared: {', '.join(sorted(sl['tasks'])) or 'none'})"
+                )
         r = sl["rounds"]
         if r["n_detector_rounds"] >= r["n_rounds"]:
             problems.append(

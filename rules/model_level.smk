@@ -15,6 +15,8 @@ rule prepare_data:
         },
     log:
         "logs/prepare_data/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare_data/{dataset}.tsv",
     conda:
         "../envs/cpu.yaml"
     container:
@@ -38,6 +40,8 @@ rule train_genuine:
         **gpu_resources(),
     log:
         ML_CELL.replace("results/", "logs/") + "/train_genuine.log",
+    benchmark:
+        ML_CELL.replace("results/", "results/benchmarks/") + "/train_genuine.tsv",
     conda:
         "../envs/gpu.yaml"
     container:
@@ -61,6 +65,8 @@ rule finetune_honest:
         **gpu_resources(),
     log:
         ML_CELL.replace("results/", "logs/") + "/finetune_e{epochs}.log",
+    benchmark:
+        ML_CELL.replace("results/", "results/benchmarks/") + "/finetune_e{epochs}.tsv",
     conda:
         "../envs/gpu.yaml"
     container:
@@ -92,6 +98,8 @@ rule finetune_attack:
         **gpu_resources(),
     log:
         ML_CELL.replace("results/", "logs/") + "/{attack}_e{epochs}.log",
+    benchmark:
+        ML_CELL.replace("results/", "results/benchmarks/") + "/{attack}_e{epochs}.tsv",
     conda:
         "../envs/gpu.yaml"
     container:
@@ -113,6 +121,8 @@ rule dump_activations:
         **gpu_resources(),
     log:
         ML_CELL.replace("results/", "logs/") + "/dump_{model}.log",
+    benchmark:
+        ML_CELL.replace("results/", "results/benchmarks/") + "/dump_{model}.tsv",
     conda:
         "../envs/gpu.yaml"
     container:
@@ -137,6 +147,8 @@ rule fit_detector:
         **gpu_resources(),
     log:
         ML_CELL.replace("results/", "logs/") + "/fit_detector.log",
+    benchmark:
+        ML_CELL.replace("results/", "results/benchmarks/") + "/fit_detector.tsv",
     conda:
         "../envs/gpu.yaml"
     container:
@@ -155,6 +167,8 @@ rule score_model:
         summary=ML_CELL + "/scores/{model}.json",
     log:
         ML_CELL.replace("results/", "logs/") + "/score_{model}.log",
+    benchmark:
+        ML_CELL.replace("results/", "results/benchmarks/") + "/score_{model}.tsv",
     conda:
         "../envs/cpu.yaml"
     container:
@@ -170,6 +184,8 @@ rule collect_model_level:
         "results/model_level/detection.csv",
     log:
         "logs/model_level/collect.log",
+    benchmark:
+        "results/benchmarks/model_level/collect.tsv",
     conda:
         "../envs/cpu.yaml"
     container:

@@ -196,7 +196,7 @@ def sample_level_targets():
     if not SL["enabled"] or not sl_cells():
         return []
     targets = ["results/sample_level/filtering.csv"]
-    for task in SL["tasks"]:
+    for task in sl_run_tasks():
         targets += [f"results/sample_level/{task}_f1.tex", f"results/sample_level/{task}_accuracy.tex"]
         targets.append(SL_FIG.format(task=task) + "fig6.png")
         if "cae" in sl_families():

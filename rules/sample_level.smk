@@ -16,12 +16,17 @@ def sl_families():
     return families(SL["detectors"])
 
 
+def sl_run_tasks():
+    """The tasks to run: sample_level.run_tasks, or every declared task."""
+    return SL["run_tasks"] if SL["run_tasks"] is not None else list(SL["tasks"])
+
+
 def sl_cells():
     if not SL["enabled"]:
         return []
     return [
         dict(task=t, attack=a, n_poison=p, seed=s)
-        for t in SL["tasks"]
+        for t in sl_run_tasks()
         for a in SL["attacks"]
         for p in SL["n_poison"]
         for s in SL["seeds"]
@@ -47,6 +52,8 @@ rule make_rounds:
         rounds=lambda w: {k: v for k, v in SL["rounds"].items() if k != "n_detector_rounds"},
     log:
         "logs/sample_level/{task}/seed{seed}/make_rounds.log",
+    benchmark:
+        "results/benchmarks/sample_level/{task}/seed{seed}/make_rounds.tsv",
     conda:
         "../envs/cpu.yaml"
     container:
@@ -68,6 +75,8 @@ rule poison_rounds:
         optimal=lambda w: {} if w.attack == "flip" else SL["optimal"],
     log:
         "logs/sample_level/{task}/{attack}/p{n_poison}/seed{seed}/poison_rounds.log",
+    benchmark:
+        "results/benchmarks/sample_level/{task}/{attack}/p{n_poison}/seed{seed}/poison_rounds.tsv",
     conda:
         "../envs/cpu.yaml"
     container:
@@ -100,6 +109,8 @@ rule fit_filter:
         **gpu_resources(),
     log:
         "logs/sample_level/{task}/{attack}/p{n_poison}/seed{seed}/fit_{family}_{train_on}.log",
+    benchmark:
+        "results/benchmarks/sample_level/{task}/{attack}/p{n_poison}/seed{seed}/fit_{family}_{train_on}.tsv",
     conda:
         "../envs/gpu.yaml"
     container:
@@ -130,6 +141,8 @@ rule collect_sample_level:
         "results/sample_level/filtering.csv",
     log:
         "logs/sample_level/collect.log",
+    benchmark:
+        "results/benchmarks/sample_level/collect.tsv",
     conda:
         "../envs/cpu.yaml"
     container:

@@ -8,9 +8,18 @@ from poisondetect.errors import PoisonDetectError
 def test_defaults_are_filled_in():
     cfg = validate_config({})
     assert cfg["device"] == "auto"
-    assert cfg["datasets"] == {"digits": {"format": "digits", "path": None, "label": None,
-                                           "channels": None, "image_size": None, "max_train": None,
-                                           "max_test": None, "test_fraction": 0.25}}
+    assert cfg["datasets"] == {
+        "digits": {
+            "format": "digits",
+            "path": None,
+            "label": None,
+            "channels": None,
+            "image_size": None,
+            "max_train": None,
+            "max_test": None,
+            "test_fraction": 0.25,
+        }
+    }
     ml = cfg["model_level"]
     assert ml["attacks"]["fraction"] == 0.5
     assert ml["attacks"]["pattern_size"] == 5
@@ -49,7 +58,9 @@ def test_every_bad_key_is_listed():
 
 def test_threshold_epochs_must_be_a_finetune():
     with pytest.raises(PoisonDetectError, match="threshold_finetune_epochs"):
-        validate_config({"model_level": {"finetune": {"epochs": [5]}, "threshold_finetune_epochs": 7}})
+        validate_config(
+            {"model_level": {"finetune": {"epochs": [5]}, "threshold_finetune_epochs": 7}}
+        )
 
 
 def test_undeclared_dataset_is_refused():
@@ -60,3 +71,9 @@ def test_undeclared_dataset_is_refused():
 def test_target_and_attacker_class_must_differ():
     with pytest.raises(PoisonDetectError, match="target_class and attacker_class"):
         validate_config({"model_level": {"attacks": {"target_class": 3, "attacker_class": 3}}})
+
+
+def test_key_order_does_not_matter():
+    a = validate_config({"datasets": {"digits": {"format": "digits", "max_train": 5, "max_test": 3}}})
+    b = validate_config({"datasets": {"digits": {"max_test": 3, "format": "digits", "max_train": 5}}})
+    assert repr(a) == repr(b)  # Snakemake compares params by their text
