@@ -21,8 +21,15 @@ def setup_logging(log_file: str | None = None, level: int = logging.INFO) -> Non
 
 def run_logged(log_files: Any, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run one stage with logging to the job's log; bad input ends with its message, not a trace."""
+    import os
+    import socket
+
     log_file = log_files[0] if log_files else None
     setup_logging(log_file)
+    job = os.environ.get("SLURM_JOB_ID")
+    logging.getLogger("poisondetect").info(
+        "running on %s%s", socket.gethostname(), f" in SLURM job {job}" if job else ""
+    )
     try:
         return func(*args, **kwargs)
     except PoisonDetectError as e:

@@ -5,7 +5,9 @@ sys.path.insert(0, workflow.basedir)
 
 from poisondetect.config import validate_config, load_schema  # noqa: E402
 
-_validated = validate_config(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
+_validated = validate_config(
+    config, load_schema(workflow.source_path("../schemas/config.schema.yaml"))
+)
 config.clear()
 config.update(_validated)
 
@@ -24,6 +26,12 @@ wildcard_constraints:
     seed=r"\d+",
     epochs=r"\d+",
     model=r"genuine|(finetune|flip|pattern)_e\d+",
+
+
+def ml_path(rel, root="results"):
+    """Path of a model-level cell's file (a pattern with the cell's wildcards); root = results,
+    logs or results/benchmarks."""
+    return f"{root}/{ML_CELL.removeprefix('results/')}/{rel}"
 
 
 def dataset_spec(name):
@@ -47,14 +55,16 @@ def ml_models():
     """Model names of one cell: genuine, honest fine-tunes and attacked fine-tunes."""
     names = ["genuine"]
     names += [f"finetune_e{e}" for e in ML["finetune"]["epochs"]]
-    names += [f"{k}_e{e}" for k in ML["attacks"]["kinds"] for e in ML["attacks"]["epochs"]]
+    names += [
+        f"{k}_e{e}" for k in ML["attacks"]["kinds"] for e in ML["attacks"]["epochs"]
+    ]
     return names
 
 
 def ml_cell_files(pattern):
     """``pattern`` (relative to a cell, may contain {model}) expanded over the whole grid."""
     return [
-        (ML_CELL + "/" + pattern).format(model=m, **cell)
+        ml_path(pattern).format(model=m, **cell)
         for cell in ml_cells()
         for m in ml_models()
     ]
@@ -68,3 +78,113 @@ def gpu_resources():
         mem_mb=GPU["mem_mb"],
         runtime=GPU["runtime"],
     )
+
+
+# -- sample level and report helpers ----------------------------------------------------------
+
+
+def sl_path(rel):
+    """A file of a sample-level cell (task, attack, poisons, seed)."""
+    return f"results/sample_level/{{task}}/{{attack}}/p{{n_poison}}/seed{{seed}}/{rel}"
+
+
+def sl_task_path(rel):
+    """A file of a sample-level task and seed."""
+    return f"results/sample_level/{{task}}/seed{{seed}}/{rel}"
+
+
+def sl_task(name):
+    return SL["tasks"][name]
+
+
+def sl_families():
+    from poisondetect.sample_level import families
+
+    return families(SL["detectors"])
+
+
+def sl_run_tasks():
+    """The tasks to run: sample_level.run_tasks, or every declared task."""
+    return SL["run_tasks"] if SL["run_tasks"] is not None else list(SL["tasks"])
+
+
+def sl_cells():
+    if not SL["enabled"]:
+        return []
+    return [
+        dict(task=t, attack=a, n_poison=p, seed=s)
+        for t in sl_run_tasks()
+        for a in SL["attacks"]
+        for p in SL["n_poison"]
+        for s in SL["seeds"]
+    ]
+
+
+def sl_family_settings(family):
+    """Only the settings a family uses, so a change to one family reruns only its fits."""
+    if family == "cae":
+        return {k: SL[k] for k in ("autoencoders", "rae", "cae")}
+    if family == "magnet":
+        return {k: SL[k] for k in ("autoencoders", "magnet")}
+    return {}
+
+
+def sl_svm_params(task):
+    from poisondetect.sample_level import svm_params
+
+    return svm_params(sl_task(task))
+
+
+def sl_summaries():
+    return [
+        sl_path("filter/{family}_{train_on}.json").format(family=f, train_on=t, **c)
+        for c in sl_cells()
+        for f in sl_families()
+        for t in SL["train_on"]
+    ]
+
+
+def sl_fig(name):
+    """A figure of a sample-level task (pattern with {task})."""
+    return f"results/sample_level/figures/{{task}}_{name}"
+
+
+def sl_cae_scores(w):
+    """The CAE family's scores at the largest poison count, for every attack of the task."""
+    n = max(SL["n_poison"])
+    seed = SL["seeds"][0]
+    return {
+        a: f"results/sample_level/{w.task}/{a}/p{n}/seed{seed}/filter/cae_contaminated.parquet"
+        for a in SL["attacks"]
+    }
+
+
+def sample_level_targets():
+    if not SL["enabled"] or not sl_cells():
+        return []
+    targets = ["results/sample_level/filtering.csv"]
+    for task in sl_run_tasks():
+        targets += [
+            f"results/sample_level/{task}_f1.tex",
+            f"results/sample_level/{task}_accuracy.tex",
+        ]
+        targets.append(sl_fig("fig6.png").format(task=task))
+        if "cae" in sl_families():
+            targets += [sl_fig(f"fig{i}.png").format(task=task) for i in (2, 3, 4, 5)]
+        if "clean" in SL["train_on"] and "contaminated" in SL["train_on"]:
+            targets.append(sl_fig("fig7.png").format(task=task))
+    return targets
+
+
+def all_targets():
+    targets = []
+    if ML["enabled"] and ml_cells():
+        targets += rules.model_level_tables.output
+        targets += [
+            "results/model_level/figures/fig5_{dataset}_{arch}_{scenario}_seed{seed}.png".format(
+                **c
+            )
+            for c in ml_cells()
+        ]
+    targets += sample_level_targets()
+    return targets

@@ -5,6 +5,14 @@
 rule prepare_data:
     output:
         "results/data/{dataset}.npz",
+    log:
+        "logs/prepare_data/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare_data/{dataset}.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        config["containers"]["cpu"]
     params:
         fmt=lambda w: dataset_spec(w.dataset)["format"],
         path=lambda w: dataset_spec(w.dataset)["path"],
@@ -13,14 +21,6 @@ rule prepare_data:
             for k, v in dataset_spec(w.dataset).items()
             if k not in ("format", "path", "label")
         },
-    log:
-        "logs/prepare_data/{dataset}.log",
-    benchmark:
-        "results/benchmarks/prepare_data/{dataset}.tsv",
-    conda:
-        "../envs/cpu.yaml"
-    container:
-        config["containers"]["cpu"]
     script:
         "../scripts/prepare_data.py"
 
@@ -29,23 +29,23 @@ rule train_genuine:
     input:
         data="results/data/{dataset}.npz",
     output:
-        model=ML_CELL + "/models/genuine.safetensors",
-        metrics=ML_CELL + "/eval/genuine.json",
+        model=ml_path("models/genuine.safetensors"),
+        metrics=ml_path("eval/genuine.json"),
+    log:
+        ml_path("train_genuine.log", "logs"),
+    benchmark:
+        ml_path("train_genuine.tsv", "results/benchmarks")
+    conda:
+        "../envs/gpu.yaml"
+    container:
+        config["containers"]["gpu"]
+    resources:
+        **gpu_resources(),
     params:
         width=ML["width"],
         train=ML["train"],
         new_data_fraction=ML["new_data_fraction"],
         device=config["device"],
-    resources:
-        **gpu_resources(),
-    log:
-        ML_CELL.replace("results/", "logs/") + "/train_genuine.log",
-    benchmark:
-        ML_CELL.replace("results/", "results/benchmarks/") + "/train_genuine.tsv",
-    conda:
-        "../envs/gpu.yaml"
-    container:
-        config["containers"]["gpu"]
     script:
         "../scripts/train_genuine.py"
 
@@ -53,24 +53,24 @@ rule train_genuine:
 rule finetune_honest:
     input:
         data="results/data/{dataset}.npz",
-        genuine=ML_CELL + "/models/genuine.safetensors",
+        genuine=ml_path("models/genuine.safetensors"),
     output:
-        model=ML_CELL + "/models/finetune_e{epochs}.safetensors",
-        metrics=ML_CELL + "/eval/finetune_e{epochs}.json",
-    params:
-        train=ML["train"],
-        lr_factor=ML["finetune"]["lr_factor"],
-        device=config["device"],
-    resources:
-        **gpu_resources(),
+        model=ml_path("models/finetune_e{epochs}.safetensors"),
+        metrics=ml_path("eval/finetune_e{epochs}.json"),
     log:
-        ML_CELL.replace("results/", "logs/") + "/finetune_e{epochs}.log",
+        ml_path("finetune_e{epochs}.log", "logs"),
     benchmark:
-        ML_CELL.replace("results/", "results/benchmarks/") + "/finetune_e{epochs}.tsv",
+        ml_path("finetune_e{epochs}.tsv", "results/benchmarks")
     conda:
         "../envs/gpu.yaml"
     container:
         config["containers"]["gpu"]
+    resources:
+        **gpu_resources(),
+    params:
+        train=ML["train"],
+        lr_factor=ML["finetune"]["lr_factor"],
+        device=config["device"],
     script:
         "../scripts/finetune.py"
 
@@ -78,12 +78,22 @@ rule finetune_honest:
 rule finetune_attack:
     input:
         data="results/data/{dataset}.npz",
-        genuine=ML_CELL + "/models/genuine.safetensors",
+        genuine=ml_path("models/genuine.safetensors"),
     output:
-        model=ML_CELL + "/models/{attack}_e{epochs}.safetensors",
-        metrics=ML_CELL + "/eval/{attack}_e{epochs}.json",
+        model=ml_path("models/{attack}_e{epochs}.safetensors"),
+        metrics=ml_path("eval/{attack}_e{epochs}.json"),
+    log:
+        ml_path("{attack}_e{epochs}.log", "logs"),
+    benchmark:
+        ml_path("{attack}_e{epochs}.tsv", "results/benchmarks")
     wildcard_constraints:
         attack="flip|pattern",
+    conda:
+        "../envs/gpu.yaml"
+    container:
+        config["containers"]["gpu"]
+    resources:
+        **gpu_resources(),
     params:
         train=ML["train"],
         lr_factor=ML["finetune"]["lr_factor"],
@@ -94,16 +104,6 @@ rule finetune_attack:
             and (w.attack == "pattern" or not k.startswith("pattern_"))
         },
         device=config["device"],
-    resources:
-        **gpu_resources(),
-    log:
-        ML_CELL.replace("results/", "logs/") + "/{attack}_e{epochs}.log",
-    benchmark:
-        ML_CELL.replace("results/", "results/benchmarks/") + "/{attack}_e{epochs}.tsv",
-    conda:
-        "../envs/gpu.yaml"
-    container:
-        config["containers"]["gpu"]
     script:
         "../scripts/finetune.py"
 
@@ -111,22 +111,22 @@ rule finetune_attack:
 rule dump_activations:
     input:
         data="results/data/{dataset}.npz",
-        model=ML_CELL + "/models/{model}.safetensors",
+        model=ml_path("models/{model}.safetensors"),
     output:
-        ML_CELL + "/activations/{model}.parquet",
-    params:
-        trigger=ML["trigger_set"],
-        device=config["device"],
-    resources:
-        **gpu_resources(),
+        ml_path("activations/{model}.parquet"),
     log:
-        ML_CELL.replace("results/", "logs/") + "/dump_{model}.log",
+        ml_path("dump_{model}.log", "logs"),
     benchmark:
-        ML_CELL.replace("results/", "results/benchmarks/") + "/dump_{model}.tsv",
+        ml_path("dump_{model}.tsv", "results/benchmarks")
     conda:
         "../envs/gpu.yaml"
     container:
         config["containers"]["gpu"]
+    resources:
+        **gpu_resources(),
+    params:
+        trigger=ML["trigger_set"],
+        device=config["device"],
     script:
         "../scripts/dump_activations.py"
 
@@ -134,41 +134,42 @@ rule dump_activations:
 rule fit_detector:
     input:
         data="results/data/{dataset}.npz",
-        genuine=ML_CELL + "/activations/genuine.parquet",
-        honest=ML_CELL
-        + f"/activations/finetune_e{ML['threshold_finetune_epochs']}.parquet",
+        genuine=ml_path("activations/genuine.parquet"),
+        honest=ml_path(
+            f"activations/finetune_e{ML['threshold_finetune_epochs']}.parquet"
+        ),
     output:
-        ML_CELL + "/detector.safetensors",
-    params:
-        autoencoder=ML["autoencoder"],
-        max_samples=ML["trigger_set"]["max_samples"],
-        device=config["device"],
-    resources:
-        **gpu_resources(),
+        ml_path("detector.safetensors"),
     log:
-        ML_CELL.replace("results/", "logs/") + "/fit_detector.log",
+        ml_path("fit_detector.log", "logs"),
     benchmark:
-        ML_CELL.replace("results/", "results/benchmarks/") + "/fit_detector.tsv",
+        ml_path("fit_detector.tsv", "results/benchmarks")
     conda:
         "../envs/gpu.yaml"
     container:
         config["containers"]["gpu"]
+    resources:
+        **gpu_resources(),
+    params:
+        autoencoder=ML["autoencoder"],
+        max_samples=ML["trigger_set"]["max_samples"],
+        device=config["device"],
     script:
         "../scripts/fit_detector.py"
 
 
 rule score_model:
     input:
-        detector=ML_CELL + "/detector.safetensors",
-        activations=ML_CELL + "/activations/{model}.parquet",
-        metrics=ML_CELL + "/eval/{model}.json",
+        detector=ml_path("detector.safetensors"),
+        activations=ml_path("activations/{model}.parquet"),
+        metrics=ml_path("eval/{model}.json"),
     output:
-        scores=ML_CELL + "/scores/{model}.parquet",
-        summary=ML_CELL + "/scores/{model}.json",
+        scores=ml_path("scores/{model}.parquet"),
+        summary=ml_path("scores/{model}.json"),
     log:
-        ML_CELL.replace("results/", "logs/") + "/score_{model}.log",
+        ml_path("score_{model}.log", "logs"),
     benchmark:
-        ML_CELL.replace("results/", "results/benchmarks/") + "/score_{model}.tsv",
+        ml_path("score_{model}.tsv", "results/benchmarks")
     conda:
         "../envs/cpu.yaml"
     container:
@@ -185,7 +186,7 @@ rule collect_model_level:
     log:
         "logs/model_level/collect.log",
     benchmark:
-        "results/benchmarks/model_level/collect.tsv",
+        "results/benchmarks/model_level/collect.tsv"
     conda:
         "../envs/cpu.yaml"
     container:

@@ -17,30 +17,63 @@ TINY_CONFIG = {
     "datasets": {"digits": {"format": "digits", "max_train": 500, "max_test": 150}},
     "model_level": {
         "width": 0.25,
-        "train": {"epochs": 8, "batch_size": 32, "optimizer": "adam", "lr": 0.003, "lr_milestones": [0.7]},
+        "train": {
+            "epochs": 8,
+            "batch_size": 32,
+            "optimizer": "adam",
+            "lr": 0.003,
+            "lr_milestones": [0.7],
+        },
         "finetune": {"epochs": [2]},
         "attacks": {"epochs": [2], "pattern_size": 3, "target_class": 1, "attacker_class": 7},
         "autoencoder": {"hidden": [16], "latent": 4, "epochs": 10, "batch_size": 32},
         "threshold_finetune_epochs": 2,
     },
-    "sample_level": {"enabled": False},
+    "sample_level": {
+        "enabled": True,
+        "tasks": {"digits_1v7": {"dataset": "digits", "classes": [1, 7]}},
+        "run_tasks": ["digits_1v7"],
+        "attacks": ["flip", "optimal"],
+        "n_poison": [3],
+        "rounds": {"n_rounds": 6, "n_detector_rounds": 4, "n_train": 30, "n_val": 30, "n_test": 30},
+        "optimal": {"max_iter": 10},
+        "detectors": ["cae_plus", "cae", "rae", "od", "magnet", "magnet_reformer"],
+        "train_on": ["contaminated", "clean"],
+        "autoencoders": {"batch_size": 32, "lr": 0.01},
+        "rae": {"epochs": 3},
+        "cae": {"epochs": 3},
+        "magnet": {"epochs": 3},
+    },
 }
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path,
+    *args: str,
+    check: bool = True,
+    configfile: Path | None = None,
+) -> subprocess.CompletedProcess:
     """Run the workflow's Snakemake in ``workdir`` (its config.yaml is the tiny config)."""
     cmd = [
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(workdir / "config.yaml"),
-        "--cores", "2",
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile or workdir / "config.yaml"),
+        "--cores",
+        "2",
         *args,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -53,8 +86,22 @@ def write_config(workdir: Path, config: dict) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """The tiny model-level workflow, run to completion once; tests must not modify it."""
-    workdir = tmp_path_factory.mktemp("tiny_model_level")
+    """The tiny workflow (both parts), run to completion once; tests must not modify it."""
+    workdir = tmp_path_factory.mktemp("tiny_workflow")
     write_config(workdir, TINY_CONFIG)
     snakemake(workdir)
     return workdir
+
+
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """The job counts of a dry run's "Job stats" table ({} when nothing is to be done)."""
+    counts: dict[str, int] = {}
+    lines = (proc.stdout + proc.stderr).splitlines()
+    if "Job stats:" not in lines:
+        return counts
+    for line in lines[lines.index("Job stats:") + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts

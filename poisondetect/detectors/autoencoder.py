@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from poisondetect.detectors.nets import DenseAutoencoder, fit_loop
 from poisondetect.errors import PoisonDetectError
 from poisondetect.io import atomic_path
-from poisondetect.training import pick_device, seed_everything
+from poisondetect.training import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -29,25 +30,6 @@ def mean_plus_std(errors: np.ndarray) -> float:
     """The paper's threshold: mean + (population) standard deviation of the per-image errors."""
     errors = np.asarray(errors, dtype=np.float64)
     return float(errors.mean() + errors.std())
-
-
-def _mlp(sizes: list[int], last_activation: bool) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2 or last_activation:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
-
-
-class _AE(nn.Module):
-    def __init__(self, input_dim: int, hidden: list[int], latent: int):
-        super().__init__()
-        self.encoder = _mlp([input_dim, *hidden, latent], last_activation=True)
-        self.decoder = _mlp([latent, *reversed(hidden), input_dim], last_activation=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
 
 
 class ActivationAutoencoder:
@@ -95,7 +77,6 @@ class ActivationAutoencoder:
                 f"need a 2-D array of at least 2 activation rows, got {X.shape}"
             )
         dev = pick_device(self.device)
-        seed_everything(self.seed, dev)
         self.input_dim_ = X.shape[1]
         if self.standardize:
             self.mean_ = X.mean(0)
@@ -108,27 +89,21 @@ class ActivationAutoencoder:
         else:
             self.mean_ = np.zeros(self.input_dim_, np.float32)
             self.std_ = np.ones(self.input_dim_, np.float32)
-        self.net_ = _AE(self.input_dim_, self.hidden, self.latent).to(dev)
-        data = self._prep(X).to(dev)
-        opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr)
-        gen = torch.Generator().manual_seed(self.seed)
-        self.loss_history_ = []
-        for epoch in range(1, self.epochs + 1):
-            self.net_.train()
-            perm = torch.randperm(len(data), generator=gen).to(dev)
-            total = 0.0
-            for start in range(0, len(data), self.batch_size):
-                xb = data[perm[start : start + self.batch_size]]
-                opt.zero_grad(set_to_none=True)
-                loss = nn.functional.mse_loss(self.net_(xb), xb)
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(xb)
-            self.loss_history_.append(total / len(data))
-            if epoch == 1 or epoch % max(1, self.epochs // 10) == 0 or epoch == self.epochs:
-                log.info(
-                    "autoencoder epoch %d/%d mse %.5f", epoch, self.epochs, self.loss_history_[-1]
-                )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)  # the initial weights
+            self.net_ = DenseAutoencoder(self.input_dim_, self.hidden, self.latent)
+        history = fit_loop(
+            self.net_,
+            lambda net, xb: nn.functional.mse_loss(net(xb), xb),
+            [self._prep(X)],
+            seed=self.seed,
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            lr=self.lr,
+            device=dev,
+            desc="autoencoder",
+        )
+        self.loss_history_ = [rec["loss"] for rec in history]
         self.net_.cpu().eval()
         return self
 
@@ -220,7 +195,7 @@ class ActivationAutoencoder:
         det.input_dim_ = meta["input_dim"]
         det.mean_ = tensors.pop("scaler.mean").numpy()
         det.std_ = tensors.pop("scaler.std").numpy()
-        det.net_ = _AE(det.input_dim_, det.hidden, det.latent)
+        det.net_ = DenseAutoencoder(det.input_dim_, det.hidden, det.latent)
         det.net_.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("ae.")})
         det.net_.eval()
         det.threshold_ = meta["threshold"]

@@ -1,0 +1,132 @@
+"""Partial reruns: a change reruns exactly the jobs that depend on it (issue: run where users run).
+
+Each test dry-runs the finished tiny workflow with one config value changed and checks the exact set
+of jobs Snakemake plans (from the "Job stats" table).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import shutil
+import subprocess
+import sys
+import time
+
+import yaml
+
+from conftest import REPO, TINY_CONFIG, planned_jobs, snakemake
+
+N_MODELS = 4  # genuine, finetune_e2, flip_e2, pattern_e2
+N_SL_CELLS = 2  # attacks flip, optimal at 3 poisons
+N_TRAIN_ON = 2  # contaminated, clean
+
+
+def _dry_run(run, tmp_path, change) -> dict[str, int]:
+    cfg = copy.deepcopy(TINY_CONFIG)
+    change(cfg)
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return planned_jobs(snakemake(run, "-n", configfile=path))
+
+
+def test_nothing_to_do_after_a_complete_run(tiny_run, tmp_path):
+    assert _dry_run(tiny_run, tmp_path, lambda c: None) == {}
+
+
+def test_autoencoder_change_reruns_only_fits_detections_and_report(tiny_run, tmp_path):
+    jobs = _dry_run(tiny_run, tmp_path, lambda c: c["model_level"]["autoencoder"].update(epochs=11))
+    assert jobs == {
+        "fit_detector": 1,
+        "score_model": N_MODELS,
+        "collect_model_level": 1,
+        "model_level_tables": 1,
+        "model_level_figure": 1,
+        "all": 1,
+    }
+
+
+def test_figure_settings_rerun_only_the_report_jobs(tiny_run, tmp_path):
+    jobs = _dry_run(
+        tiny_run, tmp_path, lambda c: c.setdefault("report", {}).update(dpi=90, bins=20)
+    )
+    assert jobs == {
+        "model_level_figure": 1,
+        "sample_level_cae_figures": 1,
+        "sample_level_accuracy_figure": 1,
+        "sample_level_clean_vs_contaminated": 1,
+        "all": 1,
+    }
+
+
+def test_sample_detector_change_reruns_no_attack(tiny_run, tmp_path):
+    jobs = _dry_run(tiny_run, tmp_path, lambda c: c["sample_level"]["cae"].update(epochs=4))
+    assert "poison_rounds" not in jobs and "make_rounds" not in jobs
+    assert jobs["fit_filter"] == N_SL_CELLS * N_TRAIN_ON  # only the CAE family's fits
+    assert set(jobs) == {
+        "fit_filter",
+        "collect_sample_level",
+        "sample_level_tables",
+        "sample_level_cae_figures",
+        "sample_level_accuracy_figure",
+        "sample_level_clean_vs_contaminated",
+        "all",
+    }
+
+
+def test_attack_change_reruns_the_attack_and_its_descendants_only(tiny_run, tmp_path):
+    jobs = _dry_run(tiny_run, tmp_path, lambda c: c["sample_level"]["optimal"].update(max_iter=5))
+    # the flipping attack does not use the optimiser's settings: only the optimal cell reruns
+    assert jobs["poison_rounds"] == 1
+    assert jobs["fit_filter"] == 3 * N_TRAIN_ON  # cae, od, magnet families of that cell
+    assert "make_rounds" not in jobs and "train_genuine" not in jobs
+
+
+def test_killed_job_leaves_no_complete_looking_output_and_is_redone(tiny_run, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(tiny_run, work, symlinks=True)
+    slow = copy.deepcopy(TINY_CONFIG)
+    slow["model_level"]["autoencoder"]["epochs"] = 100000  # long enough to be killed mid-job
+    (work / "slow.yaml").write_text(yaml.safe_dump(slow))
+    cell = work / "results/model_level/digits/cnn/standard/seed0"
+    log = work / "logs/model_level/digits/cnn/standard/seed0/fit_detector.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--configfile",
+        str(work / "slow.yaml"),
+        "--cores",
+        "1",
+        str(cell / "detector.safetensors"),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if log.exists() and "autoencoder epoch" in log.read_text():
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the fit_detector job did not start")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole job, as a scheduler's kill would
+        proc.wait()
+    assert not (cell / "detector.safetensors").exists()
+    # the next run (with the original settings) plans exactly that job and what depends on it
+    jobs = planned_jobs(snakemake(work, "-n"))
+    assert jobs == {
+        "fit_detector": 1,
+        "score_model": N_MODELS,
+        "collect_model_level": 1,
+        "model_level_tables": 1,
+        "model_level_figure": 1,
+        "all": 1,
+    }
