@@ -23,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Score a suspicious checkpoint with a detector bundle "
         "(results/model_level/<dataset>/<arch>/<scenario>/seed<seed>/detector.safetensors).",
     )
-    a.add_argument("--bundle", required=True, help="detector bundle (.safetensors) from the workflow")
+    a.add_argument(
+        "--bundle", required=True, help="detector bundle (.safetensors) from the workflow"
+    )
     a.add_argument(
         "--model",
         required=True,

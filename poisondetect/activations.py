@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from poisondetect.errors import PoisonDetectError
-from poisondetect.io import json_default, atomic_path
+from poisondetect.io import atomic_path, json_default
 from poisondetect.models import feature_dim
 
 METADATA_KEY = b"poisondetect"

@@ -158,8 +158,15 @@ def model_level_figure(
 
 
 # -- sample level ---------------------------------------------------------------------------------
-_DETECTOR_LABEL = {"cae_plus": "CAE+", "cae": "CAE", "rae": "RAE", "od": "OD", "magnet": "MagNet",
-                   "magnet_reformer": "MagNet+reformer", "none": "no defence"}
+_DETECTOR_LABEL = {
+    "cae_plus": "CAE+",
+    "cae": "CAE",
+    "rae": "RAE",
+    "od": "OD",
+    "magnet": "MagNet",
+    "magnet_reformer": "MagNet+reformer",
+    "none": "no defence",
+}
 
 
 def _save(fig, png: str, pdf: str, dpi: int) -> None:
@@ -172,26 +179,53 @@ def _save(fig, png: str, pdf: str, dpi: int) -> None:
 def sample_level_tables(filtering_csv: str, task: str, out: dict[str, str]) -> None:
     """F1 (GMM decision) and retrained-SVM accuracy by detector x attack and poison count."""
     df = pd.read_csv(filtering_csv)
-    df = df[(df["task"] == task) & (df["decision"].isin(["gmm", "none"]))
-            & (df["train_on"].isin(["contaminated", "none"]))]
+    df = df[
+        (df["task"] == task)
+        & (df["decision"].isin(["gmm", "none"]))
+        & (df["train_on"].isin(["contaminated", "none"]))
+    ]
     df = df.assign(detector=df["detector"].map(_DETECTOR_LABEL).fillna(df["detector"]))
     f1 = df[df["detector"] != "no defence"].pivot_table(
-        index="detector", columns=["attack", "n_poison"], values="f1", aggfunc="mean")
-    write_table(f1.round(3), out["f1_csv"], out["f1_tex"],
-                f"F1 of the poison filters (GMM decision), task {task}, by attack and poisons per "
-                "round (mean over the evaluation rounds and seeds).", f"tab:f1-{task}")
-    acc = df.pivot_table(index="detector", columns=["attack", "n_poison"], values="svm_accuracy",
-                         aggfunc="mean") * 100
+        index="detector", columns=["attack", "n_poison"], values="f1", aggfunc="mean"
+    )
+    write_table(
+        f1.round(3),
+        out["f1_csv"],
+        out["f1_tex"],
+        f"F1 of the poison filters (GMM decision), task {task}, by attack and poisons per "
+        "round (mean over the evaluation rounds and seeds).",
+        f"tab:f1-{task}",
+    )
+    acc = (
+        df.pivot_table(
+            index="detector", columns=["attack", "n_poison"], values="svm_accuracy", aggfunc="mean"
+        )
+        * 100
+    )
     clean = df.groupby(["attack", "n_poison"])["clean_accuracy"].mean() * 100
     acc.loc["clean data"] = clean
-    write_table(acc.round(2), out["acc_csv"], out["acc_tex"],
-                f"Test accuracy (\\%) of the SVM retrained on the filtered training set, task {task}; "
-                "'no defence' keeps every point, 'clean data' has no poisons.", f"tab:acc-{task}")
+    write_table(
+        acc.round(2),
+        out["acc_csv"],
+        out["acc_tex"],
+        f"Test accuracy (\\%) of the SVM retrained on the filtered training set, task {task}; "
+        "'no defence' keeps every point, 'clean data' has no poisons.",
+        f"tab:acc-{task}",
+    )
 
 
-def sample_level_cae_figures(scores: dict[tuple[str, int], str], task: str, alpha: float,
-                             alpha_grid: list[float], out: dict[str, str], *, seed: int = 0,
-                             dpi: int = 150, palette: str = "colorblind", context: str = "paper") -> None:
+def sample_level_cae_figures(
+    scores: dict[tuple[str, int], str],
+    task: str,
+    alpha: float,
+    alpha_grid: list[float],
+    out: dict[str, str],
+    *,
+    seed: int = 0,
+    dpi: int = 150,
+    palette: str = "colorblind",
+    context: str = "paper",
+) -> None:
     """Figs. 2-5 of the paper from the stored per-point scores of the CAE family.
 
     ``scores`` maps (attack, n_poison) to a ``cae_contaminated.parquet`` (largest poison count used).
@@ -211,9 +245,22 @@ def sample_level_cae_figures(scores: dict[tuple[str, int], str], task: str, alph
     fig, axes = plt.subplots(1, len(attacks), figsize=(3.2 * len(attacks), 3.2), squeeze=False)
     for ax, ((attack, n), df) in zip(axes[0], frames.items(), strict=True):
         d = df[df["detector"] == "cae_plus"]
-        sns.scatterplot(d, x="re", y="ce", hue="is_poison", palette=palette, s=12, ax=ax,
-                        hue_order=[False, True], legend=ax is axes[0][0])
-        ax.set(title=f"{attack} ({n} poisons/round)", xlabel="RE of the RAE (L1)", ylabel="CE of the CAE")
+        sns.scatterplot(
+            d,
+            x="re",
+            y="ce",
+            hue="is_poison",
+            palette=palette,
+            s=12,
+            ax=ax,
+            hue_order=[False, True],
+            legend=ax is axes[0][0],
+        )
+        ax.set(
+            title=f"{attack} ({n} poisons/round)",
+            xlabel="RE of the RAE (L1)",
+            ylabel="CE of the CAE",
+        )
     fig.tight_layout()
     _save(fig, out["fig2_png"], out["fig2_pdf"], dpi)
 
@@ -222,11 +269,17 @@ def sample_level_cae_figures(scores: dict[tuple[str, int], str], task: str, alph
     for (attack, n), df in frames.items():
         d = df[df["detector"] == "cae_plus"]
         for k in range(0, 2 * max(n, 1) + 1):
-            f1s = [filter_metrics(g["is_poison"].to_numpy(), top_k_decision(g["score"].to_numpy(), k))["f1"]
-                   for _, g in d.groupby("round")]
+            f1s = [
+                filter_metrics(g["is_poison"].to_numpy(), top_k_decision(g["score"].to_numpy(), k))[
+                    "f1"
+                ]
+                for _, g in d.groupby("round")
+            ]
             rows.append({"attack": attack, "K": k, "F1": float(np.mean(f1s))})
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    sns.lineplot(pd.DataFrame(rows), x="K", y="F1", hue="attack", marker="o", palette=palette, ax=ax)
+    sns.lineplot(
+        pd.DataFrame(rows), x="K", y="F1", hue="attack", marker="o", palette=palette, ax=ax
+    )
     ax.set(title=f"CAE+ top-K filtering, task {task}", xlabel="K (points removed per round)")
     fig.tight_layout()
     _save(fig, out["fig3_png"], out["fig3_pdf"], dpi)
@@ -239,10 +292,14 @@ def sample_level_cae_figures(scores: dict[tuple[str, int], str], task: str, alph
             f1s = []
             for _, g in d.groupby("round"):
                 s = combine(g["re"].to_numpy(), g["ce"].to_numpy(), a)
-                f1s.append(filter_metrics(g["is_poison"].to_numpy(), gmm_decision(s, seed=seed))["f1"])
+                f1s.append(
+                    filter_metrics(g["is_poison"].to_numpy(), gmm_decision(s, seed=seed))["f1"]
+                )
             rows.append({"attack": attack, "alpha": a, "F1": float(np.mean(f1s))})
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    sns.lineplot(pd.DataFrame(rows), x="alpha", y="F1", hue="attack", marker="o", palette=palette, ax=ax)
+    sns.lineplot(
+        pd.DataFrame(rows), x="alpha", y="F1", hue="attack", marker="o", palette=palette, ax=ax
+    )
     ax.axvline(alpha, color="grey", linestyle="--")
     ax.set(title=f"CAE+ F1 vs alpha (GMM), task {task}")
     fig.tight_layout()
@@ -252,52 +309,104 @@ def sample_level_cae_figures(scores: dict[tuple[str, int], str], task: str, alph
     rows = []
     for (attack, _n), df in frames.items():
         for det, d in df.groupby("detector"):
-            f1s = [filter_metrics(g["is_poison"].to_numpy(), gmm_decision(g["score"].to_numpy(), seed=seed))["f1"]
-                   for _, g in d.groupby("round")]
-            rows.append({"attack": attack, "detector": _DETECTOR_LABEL[det], "F1": float(np.mean(f1s))})
+            f1s = [
+                filter_metrics(
+                    g["is_poison"].to_numpy(), gmm_decision(g["score"].to_numpy(), seed=seed)
+                )["f1"]
+                for _, g in d.groupby("round")
+            ]
+            rows.append(
+                {"attack": attack, "detector": _DETECTOR_LABEL[det], "F1": float(np.mean(f1s))}
+            )
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    sns.barplot(pd.DataFrame(rows), x="attack", y="F1", hue="detector", hue_order=["RAE", "CAE", "CAE+"],
-                palette=palette, ax=ax)
+    sns.barplot(
+        pd.DataFrame(rows),
+        x="attack",
+        y="F1",
+        hue="detector",
+        hue_order=["RAE", "CAE", "CAE+"],
+        palette=palette,
+        ax=ax,
+    )
     ax.set(title=f"Ablation, task {task}", ylim=(0, 1.05))
     fig.tight_layout()
     _save(fig, out["fig5_png"], out["fig5_pdf"], dpi)
 
 
-def sample_level_accuracy_figure(filtering_csv: str, task: str, png: str, pdf: str, *, dpi: int = 150,
-                                 palette: str = "colorblind", context: str = "paper") -> None:
+def sample_level_accuracy_figure(
+    filtering_csv: str,
+    task: str,
+    png: str,
+    pdf: str,
+    *,
+    dpi: int = 150,
+    palette: str = "colorblind",
+    context: str = "paper",
+) -> None:
     """Fig. 6: accuracy of the retrained SVM vs poison rate, per attack (panels) and detector."""
     import seaborn as sns
 
-    plt = _plt()
+    _plt()  # the Agg backend
     sns.set_theme(context=context, style="whitegrid")
     df = pd.read_csv(filtering_csv)
-    df = df[(df["task"] == task) & df["decision"].isin(["gmm", "none"])
-            & df["train_on"].isin(["contaminated", "none"])].copy()
+    df = df[
+        (df["task"] == task)
+        & df["decision"].isin(["gmm", "none"])
+        & df["train_on"].isin(["contaminated", "none"])
+    ].copy()
     df["detector"] = df["detector"].map(_DETECTOR_LABEL).fillna(df["detector"])
     df["poison %"] = df["poison_rate"] * 100
     clean = df.groupby(["attack", "poison %"], as_index=False)["clean_accuracy"].mean()
     clean["detector"], clean["svm_accuracy"] = "clean data", clean["clean_accuracy"]
     d = pd.concat([df, clean], ignore_index=True)
-    g = sns.relplot(d, x="poison %", y="svm_accuracy", hue="detector", col="attack", kind="line",
-                    marker="o", palette=palette, height=3, aspect=1.0, facet_kws={"sharey": True})
+    g = sns.relplot(
+        d,
+        x="poison %",
+        y="svm_accuracy",
+        hue="detector",
+        col="attack",
+        kind="line",
+        marker="o",
+        palette=palette,
+        height=3,
+        aspect=1.0,
+        facet_kws={"sharey": True},
+    )
     g.set_axis_labels("poisons per 100 training points", "SVM test accuracy")
     g.figure.suptitle(f"Retrained SVM after filtering, task {task}", y=1.02)
     _save(g.figure, png, pdf, dpi)
 
 
-def sample_level_clean_vs_contaminated(filtering_csv: str, task: str, png: str, pdf: str, *,
-                                       dpi: int = 150, palette: str = "colorblind",
-                                       context: str = "paper") -> None:
+def sample_level_clean_vs_contaminated(
+    filtering_csv: str,
+    task: str,
+    png: str,
+    pdf: str,
+    *,
+    dpi: int = 150,
+    palette: str = "colorblind",
+    context: str = "paper",
+) -> None:
     """Fig. 7: F1 of detectors trained on clean vs contaminated data."""
     import seaborn as sns
 
-    plt = _plt()
+    _plt()  # the Agg backend
     sns.set_theme(context=context, style="whitegrid")
     df = pd.read_csv(filtering_csv)
     df = df[(df["task"] == task) & (df["decision"] == "gmm")].copy()
     df["detector"] = df["detector"].map(_DETECTOR_LABEL).fillna(df["detector"])
-    g = sns.catplot(df, x="detector", y="f1", hue="train_on", col="attack", kind="bar", palette=palette,
-                    height=3, aspect=1.2, errorbar=None)
+    g = sns.catplot(
+        df,
+        x="detector",
+        y="f1",
+        hue="train_on",
+        col="attack",
+        kind="bar",
+        palette=palette,
+        height=3,
+        aspect=1.2,
+        errorbar=None,
+    )
     g.set_axis_labels("", "F1 (GMM decision)")
     g.set_xticklabels(rotation=45, ha="right")
     g.figure.suptitle(f"Detectors trained on clean vs contaminated data, task {task}", y=1.02)

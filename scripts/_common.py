@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # One job, its own cores: torch and BLAS use the rule's `threads` (1 unless the rule says
 # otherwise), so parallel jobs do not oversubscribe the CPU. Set before torch is imported.
-_threads = str(max(1, int(getattr(sys.modules["__main__"], "snakemake").threads)))
+_threads = str(max(1, int(sys.modules["__main__"].snakemake.threads)))
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = _threads
 

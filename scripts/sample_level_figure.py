@@ -4,7 +4,11 @@ from poisondetect.report import sample_level_accuracy_figure, sample_level_clean
 
 sm = snakemake  # noqa: F821
 style = sm.params.style
-plot = sample_level_accuracy_figure if sm.rule == "sample_level_accuracy_figure" else sample_level_clean_vs_contaminated
+plot = (
+    sample_level_accuracy_figure
+    if sm.rule == "sample_level_accuracy_figure"
+    else sample_level_clean_vs_contaminated
+)
 run_logged(
     sm.log,
     plot,

@@ -34,8 +34,16 @@ def test_flip_is_reproducible_from_the_seed(data):
 
 def test_pattern_pastes_a_full_square_only_on_chosen_images(data):
     x, y = data
-    atk = pattern_attack(x, y, target_class=1, attacker_class=3, fraction=0.25, pattern_size=5,
-                         pattern_value=1.0, seed=3)
+    atk = pattern_attack(
+        x,
+        y,
+        target_class=1,
+        attacker_class=3,
+        fraction=0.25,
+        pattern_size=5,
+        pattern_value=1.0,
+        seed=3,
+    )
     assert len(atk.attacked) == 10
     untouched = np.setdiff1d(np.arange(len(y)), atk.attacked)
     np.testing.assert_array_equal(atk.x[untouched], x[untouched])
@@ -68,8 +76,16 @@ def test_pattern_reproducible(data):
 def test_bad_parameters_are_explained(data):
     x, y = data
     with pytest.raises(PoisonDetectError, match="pattern_size = 13"):
-        pattern_attack(x, y, target_class=0, attacker_class=1, fraction=0.5, pattern_size=13,
-                       pattern_value=1.0, seed=0)
+        pattern_attack(
+            x,
+            y,
+            target_class=0,
+            attacker_class=1,
+            fraction=0.5,
+            pattern_size=13,
+            pattern_value=1.0,
+            seed=0,
+        )
     with pytest.raises(PoisonDetectError, match="target_class = 9"):
         flip_attack(x, y, target_class=9, attacker_class=1, fraction=0.5, seed=0)
     with pytest.raises(PoisonDetectError, match="attacker_class = 11"):

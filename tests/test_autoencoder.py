@@ -30,7 +30,9 @@ def test_calibrate_and_decide():
     thr = det.calibrate(honest)
     assert thr == pytest.approx(mean_plus_std(det.score_samples(honest)))
     assert det.decide(honest)[1] is False
-    shifted = _acts(seed=2) + np.random.default_rng(3).normal(0, 1.0, size=(300, 24)).astype(np.float32)
+    shifted = _acts(seed=2) + np.random.default_rng(3).normal(0, 1.0, size=(300, 24)).astype(
+        np.float32
+    )
     err, flagged = det.decide(shifted)
     assert flagged and err > thr
 

@@ -74,6 +74,10 @@ def test_target_and_attacker_class_must_differ():
 
 
 def test_key_order_does_not_matter():
-    a = validate_config({"datasets": {"digits": {"format": "digits", "max_train": 5, "max_test": 3}}})
-    b = validate_config({"datasets": {"digits": {"max_test": 3, "format": "digits", "max_train": 5}}})
+    a = validate_config(
+        {"datasets": {"digits": {"format": "digits", "max_train": 5, "max_test": 3}}}
+    )
+    b = validate_config(
+        {"datasets": {"digits": {"max_test": 3, "format": "digits", "max_train": 5}}}
+    )
     assert repr(a) == repr(b)  # Snakemake compares params by their text

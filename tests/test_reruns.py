@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
 
+import psutil
 import yaml
-
 from conftest import REPO, TINY_CONFIG, planned_jobs, snakemake
 
 N_MODELS = 4  # genuine, finetune_e2, flip_e2, pattern_e2
@@ -91,6 +91,7 @@ def test_killed_job_leaves_no_complete_looking_output_and_is_redone(tiny_run, tm
     (work / "slow.yaml").write_text(yaml.safe_dump(slow))
     cell = work / "results/model_level/digits/cnn/standard/seed0"
     log = work / "logs/model_level/digits/cnn/standard/seed0/fit_detector.log"
+    log.unlink()  # the copied log already has epoch lines; wait for the new job's own
     cmd = [
         sys.executable,
         "-m",
@@ -103,22 +104,33 @@ def test_killed_job_leaves_no_complete_looking_output_and_is_redone(tiny_run, tm
         str(work / "slow.yaml"),
         "--cores",
         "1",
-        str(cell / "detector.safetensors"),
+        str((cell / "detector.safetensors").relative_to(work)),  # targets are relative paths
     ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 180
         while time.time() < deadline:
             if log.exists() and "autoencoder epoch" in log.read_text():
                 break
             time.sleep(0.5)
         else:
             raise AssertionError("the fit_detector job did not start")
+        # Kill the job itself (as the OOM killer or a scheduler's time limit would); Snakemake lives.
+        jobs = [
+            p
+            for p in psutil.Process(proc.pid).children(recursive=True)
+            if any("fit_detector.py" in part for part in p.cmdline())
+        ]
+        assert jobs, "no fit_detector job process found"
+        for p in jobs:
+            p.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=120) != 0  # Snakemake reports the failed job and exits
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole job, as a scheduler's kill would
-        proc.wait()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert not (cell / "detector.safetensors").exists()
     # the next run (with the original settings) plans exactly that job and what depends on it
     jobs = planned_jobs(snakemake(work, "-n"))

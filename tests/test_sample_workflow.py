@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
 from conftest import TINY_CONFIG
 
 SL = TINY_CONFIG["sample_level"]
@@ -36,7 +35,10 @@ def test_filtering_table_covers_the_grid(tiny_run):
         for dec in ("gmm", "topk")
         for t in SL["train_on"]
     }
-    assert set(zip(det["attack"], det["detector"], det["decision"], det["train_on"])) == expected
+    assert (
+        set(zip(det["attack"], det["detector"], det["decision"], det["train_on"], strict=True))
+        == expected
+    )
     assert len(det) == len(expected)  # one row each
     none = df[df["detector"] == "none"]
     assert sorted(none["attack"]) == sorted(SL["attacks"])

@@ -22,7 +22,9 @@ def _cluster_up() -> bool:
     if shutil.which("sinfo") is None:
         return False
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return bool(out.stdout.split()) and out.stdout.split()[0] in {"idle", "mix", "alloc"}
@@ -39,10 +41,23 @@ def test_tiny_grid_through_slurm_equals_the_local_run(tiny_run, tmp_path):
     write_config(work, TINY_CONFIG)
     t0 = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(work), "--configfile", str(work / "config.yaml"),
-         "--profile", str(REPO / "profiles/slurm-ci"), "--verbose"],
-        capture_output=True, text=True, timeout=1500,
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(work),
+            "--configfile",
+            str(work / "config.yaml"),
+            "--profile",
+            str(REPO / "profiles/slurm-ci"),
+            "--verbose",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     seconds = time.time() - t0
     log = proc.stdout + proc.stderr
@@ -57,7 +72,9 @@ def test_tiny_grid_through_slurm_equals_the_local_run(tiny_run, tmp_path):
     for name in ("rule_train_genuine", "rule_prepare_data", "rule_poison_rounds"):
         assert name in submitted, submitted
     assert any(name.startswith("group_") for name in submitted)  # grouped small jobs
-    genuine_log = (work / "logs/model_level/digits/cnn/standard/seed0/train_genuine.log").read_text()
+    genuine_log = (
+        work / "logs/model_level/digits/cnn/standard/seed0/train_genuine.log"
+    ).read_text()
     assert "in SLURM job" in genuine_log  # the job ran inside a SLURM allocation
     assert not [line for line in sbatch if "--gpus" in line]  # the CI cluster has no GPU
 

@@ -30,7 +30,9 @@ def test_training_learns_and_is_deterministic_on_cpu():
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     m3, _, _, _ = _run(1)
-    assert not torch.equal(next(iter(m1.state_dict().values())), next(iter(m3.state_dict().values())))
+    assert not torch.equal(
+        next(iter(m1.state_dict().values())), next(iter(m3.state_dict().values()))
+    )
 
 
 def test_lr_milestones_divide_the_learning_rate():

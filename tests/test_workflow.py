@@ -8,7 +8,6 @@ import sys
 
 import pandas as pd
 import torch
-
 from conftest import REPO, TINY_CONFIG
 
 CELL = "results/model_level/digits/cnn/standard/seed0"
@@ -16,15 +15,28 @@ CELL = "results/model_level/digits/cnn/standard/seed0"
 
 def _models():
     ml = TINY_CONFIG["model_level"]
-    return (["genuine"] + [f"finetune_e{e}" for e in ml["finetune"]["epochs"]]
-            + [f"{k}_e{e}" for k in ("flip", "pattern") for e in ml["attacks"]["epochs"]])
+    return (
+        ["genuine"]
+        + [f"finetune_e{e}" for e in ml["finetune"]["epochs"]]
+        + [f"{k}_e{e}" for k in ("flip", "pattern") for e in ml["attacks"]["epochs"]]
+    )
 
 
 def test_detection_table_has_one_row_per_grid_cell(tiny_run):
     df = pd.read_csv(tiny_run / "results/model_level/detection.csv")
     assert sorted(df["model"]) == sorted(_models())
-    for col in ["dataset", "arch", "variant", "epochs", "seed", "accuracy", "attack_success",
-                "mean_error", "threshold", "flagged"]:
+    for col in [
+        "dataset",
+        "arch",
+        "variant",
+        "epochs",
+        "seed",
+        "accuracy",
+        "attack_success",
+        "mean_error",
+        "threshold",
+        "flagged",
+    ]:
         assert col in df.columns
     assert (df["threshold"] == df["threshold"].iloc[0]).all()
     assert (df["flagged"] == (df["mean_error"] > df["threshold"])).all()
@@ -59,9 +71,22 @@ def test_parquet_dump_carries_model_metadata(tiny_run):
 
 def _audit(run, model, *extra):
     return subprocess.run(
-        [sys.executable, "-m", "poisondetect", "audit", "--bundle", str(run / CELL / "detector.safetensors"),
-         "--model", str(model), "--data", str(run / "results/data/digits.npz"), *extra],
-        capture_output=True, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "poisondetect",
+            "audit",
+            "--bundle",
+            str(run / CELL / "detector.safetensors"),
+            "--model",
+            str(model),
+            "--data",
+            str(run / "results/data/digits.npz"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
 
 
@@ -113,8 +138,20 @@ def test_audit_refuses_the_wrong_trigger_data(tiny_run, tmp_path):
     arrays["x_test"][0] = 0
     np.savez(tmp_path / "other.npz", **arrays)
     proc = subprocess.run(
-        [sys.executable, "-m", "poisondetect", "audit", "--bundle", str(tiny_run / CELL / "detector.safetensors"),
-         "--model", str(tiny_run / CELL / "models/genuine.safetensors"), "--data", str(tmp_path / "other.npz")],
-        capture_output=True, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "poisondetect",
+            "audit",
+            "--bundle",
+            str(tiny_run / CELL / "detector.safetensors"),
+            "--model",
+            str(tiny_run / CELL / "models/genuine.safetensors"),
+            "--data",
+            str(tmp_path / "other.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert proc.returncode == 2 and "does not hold the trigger set" in proc.stderr

@@ -1,0 +1,38 @@
+"""`snakemake -n` plans the paper-scale grids as they are (only the data paths are placeholders)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from conftest import REPO, planned_jobs, snakemake
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")  # merged under, as in a checkout
+    return tmp_path
+
+
+def test_paper_cifar10_grid(workdir):
+    jobs = planned_jobs(snakemake(workdir, "-n", configfile=REPO / "configs/paper-cifar10.yaml"))
+    archs, attacks, attack_epochs, finetune_epochs = 5, 2, 2, 2
+    models = archs * (1 + finetune_epochs + attacks * attack_epochs)
+    assert jobs["prepare_data"] == 1
+    assert jobs["train_genuine"] == archs
+    assert jobs["finetune_honest"] == archs * finetune_epochs
+    assert jobs["finetune_attack"] == archs * attacks * attack_epochs
+    assert jobs["dump_activations"] == models and jobs["score_model"] == models
+    assert jobs["fit_detector"] == archs and jobs["model_level_figure"] == archs
+    assert not any(rule.startswith(("poison", "fit_filter", "make_rounds")) for rule in jobs)
+
+
+def test_paper_cae_grid(workdir):
+    jobs = planned_jobs(snakemake(workdir, "-n", configfile=REPO / "configs/paper-cae.yaml"))
+    tasks, attacks, counts, seeds, families, train_on = 5, 4, 3, 3, 3, 2
+    assert jobs["prepare_data"] == 3  # MNIST, Fashion-MNIST, CIFAR-10
+    assert jobs["make_rounds"] == tasks * seeds
+    assert jobs["poison_rounds"] == tasks * attacks * counts * seeds
+    assert jobs["fit_filter"] == tasks * attacks * counts * seeds * families * train_on
+    assert jobs["sample_level_clean_vs_contaminated"] == tasks  # Fig. 7: clean vs contaminated
+    assert "train_genuine" not in jobs
