@@ -153,7 +153,7 @@ def model_level_figure(
     fig.tight_layout()
     for path in (png, pdf):
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:])
+            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:], bbox_inches="tight")
     plt.close(fig)
 
 
@@ -172,19 +172,25 @@ _DETECTOR_LABEL = {
 def _save(fig, png: str, pdf: str, dpi: int) -> None:
     for path in (png, pdf):
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:])
+            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:], bbox_inches="tight")
     _plt().close(fig)
+
+
+def _task_rows(filtering_csv: str, task: str, *, contaminated_only: bool = True) -> pd.DataFrame:
+    """Rows of one task with the GMM decision (and the no-defence rows), detectors by display name;
+    ``contaminated_only`` drops the detectors trained on clean data."""
+    df = pd.read_csv(filtering_csv)
+    keep = (df["task"] == task) & df["decision"].isin(["gmm", "none"])
+    if contaminated_only:
+        keep &= df["train_on"].isin(["contaminated", "none"])
+    df = df[keep].copy()
+    df["detector"] = df["detector"].map(_DETECTOR_LABEL).fillna(df["detector"])
+    return df
 
 
 def sample_level_tables(filtering_csv: str, task: str, out: dict[str, str]) -> None:
     """F1 (GMM decision) and retrained-SVM accuracy by detector x attack and poison count."""
-    df = pd.read_csv(filtering_csv)
-    df = df[
-        (df["task"] == task)
-        & (df["decision"].isin(["gmm", "none"]))
-        & (df["train_on"].isin(["contaminated", "none"]))
-    ]
-    df = df.assign(detector=df["detector"].map(_DETECTOR_LABEL).fillna(df["detector"]))
+    df = _task_rows(filtering_csv, task)
     f1 = df[df["detector"] != "no defence"].pivot_table(
         index="detector", columns=["attack", "n_poison"], values="f1", aggfunc="mean"
     )
@@ -348,13 +354,7 @@ def sample_level_accuracy_figure(
 
     _plt()  # the Agg backend
     sns.set_theme(context=context, style="whitegrid")
-    df = pd.read_csv(filtering_csv)
-    df = df[
-        (df["task"] == task)
-        & df["decision"].isin(["gmm", "none"])
-        & df["train_on"].isin(["contaminated", "none"])
-    ].copy()
-    df["detector"] = df["detector"].map(_DETECTOR_LABEL).fillna(df["detector"])
+    df = _task_rows(filtering_csv, task)
     df["poison %"] = df["poison_rate"] * 100
     clean = df.groupby(["attack", "poison %"], as_index=False)["clean_accuracy"].mean()
     clean["detector"], clean["svm_accuracy"] = "clean data", clean["clean_accuracy"]
@@ -392,9 +392,8 @@ def sample_level_clean_vs_contaminated(
 
     _plt()  # the Agg backend
     sns.set_theme(context=context, style="whitegrid")
-    df = pd.read_csv(filtering_csv)
-    df = df[(df["task"] == task) & (df["decision"] == "gmm")].copy()
-    df["detector"] = df["detector"].map(_DETECTOR_LABEL).fillna(df["detector"])
+    df = _task_rows(filtering_csv, task, contaminated_only=False)
+    df = df[df["decision"] == "gmm"]
     g = sns.catplot(
         df,
         x="detector",

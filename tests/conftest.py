@@ -47,27 +47,26 @@ TINY_CONFIG = {
 }
 
 
+def snakemake_cmd(workdir: Path, *args: str, configfile: Path | None = None) -> list[str]:
+    """The command line of the workflow's Snakemake in ``workdir`` (default config: its
+    config.yaml); ``args`` are further options and targets (targets relative to ``workdir``)."""
+    return [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(REPO / "Snakefile"),
+        "--directory", str(workdir),
+        "--configfile", str(configfile or workdir / "config.yaml"),
+        *args,
+    ]  # fmt: skip
+
+
 def snakemake(
     workdir: Path,
     *args: str,
     check: bool = True,
     configfile: Path | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run the workflow's Snakemake in ``workdir`` (its config.yaml is the tiny config)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(configfile or workdir / "config.yaml"),
-        "--cores",
-        "2",
-        *args,
-    ]
+    """Run the workflow's Snakemake in ``workdir`` on 2 cores and wait for it."""
+    cmd = snakemake_cmd(workdir, "--cores", "2", *args, configfile=configfile)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check and proc.returncode != 0:

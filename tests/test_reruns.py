@@ -11,12 +11,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import psutil
 import yaml
-from conftest import REPO, TINY_CONFIG, planned_jobs, snakemake
+from conftest import TINY_CONFIG, planned_jobs, snakemake, snakemake_cmd
 
 N_MODELS = 4  # genuine, finetune_e2, flip_e2, pattern_e2
 N_SL_CELLS = 2  # attacks flip, optimal at 3 poisons
@@ -92,20 +91,8 @@ def test_killed_job_leaves_no_complete_looking_output_and_is_redone(tiny_run, tm
     cell = work / "results/model_level/digits/cnn/standard/seed0"
     log = work / "logs/model_level/digits/cnn/standard/seed0/fit_detector.log"
     log.unlink()  # the copied log already has epoch lines; wait for the new job's own
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(work),
-        "--configfile",
-        str(work / "slow.yaml"),
-        "--cores",
-        "1",
-        str((cell / "detector.safetensors").relative_to(work)),  # targets are relative paths
-    ]
+    target = (cell / "detector.safetensors").relative_to(work)
+    cmd = snakemake_cmd(work, "--cores", "1", str(target), configfile=work / "slow.yaml")
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )

@@ -10,12 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
-from conftest import REPO, TINY_CONFIG, write_config
+from conftest import REPO, TINY_CONFIG, snakemake_cmd, write_config
 
 
 def _cluster_up() -> bool:
@@ -41,20 +40,7 @@ def test_tiny_grid_through_slurm_equals_the_local_run(tiny_run, tmp_path):
     write_config(work, TINY_CONFIG)
     t0 = time.time()
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "snakemake",
-            "--snakefile",
-            str(REPO / "Snakefile"),
-            "--directory",
-            str(work),
-            "--configfile",
-            str(work / "config.yaml"),
-            "--profile",
-            str(REPO / "profiles/slurm-ci"),
-            "--verbose",
-        ],
+        snakemake_cmd(work, "--profile", str(REPO / "profiles/slurm-ci"), "--verbose"),
         capture_output=True,
         text=True,
         timeout=1500,
