@@ -57,3 +57,12 @@ def test_wrong_width_and_bad_bundle_are_explained(tmp_path):
     bad.write_bytes(b"\x00" * 20)
     with pytest.raises(PoisonDetectError, match="not a valid poisondetect detector bundle"):
         ActivationAutoencoder.load(bad)
+
+
+def test_dead_units_do_not_switch_standardisation_off():
+    x = _acts()
+    x[:, :16] = 0.0  # most units never fire: the median std over all units would be 0
+    det = ActivationAutoencoder(latent=4, hidden=[16], epochs=1).fit(x)
+    live_median = np.median(x.std(0)[x.std(0) > 0])
+    assert np.allclose(det.std_[:16], live_median)  # floored at the live units' median
+    assert (det.std_[16:] >= live_median - 1e-6).all()

@@ -81,3 +81,14 @@ def test_key_order_does_not_matter():
         {"datasets": {"digits": {"max_test": 3, "format": "digits", "max_train": 5}}}
     )
     assert repr(a) == repr(b)  # Snakemake compares params by their text
+
+
+def test_a_disabled_part_is_not_cross_checked():
+    cfg = {
+        "datasets": {"m": {"format": "mnist", "path": "/data/mnist"}},
+        "model_level": {"datasets": ["m"]},
+        "sample_level": {"enabled": False},
+    }
+    validate_config(cfg)  # the default digits task of the disabled part is not checked
+    with pytest.raises(PoisonDetectError, match="digits_1v7.dataset = 'digits'"):
+        validate_config({**cfg, "sample_level": {"enabled": True}})

@@ -23,7 +23,7 @@ from poisondetect.training import pick_device
 log = logging.getLogger(__name__)
 
 
-STD_FLOOR = 0.01  # per-unit std floor, as a share of the median unit std (standardize=True)
+STD_FLOOR = 1.0  # per-unit std floor, as a share of the median std of the units that fire
 
 
 def mean_plus_std(errors: np.ndarray) -> float:
@@ -47,6 +47,7 @@ class ActivationAutoencoder:
         lr: float = 1e-3,
         batch_size: int = 128,
         standardize: bool = True,
+        std_floor: float = STD_FLOOR,
         seed: int = 0,
         device: str = "auto",
     ):
@@ -56,6 +57,7 @@ class ActivationAutoencoder:
         self.lr = lr
         self.batch_size = batch_size
         self.standardize = standardize
+        self.std_floor = std_floor
         self.seed = seed
         self.device = device
         self.threshold_: float | None = None
@@ -81,11 +83,18 @@ class ActivationAutoencoder:
         if self.standardize:
             self.mean_ = X.mean(0)
             std = X.std(0)
-            # Units that never fire in the genuine model have std 0: floor their scale at a small
-            # share of the typical unit's, so a unit that wakes up in a suspicious model raises the
-            # error strongly but finitely.
-            floor = STD_FLOOR * float(np.median(std)) if np.median(std) > 0 else 1.0
+            # Units that never (or hardly) fire in the genuine model have a std near 0: floor every
+            # unit's scale at std_floor x the median std of the live units, so no unit is amplified
+            # beyond a typical one and a unit that wakes up in another model counts finitely.
+            live = std[std > 0]  # the median over units that fire (dead units would make it 0)
+            floor = self.std_floor * float(np.median(live)) if live.size else 1.0
             self.std_ = np.maximum(std, max(floor, 1e-6)).astype(np.float32)
+            log.info(
+                "standardising %d activations (%d never fire in the genuine model); std floor %.4g",
+                self.input_dim_,
+                int((std == 0).sum()),
+                floor,
+            )
         else:
             self.mean_ = np.zeros(self.input_dim_, np.float32)
             self.std_ = np.ones(self.input_dim_, np.float32)

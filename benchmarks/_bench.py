@@ -1,0 +1,185 @@
+"""Shared helpers of the benchmark scripts: machine description, running the workflow, reading the
+Snakemake ``benchmark:`` TSVs, and a report that is printed and saved at the same time.
+
+Not a benchmark itself; imported by ``model_level_mnist.py`` and ``sample_level_mnist.py`` (both
+put this directory on ``sys.path`` when run as ``python benchmarks/<script>.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MNIST = (REPO / ".." / "shared" / "data" / "mnist").resolve()
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def machine_lines() -> list[str]:
+    """CPU model, cores, memory, Python / torch / Snakemake versions and the CUDA device if any."""
+    import snakemake
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem_kb = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
+        mem = f"{mem_kb / 2**20:.1f} GiB"
+    except (OSError, StopIteration):
+        mem = "unknown"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)"
+    return [
+        f"CPU          : {cpu}",
+        f"cores        : {usable} usable ({os.cpu_count()} online), load average "
+        + " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        f"memory       : {mem}",
+        f"CUDA device  : {gpu}",
+        f"python       : {platform.python_version()} ({platform.system()} {platform.release()})",
+        f"torch        : {torch.__version__} (CUDA build {torch.version.cuda or 'none'})",
+        f"snakemake    : {snakemake.__version__}",
+    ]
+
+
+def fresh_workdir(workdir: Path, resume: bool) -> None:
+    """Create ``workdir``; unless ``resume``, delete the outputs of an earlier run in it (only the
+    workflow's own folders, so every benchmark TSV read afterwards belongs to this run)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for name in ("results", "logs", ".snakemake"):
+            shutil.rmtree(workdir / name, ignore_errors=True)
+
+
+def write_config(cfg: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def run_workflow(workdir: Path, configfile: Path, cores: int, log: Callable[[str], None]) -> float:
+    """Run the repository's Snakefile in ``workdir`` with ``configfile``; return the wall seconds.
+
+    Snakemake's own output goes to ``workdir/snakemake.log`` (its tail is printed on failure).
+    """
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--cores",
+        str(cores),
+    ]
+    log("command      : " + " ".join(cmd))
+    out = workdir / "snakemake.log"
+    t0 = time.perf_counter()
+    with out.open("w") as fh:
+        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+    seconds = time.perf_counter() - t0
+    if rc != 0:
+        tail = out.read_text().splitlines()[-40:]
+        raise SystemExit(f"snakemake failed (exit {rc}); last lines of {out}:\n" + "\n".join(tail))
+    return seconds
+
+
+def read_benchmarks(workdir: Path, stage_of: Callable[[Path], str | None]) -> pd.DataFrame:
+    """One row per ``benchmark:`` TSV under ``workdir/results/benchmarks`` with its stage name.
+
+    ``stage_of`` maps a TSV path (relative to results/benchmarks) to a stage, or None to skip it.
+    """
+    root = workdir / "results" / "benchmarks"
+    rows = []
+    for tsv in sorted(root.rglob("*.tsv")):
+        rel = tsv.relative_to(root)
+        stage = stage_of(rel)
+        if stage is None:
+            continue
+        b = pd.read_csv(tsv, sep="\t")
+        rows.append(
+            {
+                "stage": stage,
+                "job": str(rel.with_suffix("")),
+                "seconds": float(b["s"].mean()),
+                "max_rss_mb": pd.to_numeric(b["max_rss"], errors="coerce").max(),
+                "runs": len(b),
+            }
+        )
+    return pd.DataFrame(rows, columns=["stage", "job", "seconds", "max_rss_mb", "runs"])
+
+
+def stage_table(bench: pd.DataFrame, stages: list[str]) -> list[str]:
+    """Per-stage sums (jobs, total, mean, max) followed by every job's own line."""
+    lines = [
+        f"{'stage':<18} {'jobs':>4} {'sum s':>9} {'mean s':>8} {'max s':>8} {'max RSS MB':>11}"
+    ]
+    for st in stages:
+        g = bench[bench["stage"] == st]
+        if g.empty:
+            lines.append(f"{st:<18} {0:>4} {'(no benchmark TSV)':>28}")
+            continue
+        lines.append(
+            f"{st:<18} {len(g):>4} {g['seconds'].sum():>9.1f} {g['seconds'].mean():>8.1f} "
+            f"{g['seconds'].max():>8.1f} {g['max_rss_mb'].max():>11.0f}"
+        )
+    lines.append(f"{'all jobs':<18} {len(bench):>4} {bench['seconds'].sum():>9.1f}")
+    lines.append("")
+    lines.append("per job:")
+    for _, r in bench.sort_values(["stage", "job"]).iterrows():
+        lines.append(
+            f"  {r['stage']:<18} {r['seconds']:>8.1f} s {r['max_rss_mb']:>7.0f} MB  {r['job']}"
+        )
+    return lines
+
+
+class Report:
+    """Lines printed as they come and saved to a file at the end."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, line: str = "") -> None:
+        print(line, flush=True)
+        self.lines.append(line)
+
+    def save(self, path: Path) -> None:
+        path.write_text("\n".join(self.lines) + "\n")
+        print(f"(report saved to {path})")
+
+
+def pts(share: float) -> str:
+    """A difference of two accuracies (shares) in signed percentage points, never "-0.00"."""
+    return f"{round(100 * share, 2) + 0.0:+.2f}"
+
+
+def fmt(v, spec: str = ".4f", none: str = "-") -> str:
+    """Format a number, or ``none`` for a missing value."""
+    if v is None or (isinstance(v, float) and v != v):
+        return none
+    return format(v, spec)
