@@ -1,0 +1,51 @@
+"""The benchmark scripts build configs that the workflow's schema accepts, for every preset."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from conftest import REPO
+
+from poisondetect.config import validate_config
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("preset", ["--quick", "--paper"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_model_level_benchmark_config(tmp_path, preset, optimizer):
+    bench = _load("model_level_mnist")
+    args = bench.parse_args([preset, "--optimizer", optimizer, "--data", str(tmp_path)])
+    _, s = bench.settings(args)
+    cfg = validate_config(bench.build_config(args, s))
+    train = cfg["model_level"]["train"]
+    assert train["optimizer"] == optimizer
+    assert train["lr"] == bench.OPTIMIZERS[optimizer]["lr"]
+    assert cfg["model_level"]["threshold_finetune_epochs"] == max(s["attack_epochs"])
+    assert cfg["model_level"]["finetune"]["epochs"] == [max(s["attack_epochs"])]
+    if preset == "--paper":
+        assert s["attack_epochs"] == [25, 50]  # the paper's epochs
+
+
+def test_model_level_benchmark_default_optimizer_is_sgd(tmp_path):
+    bench = _load("model_level_mnist")
+    assert bench.parse_args(["--data", str(tmp_path)]).optimizer == "sgd"
+
+
+@pytest.mark.parametrize("preset", ["--quick", "--paper"])
+def test_sample_level_benchmark_config(tmp_path, preset):
+    bench = _load("sample_level_mnist")
+    args = bench.parse_args([preset, "--data", str(tmp_path)])
+    _, s = bench.settings(args)
+    cfg = validate_config(bench.build_config(args, s))
+    assert cfg["sample_level"]["enabled"] is True
+    assert set(cfg["sample_level"]["attacks"]) == {"flip", "optimal", "semi_optimal", "mixed"}
+    rounds = cfg["sample_level"]["rounds"]
+    assert (rounds["n_rounds"], rounds["n_detector_rounds"]) == (60, 50)  # the paper's rounds
+    assert (rounds["n_train"], rounds["n_val"], rounds["n_test"]) == (100, 200, 200)
