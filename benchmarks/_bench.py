@@ -158,6 +158,54 @@ def stage_table(bench: pd.DataFrame, stages: list[str]) -> list[str]:
     return lines
 
 
+def start_benchmark(
+    args, config: dict, title: str, preset: str, settings: str
+) -> tuple[Report, Path]:
+    """The part every benchmark's ``main`` shares: check ``args.data``, prepare ``args.workdir``,
+    write ``config`` there, print the header (title, machine, preset, settings), run the workflow
+    and print its wall time. Returns the report and the resolved work directory."""
+    if not args.data.is_dir():
+        raise SystemExit(f"--data {args.data}: not a directory (expected the four MNIST IDX files)")
+    work = args.workdir.resolve()
+    fresh_workdir(work, args.resume)
+    cfg_path = work / "bench-config.yaml"
+    write_config(config, cfg_path)
+
+    log = Report()
+    log("=" * 100)
+    log(f"poisondetect benchmark: {title}")
+    log("=" * 100)
+    for line in machine_lines():
+        log(line)
+    log(f"preset       : {preset}")
+    log(f"settings     : {settings}")
+    log(f"work dir     : {work}")
+    log(f"config       : {cfg_path}")
+    wall = run_workflow(work, cfg_path, args.cores, log)
+    log(f"workflow wall time: {wall:.1f} s ({wall / 60:.1f} min) with --cores {args.cores}")
+    log("")
+    return log, work
+
+
+def finish_benchmark(
+    log: Report,
+    work: Path,
+    stage_of: Callable[[Path], str | None],
+    stages: list[str],
+    collect_rule: str,
+    t_start: float,
+) -> None:
+    """The shared end: the per-stage wall times, the benchmark's total time, the saved report."""
+    log("Stage wall times (Snakemake benchmark TSVs; jobs of a stage may run in parallel):")
+    for line in stage_table(read_benchmarks(work, stage_of), stages):
+        log(line)
+    log(f"(report = {collect_rule}; the tables / figure rules have no benchmark directive)")
+    log("")
+    total = time.perf_counter() - t_start
+    log(f"total wall time of this benchmark: {total:.1f} s ({total / 60:.1f} min)")
+    log.save(work / "benchmark_report.txt")
+
+
 class Report:
     """Lines printed as they come and saved to a file at the end."""
 

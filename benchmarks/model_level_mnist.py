@@ -48,14 +48,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import (  # noqa: E402
     DEFAULT_MNIST,
     Report,
+    finish_benchmark,
     fmt,
-    fresh_workdir,
     has_cuda,
-    machine_lines,
-    read_benchmarks,
-    run_workflow,
-    stage_table,
-    write_config,
+    start_benchmark,
 )
 
 STAGES = [
@@ -298,50 +294,27 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     args = parse_args(argv)
     preset, s = settings(args)
-    if not args.data.is_dir():
-        raise SystemExit(f"--data {args.data}: not a directory (expected the four MNIST IDX files)")
-    work = args.workdir.resolve()
-    fresh_workdir(work, args.resume)
-    cfg_path = work / "bench-config.yaml"
-    write_config(build_config(args, s), cfg_path)
-
-    log = Report()
-    log("=" * 100)
-    log("poisondetect benchmark: model-level detection, paper CNN on MNIST")
-    log("=" * 100)
-    for line in machine_lines():
-        log(line)
-    log(f"preset       : {preset}")
     opt = OPTIMIZERS[args.optimizer]
     opt_txt = ", ".join(f"{k} {v:g}" for k, v in opt.items() if k != "optimizer")
-    log(
-        f"settings     : data {args.data.resolve()}, training images {s['max_train'] or 'all 60000'}, "
+    log, work = start_benchmark(
+        args,
+        build_config(args, s),
+        "model-level detection, paper CNN on MNIST",
+        preset,
+        f"data {args.data.resolve()}, training images {s['max_train'] or 'all 60000'}, "
         f"test (trigger set) 10000, CNN width {s['width']}, genuine {s['genuine_epochs']} epochs "
         f"({opt['optimizer']}: {opt_txt}; lr /10 after half), honest fine-tune "
         f"{s['finetune_epochs']} epochs, attacks {'/'.join(map(str, s['attack_epochs']))} epochs "
         f"(paper 25/50 x {s['epoch_scale']}), fine-tunes at lr {opt['lr'] / 10:g}, "
-        f"class 1 -> 7, 50% of the class, 5x5 white pattern; AE 128-32 units, {s['ae_epochs']} epochs"
+        f"class 1 -> 7, 50% of the class, 5x5 white pattern; AE 128-32 units, {s['ae_epochs']} epochs",
     )
-    log(f"work dir     : {work}")
-    log(f"config       : {cfg_path}")
-    wall = run_workflow(work, cfg_path, args.cores, log)
-    log(f"workflow wall time: {wall:.1f} s ({wall / 60:.1f} min) with --cores {args.cores}")
-    log("")
 
     det = pd.read_csv(work / "results" / "model_level" / "detection.csv")
     log(f"Detection (one grid cell: mnist / cnn / standard / seed {args.seed})")
     log("")
     detection_table(det, s["attack_epochs"], log)
     log("")
-    log("Stage wall times (Snakemake benchmark TSVs; jobs of a stage may run in parallel):")
-    bench = read_benchmarks(work, stage_of)
-    for line in stage_table(bench, STAGES):
-        log(line)
-    log("(report = collect_model_level; the tables / figure rules have no benchmark directive)")
-    log("")
-    total = time.perf_counter() - t_start
-    log(f"total wall time of this benchmark: {total:.1f} s ({total / 60:.1f} min)")
-    log.save(work / "benchmark_report.txt")
+    finish_benchmark(log, work, stage_of, STAGES, "collect_model_level", t_start)
 
 
 if __name__ == "__main__":

@@ -44,14 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import (  # noqa: E402
     DEFAULT_MNIST,
     Report,
+    finish_benchmark,
     fmt,
-    fresh_workdir,
-    machine_lines,
     pts,
-    read_benchmarks,
-    run_workflow,
-    stage_table,
-    write_config,
+    start_benchmark,
 )
 
 TASK = "mnist_4v0"
@@ -292,32 +288,17 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
     args = parse_args(argv)
     preset, s = settings(args)
-    if not args.data.is_dir():
-        raise SystemExit(f"--data {args.data}: not a directory (expected the four MNIST IDX files)")
-    work = args.workdir.resolve()
-    fresh_workdir(work, args.resume)
-    cfg_path = work / "bench-config.yaml"
-    write_config(build_config(args, s), cfg_path)
-
-    log = Report()
-    log("=" * 100)
-    log("poisondetect benchmark: sample-level poison filtering (CAE+), MNIST 4 vs 0")
-    log("=" * 100)
-    for line in machine_lines():
-        log(line)
-    log(f"preset       : {preset}")
-    log(
-        f"settings     : data {args.data.resolve()}, {s['rounds']} rounds of 100/200/200 "
+    log, work = start_benchmark(
+        args,
+        build_config(args, s),
+        "sample-level poison filtering (CAE+), MNIST 4 vs 0",
+        preset,
+        f"data {args.data.resolve()}, {s['rounds']} rounds of 100/200/200 "
         f"(train/val/test), detectors fitted on the first {s['rounds'] - 10} rounds' contaminated "
         f"data, {args.n_poison} poisons per round; RAE {s['rae_epochs']}, CAE {s['cae_epochs']}, "
         f"MagNet {s['magnet_epochs']} epochs, Adam lr {s['lr']:g}, batch 256; alpha 0.66; "
-        "linear SVM C=1; GMM decision"
+        "linear SVM C=1; GMM decision",
     )
-    log(f"work dir     : {work}")
-    log(f"config       : {cfg_path}")
-    wall = run_workflow(work, cfg_path, args.cores, log)
-    log(f"workflow wall time: {wall:.1f} s ({wall / 60:.1f} min) with --cores {args.cores}")
-    log("")
 
     df = pd.read_csv(work / "results" / "sample_level" / "filtering.csv")
     df = df[(df["task"] == TASK) & (df["train_on"].isin(["contaminated", "none"]))]
@@ -332,15 +313,7 @@ def main(argv=None) -> None:
     log("")
     claims(res, log)
     log("")
-    log("Stage wall times (Snakemake benchmark TSVs; jobs of a stage may run in parallel):")
-    bench = read_benchmarks(work, stage_of)
-    for line in stage_table(bench, STAGES):
-        log(line)
-    log("(report = collect_sample_level; the tables / figure rules have no benchmark directive)")
-    log("")
-    total = time.perf_counter() - t_start
-    log(f"total wall time of this benchmark: {total:.1f} s ({total / 60:.1f} min)")
-    log.save(work / "benchmark_report.txt")
+    finish_benchmark(log, work, stage_of, STAGES, "collect_sample_level", t_start)
 
 
 if __name__ == "__main__":
