@@ -98,12 +98,13 @@ def _check_consistency(cfg: dict) -> None:
     problems = []
     declared = set(cfg.get("datasets", {}))
     ml = cfg.get("model_level", {})
-    for name in ml.get("datasets", []) if ml.get("enabled", True) else []:
-        if name not in declared:
-            problems.append(
-                f"model_level.datasets names '{name}', which is not declared under 'datasets' "
-                f"(declared: {', '.join(sorted(declared)) or 'none'})"
-            )
+    if ml.get("enabled", True):  # a disabled part's data sets are not read
+        for name in ml.get("datasets", []):
+            if name not in declared:
+                problems.append(
+                    f"model_level.datasets names '{name}', which is not declared under 'datasets' "
+                    f"(declared: {', '.join(sorted(declared)) or 'none'})"
+                )
     if ml:
         thr = ml["threshold_finetune_epochs"]
         if thr not in ml["finetune"]["epochs"]:
@@ -115,14 +116,13 @@ def _check_consistency(cfg: dict) -> None:
         if atk["target_class"] == atk["attacker_class"]:
             problems.append("model_level.attacks.target_class and attacker_class must differ")
     sl = cfg.get("sample_level", {})
-    sl_on = sl.get("enabled", True)
-    for task, spec in sl.get("tasks", {}).items() if sl_on else []:
-        if task in (sl.get("run_tasks") or sl["tasks"]) and spec["dataset"] not in declared:
-            problems.append(
-                f"sample_level.tasks.{task}.dataset = '{spec['dataset']}' is not declared under "
-                "'datasets'"
-            )
-    if sl and sl_on:
+    if sl and sl.get("enabled", True):  # a disabled part is not cross-checked
+        for task, spec in sl["tasks"].items():
+            if task in (sl["run_tasks"] or sl["tasks"]) and spec["dataset"] not in declared:
+                problems.append(
+                    f"sample_level.tasks.{task}.dataset = '{spec['dataset']}' is not declared "
+                    "under 'datasets'"
+                )
         for name in sl["run_tasks"] or []:
             if name not in sl["tasks"]:
                 problems.append(
