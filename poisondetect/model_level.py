@@ -112,7 +112,8 @@ def train_genuine(
     from poisondetect.checkpoints import save_checkpoint
     from poisondetect.data import load_prepared
     from poisondetect.models import build_model
-    from poisondetect.training import accuracy, pick_device, train_model
+    from poisondetect.runtime import pick_device
+    from poisondetect.training import accuracy, train_model
 
     ds = load_prepared(data)
     x, y = ds.x_train, ds.y_train
@@ -178,7 +179,8 @@ def finetune(
     from poisondetect.attacks.labels import apply_attack, paste_pattern
     from poisondetect.checkpoints import load_checkpoint, save_checkpoint
     from poisondetect.data import load_prepared
-    from poisondetect.training import accuracy, pick_device, predict, train_model
+    from poisondetect.runtime import pick_device
+    from poisondetect.training import accuracy, predict, train_model
 
     ds = load_prepared(data)
     dev = pick_device(device)
@@ -266,7 +268,7 @@ def dump(
     from poisondetect.activations import dump_activations
     from poisondetect.checkpoints import load_checkpoint
     from poisondetect.data import load_prepared
-    from poisondetect.training import pick_device
+    from poisondetect.runtime import pick_device
 
     ds = load_prepared(data)
     idx, x, y = trigger_set(ds, max_samples, seed)
@@ -417,7 +419,7 @@ def audit(
     from poisondetect.checkpoints import load_checkpoint
     from poisondetect.data import load_prepared
     from poisondetect.detectors.autoencoder import ActivationAutoencoder
-    from poisondetect.training import pick_device
+    from poisondetect.runtime import pick_device
 
     det = ActivationAutoencoder.load(bundle, device="cpu")
     trig = det.description_["trigger_set"]

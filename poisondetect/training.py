@@ -1,44 +1,19 @@
-"""Device choice, seeded training / fine-tuning loops and evaluation of image classifiers."""
+"""Seeded training / fine-tuning loops and evaluation of image classifiers."""
 
 from __future__ import annotations
 
 import logging
 import math
 import random
-import sys
 import time
 
 import numpy as np
 import torch
 from torch import nn
 
+from poisondetect.runtime import deterministic_cuda, progress
+
 log = logging.getLogger(__name__)
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """CUDA when available (and not refused), else the CPU: one code path for laptop and cluster."""
-    if requested == "cpu":
-        return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        from poisondetect.errors import PoisonDetectError
-
-        raise PoisonDetectError(
-            "device: cuda was requested but this job sees no CUDA GPU; use device: auto "
-            "(or request a GPU from the scheduler)"
-        )
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def deterministic_cuda() -> None:
-    """Ask for deterministic CUDA kernels (warn only where none exists).
-
-    Only called for CUDA runs: the CPU kernels used here are deterministic already, and the switch
-    imports torch's compiler stack (about 6 s per job on a small CPU machine).
-    """
-    import os
-
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def seed_everything(seed: int, device: torch.device | str | None = None) -> None:
@@ -48,15 +23,6 @@ def seed_everything(seed: int, device: torch.device | str | None = None) -> None
     torch.manual_seed(seed)
     if device is not None and torch.device(device).type == "cuda":
         deterministic_cuda()
-
-
-def _progress(iterable, total: int, desc: str):
-    """A tqdm bar only where a terminal is attached; plain iteration in logs and batch jobs."""
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(iterable, total=total, desc=desc, leave=False)
-    return iterable
 
 
 def _augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -129,7 +95,7 @@ def train_model(
         model.train()
         perm = torch.randperm(n, generator=gen)
         total_loss, correct = 0.0, 0
-        for b in _progress(range(n_batches), n_batches, f"{desc} {epoch}/{epochs}"):
+        for b in progress(range(n_batches), n_batches, f"{desc} {epoch}/{epochs}"):
             idx = perm[b * batch_size : (b + 1) * batch_size]
             xb = xt[idx.to(xt.device)].to(device, non_blocking=True)
             yb = yt[idx.to(yt.device)].to(device, non_blocking=True)

@@ -2,7 +2,8 @@ import numpy as np
 import torch
 
 from poisondetect.models import build_model
-from poisondetect.training import accuracy, pick_device, train_model
+from poisondetect.runtime import pick_device
+from poisondetect.training import accuracy, train_model
 
 
 def _toy(seed=0):

@@ -18,7 +18,7 @@ from torch import nn
 from poisondetect.detectors.nets import DenseAutoencoder, fit_loop
 from poisondetect.errors import PoisonDetectError
 from poisondetect.io import atomic_path
-from poisondetect.training import pick_device
+from poisondetect.runtime import pick_device
 
 log = logging.getLogger(__name__)
 

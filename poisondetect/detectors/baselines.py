@@ -21,7 +21,7 @@ from poisondetect.detectors.cae import check_features, check_labels, combine, mo
 from poisondetect.detectors.decision import gmm_decision
 from poisondetect.detectors.nets import batched_apply, build_autoencoder, fit_loop, seeded
 from poisondetect.errors import PoisonDetectError
-from poisondetect.training import pick_device
+from poisondetect.runtime import pick_device
 
 
 class OD:

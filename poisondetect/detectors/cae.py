@@ -39,7 +39,7 @@ from poisondetect.detectors.nets import (
     seeded,
 )
 from poisondetect.errors import PoisonDetectError
-from poisondetect.training import pick_device
+from poisondetect.runtime import pick_device
 
 IMAGE_ARCHS = ("conv", "conv_avgpool", "conv_nopool")
 

@@ -16,7 +16,6 @@ import contextlib
 import copy
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 
 from poisondetect.errors import PoisonDetectError
+from poisondetect.runtime import deterministic_cuda, progress
 
 log = logging.getLogger(__name__)
 
@@ -216,24 +216,13 @@ def latent_size(net: nn.Module, input_shape: Sequence[int]) -> int:
 @contextlib.contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch (CPU and the given CUDA device) inside the block, restoring the caller's RNG state
-    afterwards; deterministic algorithms are asked for on CUDA (see training.deterministic_cuda)."""
-    from poisondetect.training import deterministic_cuda
-
+    afterwards; deterministic algorithms are asked for on CUDA (see runtime.deterministic_cuda)."""
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         if device.type == "cuda":
             deterministic_cuda()
         yield
-
-
-def _progress(iterable, total: int, desc: str):
-    """A tqdm bar only when stderr is a terminal."""
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(iterable, total=total, desc=desc, leave=False)
-    return iterable
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,7 +292,7 @@ def fit_loop(
             model.train()
             perm = train_idx[torch.randperm(n_train, generator=gen)].to(device)
             sums: dict[str, float] = {}
-            for b in _progress(range(n_batches), n_batches, f"{desc} {epoch}/{epochs}"):
+            for b in progress(range(n_batches), n_batches, f"{desc} {epoch}/{epochs}"):
                 idx = perm[b * batch_size : (b + 1) * batch_size]
                 loss, metrics = _split(loss_fn(model, *(_fmt(a[idx]) for a in on_device)))
                 opt.zero_grad(set_to_none=True)
