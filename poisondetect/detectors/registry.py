@@ -1,0 +1,55 @@
+"""Detector registry: config name -> class, per level ("sample" or "model").
+
+Entries are import strings (``"module:Class"``) so that planning the workflow's job graph imports
+no torch; a test or a plug-in may also register a class object directly with ``register``. Adding a
+detector is one class, one entry here and its config block in ``schemas/config.schema.yaml``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from poisondetect.errors import PoisonDetectError
+
+LEVELS = ("sample", "model")
+
+_REGISTRY: dict[str, dict[str, str | type]] = {
+    "sample": {},
+    "model": {},
+}
+
+
+def register(level: str, name: str, cls: str | type) -> None:
+    """Add (or replace) a detector under ``name``; ``cls`` is a class or a "module:Class" string."""
+    if level not in LEVELS:
+        raise PoisonDetectError(f"unknown detector level {level!r}; expected one of {LEVELS}")
+    _REGISTRY[level][name] = cls
+
+
+def unregister(level: str, name: str) -> None:
+    _REGISTRY[level].pop(name, None)
+
+
+def names(level: str) -> list[str]:
+    """The registered detector names of one level, in registration order."""
+    return list(_REGISTRY[level])
+
+
+def get(level: str, name: str) -> type:
+    """The detector class registered under ``name``."""
+    try:
+        entry = _REGISTRY[level][name]
+    except KeyError:
+        raise PoisonDetectError(
+            f"unknown {level}-level detector {name!r}; known: {', '.join(names(level))}"
+        ) from None
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+    return entry
+
+
+def build(level: str, name: str, params: dict | None = None, **extra):
+    """A new, unfitted detector from its config block (``params``) plus run settings (``extra``,
+    e.g. seed and device)."""
+    return get(level, name)(**(params or {}), **extra)
