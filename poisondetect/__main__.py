@@ -1,8 +1,10 @@
 """Command line: ``python -m poisondetect audit --bundle B --model M``.
 
-Prints the verdict for a suspicious checkpoint: the mean reconstruction error of its penultimate
-activations on the detector's trigger set, against the threshold saved in the detector bundle.
-Checkpoints are read as safetensors or weights-only state dicts; pickled code is refused.
+Prints every detector's score of a suspicious checkpoint on the bundle's trigger set, its
+calibrated threshold, its rank among the honest fine-tunes (an empirical p-value) and the verdict,
+naming the detectors the verdict comes from; and the paper's rule (mean reconstruction error
+against Tr). Exit status: 0 not poisoned, 1 POISONED, 2 bad input. Checkpoints are read as
+safetensors or weights-only state dicts; pickled code is refused.
 """
 
 from __future__ import annotations
@@ -46,6 +48,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def format_audit(r: dict) -> str:
+    """The audit result as a table, one detector statistic a line, then the verdict."""
+    lines = [
+        f"model {r['model']}: {r['n_trigger']} trigger images; thresholds at a "
+        f"{r['fpr'] * 100:g}% false-alarm rate of the honest fine-tunes",
+        f"  {'detector':<32}{'score':>12}{'threshold':>12}{'p-value':>9}  flagged",
+    ]
+    for d in r["detectors"]:
+        mark = "*" if d["detector"] in r["verdict_from"] else " "
+        lines.append(
+            f"{mark} {d['detector']:<32}{d['score']:>12.5g}{d['threshold']:>12.5g}"
+            f"{d['pvalue']:>9.3f}  {'yes' if d['flagged'] else 'no'}"
+        )
+    if "paper" in r:
+        p = r["paper"]
+        lines.append(
+            f"paper's rule: mean reconstruction error {p['mean_error']:.6g} "
+            f"{'>' if p['flagged'] else '<='} Tr {p['threshold']:.6g} -> "
+            f"{'poisoned' if p['flagged'] else 'not poisoned'}"
+        )
+    by = ", ".join(r["flagged_by"]) or "none of them flags"
+    lines.append(f"{r['verdict']} (verdict from {', '.join(r['verdict_from'])}, marked *: {by})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "audit":
@@ -59,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(result, indent=2))
         else:
-            print(
-                f"{result['verdict']}: mean reconstruction error {result['mean_error']:.6g} "
-                f"{'>' if result['flagged'] else '<='} threshold {result['threshold']:.6g} "
-                f"({result['n_trigger']} trigger images, model {result['model']})"
-            )
+            print(format_audit(result))
         return 1 if result["flagged"] else 0
     return 2
 

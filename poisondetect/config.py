@@ -106,12 +106,27 @@ def _check_consistency(cfg: dict) -> None:
                     f"(declared: {', '.join(sorted(declared)) or 'none'})"
                 )
     if ml:
-        thr = ml["threshold_finetune_epochs"]
-        if thr not in ml["finetune"]["epochs"]:
+        variants = ml["finetune"]["variants"]
+        ae_mean = ml["detectors"].get("ae_mean")
+        if ae_mean is not None and ae_mean["threshold_variant"] not in variants:
             problems.append(
-                f"model_level.threshold_finetune_epochs = {thr} must be one of "
-                f"model_level.finetune.epochs = {ml['finetune']['epochs']}"
+                f"model_level.detectors.ae_mean.threshold_variant = "
+                f"'{ae_mean['threshold_variant']}' must name one of model_level.finetune.variants "
+                f"({', '.join(variants)})"
             )
+        for name, v in variants.items():
+            if v["data"] == "unseen" and "new_data" not in ml["scenarios"]:
+                problems.append(
+                    f"model_level.finetune.variants.{name}.data = unseen needs the new_data "
+                    "scenario (in the standard scenario M has seen every training image); add "
+                    "new_data to model_level.scenarios"
+                )
+        for name in ml["calibration"]["verdict"]:
+            if name.partition(":")[0] not in ml["detectors"]:
+                problems.append(
+                    f"model_level.calibration.verdict names '{name}', which is not a configured "
+                    f"detector ({', '.join(ml['detectors'])})"
+                )
         atk = ml["attacks"]
         if atk["target_class"] == atk["attacker_class"]:
             problems.append("model_level.attacks.target_class and attacker_class must differ")

@@ -92,3 +92,88 @@ def attack_success(y_pred: np.ndarray, target: int | np.ndarray) -> float:
             f"target must be one label or one per prediction ({p.size})"
         ) from err
     return float(np.mean(p == t)) if p.size else math.nan
+
+
+# -- populations of models: ROC, calibration ----------------------------------------------------
+def _population(scores, name: str) -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(s)):
+        raise PoisonDetectError(f"{name} scores contain NaN or infinite values")
+    return s
+
+
+def auroc(negatives, positives) -> float:
+    """Area under the ROC curve of positives (attacked) against negatives (honest); ties count
+    one half (the Mann-Whitney statistic). NaN when either population is empty."""
+    neg, pos = _population(negatives, "honest"), _population(positives, "attacked")
+    if not neg.size or not pos.size:
+        return math.nan
+    truth = np.r_[np.zeros(neg.size, bool), np.ones(pos.size, bool)]
+    return float(roc_auc_score(truth, np.r_[neg, pos]))
+
+
+def tpr_at_fpr(negatives, positives, fpr: float) -> float:
+    """The largest detection rate of a threshold whose false-alarm rate on ``negatives`` is at most
+    ``fpr`` (flagged = score > threshold; ties are never split)."""
+    neg, pos = _population(negatives, "honest"), _population(positives, "attacked")
+    if not neg.size or not pos.size:
+        return math.nan
+    best = 0.0
+    for t in np.r_[np.unique(neg), -np.inf]:
+        if np.mean(neg > t) <= fpr + 1e-12:
+            best = max(best, float(np.mean(pos > t)))
+    return best
+
+
+def roc_curve_points(negatives, positives) -> tuple[np.ndarray, np.ndarray]:
+    """(false-alarm rates, detection rates) of every threshold, from (0, 0) to (1, 1)."""
+    from sklearn.metrics import roc_curve
+
+    neg, pos = _population(negatives, "honest"), _population(positives, "attacked")
+    truth = np.r_[np.zeros(neg.size, bool), np.ones(pos.size, bool)]
+    f, t, _ = roc_curve(truth, np.r_[neg, pos], drop_intermediate=False)
+    return f, t
+
+
+def auroc_interval(
+    negatives, positives, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the AUROC, resampling each population separately."""
+    neg, pos = _population(negatives, "honest"), _population(positives, "attacked")
+    if not neg.size or not pos.size:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    ni = rng.integers(0, neg.size, (n_boot, neg.size))
+    pi = rng.integers(0, pos.size, (n_boot, pos.size))
+    # Mann-Whitney AUROC of every resample at once: P(pos > neg) + 0.5 P(pos == neg)
+    a = np.empty(n_boot)
+    for b in range(n_boot):
+        n, p = neg[ni[b]], pos[pi[b]]
+        a[b] = (p[:, None] > n[None, :]).mean() + 0.5 * (p[:, None] == n[None, :]).mean()
+    lo, hi = np.quantile(a, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def calibrated_threshold(honest_scores, fpr: float) -> float:
+    """A threshold at false-alarm rate ``fpr`` from honest scores (flagged = score > threshold).
+
+    The split-conformal order statistic: the ceil((n + 1)(1 - fpr))-th smallest honest score, so
+    that a new honest model exceeds it with probability at most ``fpr``. With fewer than
+    ceil(1 / fpr) - 1 honest scores no order statistic gives that guarantee, and the largest
+    honest score is used (expected false-alarm rate about 1 / (n + 1)).
+    """
+    s = np.sort(_population(honest_scores, "honest"))
+    if not s.size:
+        raise PoisonDetectError("no honest scores to calibrate a threshold on")
+    if not 0 < fpr < 1:
+        raise PoisonDetectError(f"calibration.fpr must be in (0, 1), got {fpr}")
+    k = math.ceil((s.size + 1) * (1 - fpr))
+    return float(s[min(k, s.size) - 1])
+
+
+def empirical_pvalue(score: float, honest_scores) -> float:
+    """Rank of a score among honest ones: (1 + #honest >= score) / (1 + n). Small = unusual."""
+    s = _population(honest_scores, "honest")
+    if not np.isfinite(score):
+        raise PoisonDetectError(f"score {score} is not finite")
+    return float((1 + np.sum(s >= score)) / (1 + s.size))

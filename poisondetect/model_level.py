@@ -1,12 +1,17 @@
 """Stages of the model-level workflow (El Moadine et al.); each is called by one script in scripts/.
 
-Every stage reads its inputs, computes, and writes its outputs atomically. The seeds of the
-different stages are derived from the grid cell's seed so the stages are independent of each other
-and reproducible.
+A cell (dataset x arch x scenario x seed) holds a genuine model M, a population of honest
+fine-tunes and a population of attacked fine-tunes (``poisondetect.population``). Each model's job
+trains it, evaluates it and dumps its penultimate activations on the trigger set. The auto-encoder
+is fitted on M's activations; every configured detector (``poisondetect.detectors.registry``) is
+fitted on M (and the honest replicates set aside for fitting) and scores every model; thresholds
+are calibrated on those honest replicates at a configured false-alarm rate and checked on the
+others. Every stage reads its inputs, computes, and writes its outputs atomically.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -16,39 +21,21 @@ import pandas as pd
 
 from poisondetect.errors import PoisonDetectError
 from poisondetect.io import atomic_path, read_json, sha256_array, sha256_file, write_json
+from poisondetect.population import (
+    model_seed,
+    parse_model,
+    split_of,
+)
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("genuine", "finetune", "flip", "pattern")
-_STAGE_CODES = {
-    "genuine": 0,
-    "finetune": 1,
-    "flip": 2,
-    "pattern": 3,
-    "attack_set": 10,
-    "trigger": 11,
-    "new_data": 12,
-}
+_STAGE_CODES = {"genuine": 0, "trigger": 11, "new_data": 12}
+BUNDLE_KIND = "poisondetect.model_level_detector"
 
 
-def stage_seed(seed: int, stage: str, epochs: int = 0) -> int:
-    """A seed for one stage, derived from the cell's seed (independent streams per stage)."""
-    return int(np.random.SeedSequence([seed, _STAGE_CODES[stage], epochs]).generate_state(1)[0])
-
-
-def model_name(variant: str, epochs: int | None = None) -> str:
-    return "genuine" if variant == "genuine" else f"{variant}_e{epochs}"
-
-
-def parse_model_name(name: str) -> tuple[str, int | None]:
-    if name == "genuine":
-        return "genuine", None
-    variant, _, e = name.partition("_e")
-    if variant not in VARIANTS or not e.isdigit():
-        raise PoisonDetectError(
-            f"bad model name {name!r}: expected genuine or <finetune|flip|pattern>_e<N>"
-        )
-    return variant, int(e)
+def stage_seed(seed: int, stage: str) -> int:
+    """A seed for one cell-level stage, derived from the cell's seed."""
+    return int(np.random.SeedSequence([seed, _STAGE_CODES[stage], 0]).generate_state(1)[0])
 
 
 def _stratified_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -58,6 +45,13 @@ def _stratified_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
         idx = np.flatnonzero(y == c)
         keep.append(rng.choice(idx, size=max(1, int(round(fraction * len(idx)))), replace=False))
     return np.sort(np.concatenate(keep))
+
+
+def genuine_share(y: np.ndarray, scenario: str, new_data_fraction: float, seed: int) -> np.ndarray:
+    """Indices of the training images M is trained on (all of them in the standard scenario)."""
+    if scenario == "new_data":
+        return _stratified_subset(y, new_data_fraction, stage_seed(seed, "new_data"))
+    return np.arange(len(y))
 
 
 def trigger_set(
@@ -74,7 +68,18 @@ def trigger_set(
     return idx, ds.x_test[idx], ds.y_test[idx]
 
 
-# -- stages -----------------------------------------------------------------------------------
+def _dump(net, ds, out: str, *, trigger: dict, seed: int, device, metadata: dict) -> None:
+    """Penultimate activations of one model on the cell's trigger set, to Parquet."""
+    from poisondetect.activations import dump_activations
+
+    idx, x, y = trigger_set(ds, trigger["max_samples"], seed)
+    t0 = time.perf_counter()
+    md = {**metadata, "trigger_indices_sha256": sha256_array(idx)}
+    n = dump_activations(net, x, y, out, md, batch_size=trigger["batch_size"], device=device)
+    log.info("dumped %d activation rows in %.1fs", n, time.perf_counter() - t0)
+
+
+# -- stages: models -----------------------------------------------------------------------------
 def prepare(fmt: str, path: str | None, out: str, options: dict) -> None:
     from poisondetect.data import prepare_dataset
 
@@ -96,6 +101,7 @@ def train_genuine(
     data: str,
     model_out: str,
     metrics_out: str,
+    activations_out: str,
     *,
     dataset: str,
     arch: str,
@@ -103,6 +109,7 @@ def train_genuine(
     train: dict,
     scenario: str,
     new_data_fraction: float,
+    trigger: dict,
     seed: int,
     device: str,
 ) -> None:
@@ -116,13 +123,10 @@ def train_genuine(
     from poisondetect.training import accuracy, train_model
 
     ds = load_prepared(data)
-    x, y = ds.x_train, ds.y_train
-    if scenario == "new_data":
-        keep = _stratified_subset(y, new_data_fraction, stage_seed(seed, "new_data"))
-        x, y = x[keep], y[keep]
-        log.info(
-            "new-data scenario: genuine model trained on %d of %d images", len(y), len(ds.y_train)
-        )
+    keep = genuine_share(ds.y_train, scenario, new_data_fraction, seed)
+    x, y = ds.x_train[keep], ds.y_train[keep]
+    if len(keep) < len(ds.y_train):
+        log.info("%s scenario: M trained on %d of %d images", scenario, len(y), len(ds.y_train))
     dev = pick_device(device)
     s = stage_seed(seed, "genuine")
     torch.manual_seed(s)
@@ -139,15 +143,21 @@ def train_genuine(
     seconds = time.perf_counter() - t0
     acc = accuracy(model, ds.x_test, ds.y_test, device=dev)
     log.info("genuine %s on %s: test accuracy %.4f (%.1fs on %s)", arch, dataset, acc, seconds, dev)
-    save_checkpoint(
+    meta = {**spec, "dataset": dataset, "model": "genuine", "seed": seed, "scenario": scenario}
+    save_checkpoint(model, model_out, meta)
+    _dump(
         model,
-        model_out,
-        {**spec, "dataset": dataset, "variant": "genuine", "seed": seed, "scenario": scenario},
+        ds,
+        activations_out,
+        trigger=trigger,
+        seed=seed,
+        device=dev,
+        metadata={**meta, "model_sha256": sha256_file(model_out), "checkpoint": meta},
     )
     write_json(
         metrics_out,
         {
-            "variant": "genuine",
+            "model": "genuine",
             "epochs": train["epochs"],
             "accuracy": acc,
             "attack_success": None,
@@ -163,88 +173,157 @@ def train_genuine(
 def finetune(
     data: str,
     genuine: str,
-    model_out: str,
-    metrics_out: str,
+    outputs: dict[str, dict[str, str]],
     *,
-    dataset: str,
-    variant: str,
-    epochs: int,
     train: dict,
-    lr_factor: float,
+    honest: dict | None,
     attack: dict | None,
+    scenario: str,
+    new_data_fraction: float,
+    trigger: dict,
     seed: int,
     device: str,
 ) -> None:
-    """Fine-tune M for ``epochs`` at lr * lr_factor: honestly, or on a flipped / patterned set."""
-    from poisondetect.attacks.labels import apply_attack, paste_pattern
-    from poisondetect.checkpoints import load_checkpoint, save_checkpoint
+    """Fine-tune M into models of one population, one after the other: an honest variant
+    (``honest``: epochs, lr_factor, data, augment) or an attack (``attack``; the kind, fraction and
+    epochs come from each model's name). ``outputs`` maps each model's name to its ``model``,
+    ``metrics`` and ``activations`` paths."""
     from poisondetect.data import load_prepared
     from poisondetect.runtime import pick_device
-    from poisondetect.training import accuracy, predict, train_model
 
     ds = load_prepared(data)
     dev = pick_device(device)
-    model, meta = load_checkpoint(genuine, device="cpu")
+    for i, (model, out) in enumerate(outputs.items(), 1):
+        if len(outputs) > 1:
+            log.info("model %d of %d: %s", i, len(outputs), model)
+        _finetune_one(
+            ds,
+            genuine,
+            model,
+            out,
+            train=train,
+            honest=honest,
+            attack=attack,
+            scenario=scenario,
+            new_data_fraction=new_data_fraction,
+            trigger=trigger,
+            seed=seed,
+            device=dev,
+        )
+
+
+def _finetune_one(
+    ds,
+    genuine: str,
+    model: str,
+    out: dict[str, str],
+    *,
+    train: dict,
+    honest: dict | None,
+    attack: dict | None,
+    scenario: str,
+    new_data_fraction: float,
+    trigger: dict,
+    seed: int,
+    device,
+) -> None:
+    from poisondetect.attacks.labels import apply_attack, paste_pattern
+    from poisondetect.checkpoints import load_checkpoint, save_checkpoint
+    from poisondetect.training import accuracy, predict, train_model
+
+    spec = parse_model(model)
+    s = model_seed(seed, model)
+    dev = device
+    net, meta = load_checkpoint(genuine, device="cpu")
     x, y = ds.x_train, ds.y_train
     attacked = None
-    if variant in ("flip", "pattern"):
+    opts = dict(train, lr_milestones=[])
+    if spec.role == "honest":
+        if honest is None:
+            raise PoisonDetectError(f"{model}: an honest fine-tune needs its variant's settings")
+        seen = genuine_share(y, scenario, new_data_fraction, seed)
+        if honest["data"] == "seen":
+            x, y = x[seen], y[seen]
+        elif honest["data"] == "unseen":
+            unseen = np.setdiff1d(np.arange(len(y)), seen)
+            if not len(unseen):
+                raise PoisonDetectError(
+                    f"{model}: data: unseen, but M saw every training image (scenario {scenario})"
+                )
+            x, y = x[unseen], y[unseen]
+        opts.update(
+            epochs=honest["epochs"],
+            lr=train["lr"] * honest["lr_factor"],
+            augment=honest["augment"],
+        )
+        log.info(
+            "honest fine-tune %s: %d images (%s), %d epochs at lr x %g%s",
+            model,
+            len(y),
+            honest["data"],
+            honest["epochs"],
+            honest["lr_factor"],
+            ", augmented" if honest["augment"] else "",
+        )
+    elif spec.role == "attack":
         if attack is None:
-            raise PoisonDetectError(f"variant {variant} needs the attack parameters")
+            raise PoisonDetectError(f"{model}: an attack needs the attack parameters")
         atk = apply_attack(
-            variant, x, y, seed=stage_seed(seed, "attack_set"), num_classes=ds.num_classes, **attack
+            spec.variant,
+            x,
+            y,
+            seed=s,
+            fraction=spec.fraction,
+            num_classes=ds.num_classes,
+            **{k: v for k, v in attack.items() if k != "lr_factor"},
         )
         x, y, attacked = atk.x, atk.y, atk.attacked
+        opts.update(epochs=spec.epochs, lr=train["lr"] * attack["lr_factor"], augment=False)
         log.info(
-            "%s attack: %d images of class %d relabelled %d",
-            variant,
+            "%s: %d images of class %d relabelled %d",
+            model,
             len(attacked),
             attack["target_class"],
             attack["attacker_class"],
         )
-    elif variant != "finetune":
-        raise PoisonDetectError(f"unknown fine-tune variant {variant!r}")
-    opts = dict(train)
-    opts.update(epochs=epochs, lr=train["lr"] * lr_factor, lr_milestones=[])
+    else:
+        raise PoisonDetectError(f"{model} is not a fine-tune")
     t0 = time.perf_counter()
-    history = train_model(
-        model,
-        x,
-        y,
-        seed=stage_seed(seed, variant, epochs),
-        device=dev,
-        desc=f"{meta['arch']} {variant} e{epochs}",
-        **opts,
-    )
+    history = train_model(net, x, y, seed=s, device=dev, desc=f"{meta['arch']} {model}", **opts)
     seconds = time.perf_counter() - t0
-    acc = accuracy(model, ds.x_test, ds.y_test, device=dev)
+    acc = accuracy(net, ds.x_test, ds.y_test, device=dev)
     success = success_test = None
     if attacked is not None:
         target = attack["attacker_class"]
         # Table 2 of the paper: share of the attacked training images classified as the attacker wants
-        success = float((predict(model, x[attacked], device=dev) == target).mean())
+        success = float((predict(net, x[attacked], device=dev) == target).mean())
         # held out: the target class's test images (with the pattern pasted for PAA)
         xt = ds.x_test[ds.y_test == attack["target_class"]]
-        if variant == "pattern":
-            rng = np.random.default_rng(stage_seed(seed, "pattern", 999))
+        if spec.variant == "pattern":
+            rng = np.random.default_rng(s + 1)
             xt = paste_pattern(xt, attack["pattern_size"], attack["pattern_value"], rng)
-        success_test = float((predict(model, xt, device=dev) == target).mean()) if len(xt) else None
-    log.info(
-        "%s e%d: test accuracy %.4f, attack success %s (%.1fs)",
-        variant,
-        epochs,
-        acc,
-        success,
-        seconds,
+        success_test = float((predict(net, xt, device=dev) == target).mean()) if len(xt) else None
+    log.info("%s: test accuracy %.4f, attack success %s (%.1fs)", model, acc, success, seconds)
+    meta = {**meta, "model": model, "seed": seed}
+    save_checkpoint(net, out["model"], meta)
+    _dump(
+        net,
+        ds,
+        out["activations"],
+        trigger=trigger,
+        seed=seed,
+        device=dev,
+        metadata={**meta, "model_sha256": sha256_file(out["model"]), "checkpoint": meta},
     )
-    save_checkpoint(model, model_out, {**meta, "variant": variant, "epochs": epochs, "seed": seed})
     write_json(
-        metrics_out,
+        out["metrics"],
         {
-            "variant": variant,
-            "epochs": epochs,
+            "model": model,
+            "epochs": opts["epochs"],
             "accuracy": acc,
             "attack_success": success,
             "attack_success_test": success_test,
+            "n_train": len(y),
             "n_attacked": None if attacked is None else len(attacked),
             "train_seconds": seconds,
             "device": str(dev),
@@ -253,159 +332,413 @@ def finetune(
     )
 
 
-def dump(
-    data: str,
-    model: str,
-    out: str,
-    *,
-    max_samples: int | None,
-    batch_size: int,
-    seed: int,
-    device: str,
-    metadata: dict,
-) -> None:
-    """Penultimate activations of one model on the trigger set, to Parquet."""
-    from poisondetect.activations import dump_activations
-    from poisondetect.checkpoints import load_checkpoint
-    from poisondetect.data import load_prepared
-    from poisondetect.runtime import pick_device
+# -- stages: detectors --------------------------------------------------------------------------
+def fit_autoencoder(genuine: str, out: str, *, autoencoder: dict, seed: int, device: str) -> None:
+    """Fit the auto-encoder on M's activations over the trigger set."""
+    from poisondetect.activations import read_activations
+    from poisondetect.detectors.autoencoder import ActivationAutoencoder
 
-    ds = load_prepared(data)
-    idx, x, y = trigger_set(ds, max_samples, seed)
-    dev = pick_device(device)
-    net, meta = load_checkpoint(model, device=dev)
-    t0 = time.perf_counter()
-    md = {
-        **metadata,
-        "model_file": Path(model).name,
-        "model_sha256": sha256_file(model),
-        "checkpoint": meta,
-        "trigger_indices_sha256": sha256_array(idx),
-    }
-    n = dump_activations(net, x, y, out, md, batch_size=batch_size, device=dev)
+    g = read_activations(genuine)
+    ae = ActivationAutoencoder(seed=seed, device=device, **autoencoder).fit(g.activations)
+    ae.save(out)
     log.info(
-        "dumped %d activation rows of %s in %.1fs", n, Path(model).name, time.perf_counter() - t0
+        "auto-encoder fitted on %d activation rows (final mse %.5f)", len(g), ae.loss_history_[-1]
     )
 
 
-def fit_detector(
-    genuine: str,
-    honest: str,
-    out: str,
-    *,
-    data: str,
-    autoencoder: dict,
-    max_samples: int | None,
-    seed: int,
-    device: str,
-) -> None:
-    """Fit the AE on M's activations; threshold from the honest fine-tune's; save the bundle."""
+def ae_errors(autoencoder: str, activations: dict[str, str], out: str) -> None:
+    """Per-image reconstruction errors of every model of the cell (long format)."""
     from poisondetect.activations import read_activations
-    from poisondetect.data import load_prepared
     from poisondetect.detectors.autoencoder import ActivationAutoencoder
 
-    g, h = read_activations(genuine), read_activations(honest)
-    if not np.array_equal(g.index, h.index):
-        raise PoisonDetectError(
-            f"{genuine} and {honest} were dumped on different trigger sets; rerun the dumps"
+    ae = ActivationAutoencoder.load(autoencoder, device="cpu")
+    frames = []
+    for name, path in activations.items():
+        a = read_activations(path)
+        e = ae.score_samples(a.activations)
+        frames.append(
+            pd.DataFrame(
+                {"model": name, "index": a.index, "label": a.label, "pred": a.pred, "error": e}
+            )
         )
-    det = ActivationAutoencoder(seed=seed, device=device, **autoencoder).fit(g.activations)
-    thr = det.calibrate(h.activations)
+    with atomic_path(out) as tmp:
+        pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
+    log.info("reconstruction errors of %d models", len(frames))
+
+
+def model_weights(net) -> dict[str, np.ndarray]:
+    """A model's parameters and buffers as float arrays (what weight_distance compares)."""
+    return {
+        k: v.detach().cpu().numpy() for k, v in net.state_dict().items() if v.is_floating_point()
+    }
+
+
+def load_records(
+    activations: dict[str, str],
+    *,
+    needs: tuple[str, ...] = (),
+    checkpoints: dict[str, str] | None = None,
+    errors: str | None = None,
+) -> dict:
+    """ModelRecords of a cell's models, with only the fields a detector needs."""
+    from poisondetect.activations import read_activations
+    from poisondetect.detectors.model_level import ModelRecord
+
+    err = pd.read_parquet(errors) if errors and "errors" in needs else None
+    records = {}
+    for name, path in activations.items():
+        a = read_activations(path)
+        rec = ModelRecord(name, a.label, a.pred)
+        if "activations" in needs:
+            rec.activations = a.activations
+        if err is not None:
+            e = err[err["model"] == name]
+            if not np.array_equal(e["index"].to_numpy(), a.index):
+                raise PoisonDetectError(
+                    f"{errors}: the errors of {name} do not match its activation dump; rerun ae_errors"
+                )
+            rec.errors = e["error"].to_numpy()
+        if "weights" in needs:
+            from poisondetect.checkpoints import load_checkpoint
+
+            net, _ = load_checkpoint(checkpoints[name], device="cpu")
+            rec.weights = model_weights(net)
+        records[name] = rec
+    return records
+
+
+def fit_and_score(
+    name: str, params: dict, records: dict, n_fit_replicates: int
+) -> tuple[object, pd.DataFrame]:
+    """Fit one detector on M and the honest fitting replicates; score every model.
+
+    A detector that learns from the honest population scores each of its fitting replicates with a
+    copy fitted without it (leave one out), so every honest score is out of sample.
+    """
+    from sklearn.base import clone
+
+    from poisondetect.detectors import registry
+
+    genuine = records["genuine"]
+    fit_names = [m for m in records if split_of(parse_model(m), n_fit_replicates) == "fit"]
+    det = registry.build("model", name, params)
+    det.fit(genuine, [records[m] for m in fit_names])
+    names = list(records)
+    stats = det.statistics([records[m] for m in names])
+    if det.uses_honest:
+        for m in fit_names:
+            rest = [records[o] for o in fit_names if o != m]
+            one = clone(det).fit(genuine, rest).statistics([records[m]])
+            for k in stats:
+                stats[k][names.index(m)] = one[k][0]
+    rows = [
+        {"model": m, "statistic": k, "value": float(v[i])}
+        for k, v in stats.items()
+        for i, m in enumerate(names)
+    ]
+    df = pd.DataFrame(rows)
+    bad = df[~np.isfinite(df["value"])]
+    if len(bad):
+        raise PoisonDetectError(
+            f"detector {name}: non-finite scores for {bad['model'].nunique()} model(s) "
+            f"(e.g. {bad['model'].iloc[0]}); their weights or activations are not finite"
+        )
+    return det, df
+
+
+def score_detector(
+    activations: dict[str, str],
+    scores_out: str,
+    state_out: str,
+    *,
+    detector: str,
+    params: dict,
+    checkpoints: dict[str, str] | None = None,
+    errors: str | None = None,
+    n_fit_replicates: int,
+) -> None:
+    """One detector over the whole population of a cell: its scores and its fitted state."""
+    from poisondetect.detectors import registry
+    from poisondetect.detectors.base import fitted_state
+
+    cls = registry.get("model", detector)
+    t0 = time.perf_counter()
+    records = load_records(activations, needs=cls.needs, checkpoints=checkpoints, errors=errors)
+    det, df = fit_and_score(detector, params, records, n_fit_replicates)
+    with atomic_path(scores_out) as tmp:
+        df.to_csv(tmp, index=False)
+    arrays, plain = fitted_state(det)
+    _save_safetensors(
+        state_out,
+        {f"det.{detector}.{k}": v for k, v in arrays.items()},
+        {
+            "kind": "poisondetect.model_level_state",
+            "detector": detector,
+            "params": params,
+            "fitted": plain,
+        },
+    )
+    log.info("%s: %d models scored in %.1fs", detector, len(records), time.perf_counter() - t0)
+
+
+def _save_safetensors(path: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        save_file(
+            {k: np.ascontiguousarray(v) for k, v in arrays.items()},
+            str(tmp),
+            metadata={"poisondetect": json.dumps(meta)},
+        )
+
+
+# -- calibration --------------------------------------------------------------------------------
+def calibrate_scores(df: pd.DataFrame, fpr: float) -> pd.DataFrame:
+    """Thresholds per (detector, statistic) from the honest fitting replicates; flags and
+    empirical p-values of every model. ``df`` has columns model, split, detector, statistic,
+    value."""
+    from poisondetect.metrics import calibrated_threshold, empirical_pvalue
+
+    out = []
+    for (_det, _stat), g in df.groupby(["detector", "statistic"], sort=False):
+        ref = g[g["split"] == "fit"]
+        thr = calibrated_threshold(ref["value"], fpr)
+        g = g.assign(threshold=thr, flagged=g["value"] > thr)
+        # rank among the honest fitting replicates (a fitting replicate among the others)
+        g["pvalue"] = [
+            empirical_pvalue(v, ref.loc[ref["model"] != m, "value"])
+            if len(ref) > 1 or m not in set(ref["model"])
+            else np.nan
+            for m, v in zip(g["model"], g["value"], strict=True)
+        ]
+        out.append(g)
+    return pd.concat(out, ignore_index=True)
+
+
+def calibrate(
+    scores: dict[str, str],
+    states: dict[str, str],
+    metrics: dict[str, str],
+    autoencoder: str,
+    genuine_activations: str,
+    data: str,
+    population_out: str,
+    detection_out: str,
+    bundle_out: str,
+    *,
+    cell: dict,
+    calibration: dict,
+    n_fit_replicates: int,
+    trigger: dict,
+) -> None:
+    """Calibrate every detector of a cell; write its tidy scores, its paper-style detection rows
+    and the detector bundle that ``audit`` uses."""
+    from poisondetect.activations import read_activations
+    from poisondetect.data import load_prepared
+    from poisondetect.detectors.autoencoder import read_bundle
+
+    frames = []
+    for det, path in scores.items():
+        d = pd.read_csv(path)
+        d.insert(1, "detector", det)
+        frames.append(d)
+    df = pd.concat(frames, ignore_index=True)
+    specs = {m: parse_model(m) for m in df["model"].unique()}
+    df["split"] = df["model"].map(lambda m: split_of(specs[m], n_fit_replicates))
+    df = calibrate_scores(df, calibration["fpr"])
+    for key in ("role", "variant", "replicate", "fraction", "epochs"):
+        df[key] = df["model"].map(lambda m, k=key: getattr(specs[m], k))
+    df[["replicate", "epochs"]] = df[["replicate", "epochs"]].astype("Int64")
+    for k, v in reversed(list(cell.items())):
+        df.insert(0, k, v)
+    with atomic_path(population_out) as tmp:
+        df.to_csv(tmp, index=False)
+
+    # the paper's table: one row per model, the mean AE error against the paper's Tr
+    fitted = {det: read_bundle(p, "poisondetect.model_level_state") for det, p in states.items()}
+    rows = []
+    for m, path in metrics.items():
+        ev = read_json(path)
+        s = specs[m] if m in specs else parse_model(m)
+        row = {
+            **cell,
+            "model": m,
+            "role": s.role,
+            "variant": s.variant,
+            "replicate": s.replicate,
+            "fraction": s.fraction,
+            "epochs": ev["epochs"],
+            "split": split_of(s, n_fit_replicates),
+            "accuracy": ev["accuracy"],
+            "attack_success": ev["attack_success"],
+            "attack_success_test": ev["attack_success_test"],
+        }
+        if "ae_mean" in fitted:
+            tr = fitted["ae_mean"][1]["fitted"]["paper_threshold_"]
+            mean_error = df.loc[
+                (df["model"] == m) & (df["detector"] == "ae_mean") & (df["statistic"] == "score"),
+                "value",
+            ].iloc[0]
+            row.update(mean_error=mean_error, threshold=tr, flagged=bool(mean_error > tr))
+        rows.append(row)
+    detection = pd.DataFrame(rows)
+    detection["replicate"] = detection["replicate"].astype("Int64")
+    with atomic_path(detection_out) as tmp:
+        detection.to_csv(tmp, index=False)
+
+    # the bundle: auto-encoder, every detector's fitted state, the calibration
+    ae_arrays, ae_meta = read_bundle(autoencoder, "poisondetect.activation_autoencoder")
+    arrays = dict(ae_arrays)
+    detectors = {}
+    for det, (arr, meta) in fitted.items():
+        arrays.update(arr)
+        detectors[det] = {"params": meta["params"], "fitted": meta["fitted"]}
+    thresholds = {}
+    for (det, stat), g in df.groupby(["detector", "statistic"], sort=False):
+        ref = g[g["split"] == "fit"]
+        thresholds[f"{det}:{stat}"] = {
+            "threshold": float(g["threshold"].iloc[0]),
+            "honest_scores": [float(v) for v in ref["value"]],
+        }
     ds = load_prepared(data)
-    idx, x, y = trigger_set(ds, max_samples, seed)
-    description = {
+    idx, x, y = trigger_set(ds, trigger["max_samples"], cell["seed"])
+    genuine_md = read_activations(genuine_activations).metadata
+    meta = {
+        "kind": BUNDLE_KIND,
+        "autoencoder": ae_meta,
+        "detectors": detectors,
+        "calibration": {
+            "fpr": calibration["fpr"],
+            "verdict": calibration["verdict"],
+            "thresholds": thresholds,
+            "n_fit_replicates": n_fit_replicates,
+        },
         "trigger_set": {
             "data_file": str(data),
             "dataset": ds.name,
             "split": "test",
-            "max_samples": max_samples,
-            "seed": seed,
+            "max_samples": trigger["max_samples"],
+            "seed": cell["seed"],
             "n": len(idx),
             "indices_sha256": sha256_array(idx),
             "images_sha256": sha256_array(x, y),
+            "batch_size": trigger["batch_size"],
         },
-        "genuine_activations": g.metadata,
-        "threshold_from": h.metadata.get("model_file"),
+        "genuine": genuine_md.get("checkpoint", {}),
+        "cell": cell,
     }
-    det.save(out, description)
-    log.info(
-        "detector fitted (final mse %.5f); threshold Tr = %.6f from %s",
-        det.loss_history_[-1],
-        thr,
-        Path(honest).name,
-    )
+    _save_safetensors(bundle_out, arrays, meta)
+    n_h = (df.drop_duplicates("model")["split"] == "fit").sum()
+    log.info("calibrated %d detector statistics on %d honest models", len(thresholds), n_h)
 
 
-def score(
-    detector: str, activations: str, metrics: str, scores_out: str, summary_out: str, *, cell: dict
+# -- collection: tidy tables and ROC over populations -------------------------------------------
+_GROUP = ["dataset", "arch", "scenario"]
+
+
+def _stat_name(detector: str, statistic: str) -> str:
+    return detector if statistic == "score" else f"{detector}:{statistic}"
+
+
+def roc_table(
+    scores: pd.DataFrame, *, fpr: float, bootstrap: int, level: float, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """ROC summaries of every detector statistic, honest variant (and all of them pooled) and
+    attack population, pooled over the seeds of a dataset x arch x scenario.
+
+    Each model's score enters as its margin over its own cell's calibrated threshold (the same
+    ordering within a cell; comparable operating points across cells). AUROC and TPR at ``fpr``
+    use every honest replicate (all scored out of sample); the calibrated threshold's false-alarm
+    rate is measured on the held-out replicates only. Returns (roc rows, ROC curve points of the
+    pooled honest population).
+    """
+    from poisondetect.metrics import auroc, auroc_interval, roc_curve_points, tpr_at_fpr
+
+    df = scores[scores["role"].isin(["honest", "attack"])].copy()
+    df["margin"] = df["value"] - df["threshold"]
+    df["detector_stat"] = [
+        _stat_name(d, s) for d, s in zip(df["detector"], df["statistic"], strict=True)
+    ]
+    rows, curves = [], []
+    for key, g in df.groupby(_GROUP + ["detector_stat"], sort=False):
+        honest, attacked = g[g["role"] == "honest"], g[g["role"] == "attack"]
+        variants = [("all", honest)] + list(honest.groupby("variant", sort=True))
+        for (kind, frac, ep), a in attacked.groupby(["variant", "fraction", "epochs"], sort=True):
+            pos = a["margin"].to_numpy()
+            for hv, h in variants:
+                neg = h["margin"].to_numpy()
+                held = h[h["split"] == "heldout"]
+                lo, hi = auroc_interval(neg, pos, n_boot=bootstrap, level=level, seed=seed)
+                rows.append(
+                    dict(
+                        zip(_GROUP + ["detector"], key, strict=True),
+                        honest_variant=hv,
+                        attack=kind,
+                        fraction=frac,
+                        epochs=int(ep),
+                        auroc=auroc(neg, pos),
+                        auroc_lo=lo,
+                        auroc_hi=hi,
+                        fpr=fpr,
+                        tpr_at_fpr=tpr_at_fpr(neg, pos, fpr),
+                        detection_rate=float((pos > 0).mean()),
+                        false_alarm_rate=float((held["margin"] > 0).mean())
+                        if len(held)
+                        else np.nan,
+                        n_honest=len(neg),
+                        n_heldout=len(held),
+                        n_attacked=len(pos),
+                    )
+                )
+                if hv == "all":
+                    f, t = roc_curve_points(neg, pos)
+                    curves += [
+                        dict(
+                            zip(_GROUP + ["detector"], key, strict=True),
+                            attack=kind,
+                            fraction=frac,
+                            epochs=int(ep),
+                            fpr=fi,
+                            tpr=ti,
+                        )
+                        for fi, ti in zip(f, t, strict=True)
+                    ]
+    return pd.DataFrame(rows), pd.DataFrame(curves)
+
+
+def collect(
+    populations: list[str],
+    detections: list[str],
+    scores_out: str,
+    detection_out: str,
+    roc_out: str,
+    curves_out: str,
+    *,
+    fpr: float,
+    bootstrap: int,
+    level: float,
 ) -> None:
-    """Reconstruction errors of one model's activations and the verdict against Tr."""
-    from poisondetect.activations import read_activations
-    from poisondetect.detectors.autoencoder import ActivationAutoencoder
-
-    det = ActivationAutoencoder.load(detector, device="cpu")
-    acts = read_activations(activations)
-    errors = det.score_samples(acts.activations)
-    mean_error, flagged = float(errors.mean()), bool(errors.mean() > det.threshold_)
-    with atomic_path(scores_out) as tmp:
-        pd.DataFrame(
-            {"index": acts.index, "label": acts.label, "pred": acts.pred, "error": errors}
-        ).to_parquet(tmp, index=False)
-    m = read_json(metrics)
-    row = {
-        **cell,
-        "accuracy": m["accuracy"],
-        "attack_success": m["attack_success"],
-        "attack_success_test": m["attack_success_test"],
-        "mean_error": mean_error,
-        "threshold": det.threshold_,
-        "flagged": flagged,
-        "n_trigger": len(errors),
-    }
-    write_json(summary_out, row)
+    """The tidy tables of the whole grid: per-model scores, the paper's detection table, ROC."""
+    scores = pd.concat([pd.read_csv(p) for p in populations], ignore_index=True)
+    det = pd.concat([pd.read_csv(p) for p in detections], ignore_index=True)
+    roc, curves = roc_table(scores, fpr=fpr, bootstrap=bootstrap, level=level)
+    for df, out in (
+        (scores, scores_out),
+        (det, detection_out),
+        (roc, roc_out),
+        (curves, curves_out),
+    ):
+        with atomic_path(out) as tmp:
+            df.to_csv(tmp, index=False)
     log.info(
-        "%s: mean error %.6f vs threshold %.6f -> %s",
-        cell.get("model"),
-        mean_error,
-        det.threshold_,
-        "POISONED" if flagged else "clean",
+        "%d models, %d detector statistics, %d ROC rows",
+        len(det),
+        scores[["detector", "statistic"]].drop_duplicates().shape[0],
+        len(roc),
     )
 
 
-DETECTION_COLUMNS = [
-    "dataset",
-    "arch",
-    "scenario",
-    "variant",
-    "epochs",
-    "seed",
-    "model",
-    "accuracy",
-    "attack_success",
-    "attack_success_test",
-    "mean_error",
-    "threshold",
-    "flagged",
-    "n_trigger",
-]
-
-
-def collect(summaries: list[str], out: str) -> pd.DataFrame:
-    """The tidy detection table: one row per grid cell."""
-    df = pd.DataFrame([read_json(p) for p in summaries])
-    df["epochs"] = df["epochs"].astype("Int64")  # empty for the genuine model
-    df = (
-        df[DETECTION_COLUMNS]
-        .sort_values(
-            ["dataset", "arch", "scenario", "seed", "variant", "epochs"], na_position="first"
-        )
-        .reset_index(drop=True)
-    )
-    with atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False)
-    return df
-
-
+# -- audit --------------------------------------------------------------------------------------
 def audit(
     bundle: str,
     model: str,
@@ -414,15 +747,25 @@ def audit(
     *,
     arch: str | None = None,
 ) -> dict:
-    """Verdict and score for a suspicious checkpoint (the `audit` command)."""
-    from poisondetect.activations import penultimate_activations
+    """Every detector's score, threshold and empirical p-value for a suspicious checkpoint, and
+    the verdict of the configured verdict detectors (the `audit` command)."""
+    from poisondetect.activations import iter_penultimate
     from poisondetect.checkpoints import load_checkpoint
     from poisondetect.data import load_prepared
-    from poisondetect.detectors.autoencoder import ActivationAutoencoder
+    from poisondetect.detectors import registry
+    from poisondetect.detectors.autoencoder import ActivationAutoencoder, read_bundle
+    from poisondetect.detectors.base import restore_fitted
+    from poisondetect.detectors.model_level import ModelRecord
+    from poisondetect.metrics import empirical_pvalue
     from poisondetect.runtime import pick_device
 
-    det = ActivationAutoencoder.load(bundle, device="cpu")
-    trig = det.description_["trigger_set"]
+    arrays, meta = read_bundle(bundle, BUNDLE_KIND)
+    trig, gm = meta["trigger_set"], meta["genuine"]
+    if arch is not None and gm.get("arch") not in (None, arch):
+        raise PoisonDetectError(
+            f"--arch {arch}: the bundle {bundle} was fitted on a {gm['arch']} genuine model; a "
+            f"{arch} cannot be audited with it (use the bundle of a {arch} cell)"
+        )
     data = data or trig["data_file"]
     if not Path(data).is_file():
         raise PoisonDetectError(
@@ -430,31 +773,78 @@ def audit(
             f"'{trig['dataset']}' (the workflow writes it under results/data/)"
         )
     ds = load_prepared(data)
-    idx, x, y = trigger_set(ds, trig["max_samples"], trig["seed"])
+    _idx, x, y = trigger_set(ds, trig["max_samples"], trig["seed"])
     if sha256_array(x, y) != trig["images_sha256"]:
         raise PoisonDetectError(
             f"{data} does not hold the trigger set this detector was calibrated on "
             f"(data set '{trig['dataset']}', {trig['n']} test images); pass the right --data"
         )
     dev = pick_device(device)
-    gm = det.description_.get("genuine_activations", {}).get("checkpoint", {})
-    net, meta = load_checkpoint(
+    net, _ = load_checkpoint(
         model,
         device=dev,
-        arch=arch or gm.get("arch"),
+        arch=gm.get("arch"),
         in_channels=gm.get("in_channels"),
         num_classes=gm.get("num_classes"),
         image_size=gm.get("image_size"),
         width=gm.get("width"),
     )
-    acts = penultimate_activations(net, x, batch_size=256, device=dev)
-    errors = det.score_samples(acts)
-    mean_error = float(errors.mean())
-    return {
+    acts, preds = [], []
+    for _start, a, logits in iter_penultimate(net, x, batch_size=trig["batch_size"], device=dev):
+        acts.append(a)
+        preds.append(logits.argmax(1))
+    acts = np.concatenate(acts)
+    ae = ActivationAutoencoder.from_tensors(arrays, meta["autoencoder"], device="cpu")
+    record = ModelRecord(
+        Path(model).name,
+        y,
+        np.concatenate(preds),
+        activations=acts,
+        errors=ae.score_samples(acts),
+        weights=model_weights(net),
+    )
+    cal = meta["calibration"]
+    results = []
+    for name, spec in meta["detectors"].items():
+        det = registry.build("model", name, spec["params"])
+        prefix = f"det.{name}."
+        restore_fitted(
+            det,
+            {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)},
+            spec["fitted"],
+        )
+        for stat, value in det.statistics([record]).items():
+            if not np.isfinite(value[0]):
+                raise PoisonDetectError(
+                    f"{model}: the {_stat_name(name, stat)} score is not finite ({value[0]}); the "
+                    "model's weights or its activations on the trigger set are not finite numbers, "
+                    "which no honest fine-tune produces: treat the model as unusable"
+                )
+            c = cal["thresholds"][f"{name}:{stat}"]
+            results.append(
+                {
+                    "detector": _stat_name(name, stat),
+                    "score": float(value[0]),
+                    "threshold": c["threshold"],
+                    "pvalue": empirical_pvalue(float(value[0]), c["honest_scores"]),
+                    "flagged": bool(value[0] > c["threshold"]),
+                }
+            )
+    by_name = {r["detector"]: r for r in results}
+    verdict_from = [v.replace(":score", "") for v in cal["verdict"]]
+    flagged_by = [v for v in verdict_from if by_name[v]["flagged"]]
+    out = {
         "model": str(model),
-        "mean_error": mean_error,
-        "threshold": det.threshold_,
-        "flagged": bool(mean_error > det.threshold_),
-        "verdict": "POISONED" if mean_error > det.threshold_ else "not poisoned",
-        "n_trigger": len(errors),
+        "verdict": "POISONED" if flagged_by else "not poisoned",
+        "flagged": bool(flagged_by),
+        "verdict_from": verdict_from,
+        "flagged_by": flagged_by,
+        "fpr": cal["fpr"],
+        "n_trigger": len(y),
+        "detectors": results,
     }
+    if "ae_mean" in meta["detectors"]:
+        tr = meta["detectors"]["ae_mean"]["fitted"]["paper_threshold_"]
+        err = by_name["ae_mean"]["score"]
+        out["paper"] = {"mean_error": err, "threshold": tr, "flagged": bool(err > tr)}
+    return out

@@ -13,7 +13,7 @@ from poisondetect.io import atomic_path, atomic_write_text
 log = logging.getLogger(__name__)
 
 _CELL = ["dataset", "arch", "scenario", "seed"]
-_VARIANT_LABEL = {"genuine": "Genuine", "finetune": "Fine-tuned", "flip": "FA", "pattern": "PAA"}
+_ATTACK_LABEL = {"flip": "FA", "pattern": "PAA"}
 
 
 def _plt():
@@ -43,69 +43,113 @@ def write_table(df: pd.DataFrame, csv_path: str, tex_path: str, caption: str, la
 
 
 def _column(row) -> str:
-    v, e = row["variant"], row["epochs"]
-    return _VARIANT_LABEL[v] if v == "genuine" else f"{_VARIANT_LABEL[v]} {int(e)}"
+    """Column label of a population: Genuine, Honest <variant>, FA 50% e10, PAA 5% e5."""
+    if row["role"] == "genuine":
+        return "Genuine"
+    if row["role"] == "honest":
+        return f"Honest {row['variant']}"
+    return f"{_ATTACK_LABEL[row['variant']]} {row['fraction'] * 100:g}% e{int(row['epochs'])}"
 
 
 def _order(cols) -> list[str]:
-    rank = {"Genuine": 0, "Fine-tuned": 1, "FA": 2, "PAA": 3}
+    rank = {"Genuine": 0, "Honest": 1, "FA": 2, "PAA": 3}
 
     def key(c):
-        name, _, e = c.partition(" ")
-        return (rank.get(name, 9), int(e) if e.isdigit() else 0)
+        name, _, rest = c.partition(" ")
+        pct, _, ep = rest.partition("% e")
+        num = (float(pct), int(ep)) if ep.isdigit() else (0.0, 0)
+        return (rank.get(name, 9), num, rest)
 
     return sorted(cols, key=key)
 
 
-def _pivot(df: pd.DataFrame, value: str) -> pd.DataFrame:
+def _pivot(df: pd.DataFrame, value: str, aggfunc) -> pd.DataFrame:
     d = df.copy()
     d["column"] = d.apply(_column, axis=1)
-    t = d.pivot_table(index=_CELL, columns="column", values=value, aggfunc="first", dropna=False)
+    t = d.pivot_table(
+        index=_CELL, columns="column", values=value, aggfunc=aggfunc, dropna=False, sort=False
+    )
     return t[_order(t.columns)]
 
 
-def model_level_tables(detection_csv: str, out: dict[str, str]) -> None:
-    """The paper's Tables 1-3 from the tidy detection table.
+def _mean_sd(values: pd.Series) -> str:
+    v = values.dropna() * 100
+    if not len(v):
+        return ""
+    return f"{v.mean():.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
 
-    ``out`` maps table1_csv, table1_tex, table2_csv, ... to paths.
+
+def model_level_tables(detection_csv: str, roc_csv: str, out: dict[str, str]) -> None:
+    """The paper's Tables 1-3 over the populations, and the ROC table of every detector.
+
+    ``out`` maps table1_csv, table1_tex, ..., roc_csv, roc_tex to paths.
     """
     df = pd.read_csv(detection_csv)
-    t1 = (_pivot(df, "accuracy") * 100).round(2)
     write_table(
-        t1,
+        _pivot(df, "accuracy", _mean_sd),
         out["table1_csv"],
         out["table1_tex"],
-        "Test accuracy (\\%) of the genuine, honestly fine-tuned and attacked models "
-        "(FA = flipping attack, PAA = pattern addition attack, by fine-tune epochs).",
+        "Test accuracy (\\%, mean ± standard deviation over the replicates) of the genuine "
+        "model, the honest fine-tunes (by variant) and the attacked ones (FA = flipping, PAA = "
+        "pattern addition; share of the target class attacked; fine-tune epochs).",
         "tab:accuracy",
     )
-    attacks = df[df["variant"].isin(["flip", "pattern"])]
-    t2 = (_pivot(attacks, "attack_success") * 100).round(2)
+    attacks = df[df["role"] == "attack"]
     write_table(
-        t2,
+        _pivot(attacks, "attack_success", _mean_sd),
         out["table2_csv"],
         out["table2_tex"],
-        "Attack success (\\%): share of the attacked training images classified as the "
-        "attacker's class.",
+        "Attack success (\\%, mean ± standard deviation over the replicates): share of the "
+        "attacked training images classified as the attacker's class.",
         "tab:attack-success",
     )
-    d = df[df["variant"] != "genuine"].copy()
-    d["detected"] = np.where(d["flagged"], "yes", "no")
-    t3 = _pivot(d, "detected")
+    if "flagged" in df:
+        d = df[df["role"] != "genuine"]
+        t3 = _pivot(d, "flagged", lambda f: f"{int(f.sum())}/{len(f)}")
+        write_table(
+            t3,
+            out["table3_csv"],
+            out["table3_tex"],
+            "Detection with the paper's rule: models flagged poisoned (of the replicates) when "
+            "the mean reconstruction error of their activations on the trigger set exceeds $T_r "
+            "= \\mu + \\sigma$ of one honest fine-tune's errors.",
+            "tab:detection",
+        )
+    roc = pd.read_csv(roc_csv)
+    r = roc[roc["honest_variant"] == "all"].copy()
+    r["attack"] = [
+        f"{_ATTACK_LABEL[k]} {f * 100:g}% e{e}"
+        for k, f, e in zip(r["attack"], r["fraction"], r["epochs"], strict=True)
+    ]
+    r["cell"] = [
+        f"{a:.2f} [{lo:.2f}, {hi:.2f}] / {t:.2f}"
+        for a, lo, hi, t in zip(
+            r["auroc"], r["auroc_lo"], r["auroc_hi"], r["tpr_at_fpr"], strict=True
+        )
+    ]
+    t = r.pivot_table(
+        index=["dataset", "arch", "scenario", "detector"],
+        columns="attack",
+        values="cell",
+        aggfunc="first",
+        sort=False,
+    )
+    n = roc[roc["honest_variant"] == "all"][["n_honest", "n_attacked"]]
     write_table(
-        t3,
-        out["table3_csv"],
-        out["table3_tex"],
-        "Detection: the model is flagged poisoned when the mean reconstruction error of "
-        "its activations on the trigger set exceeds $T_r = \\mu + \\sigma$ of the honest "
-        "fine-tune's errors.",
-        "tab:detection",
+        t[_order(t.columns)],
+        out["roc_csv"],
+        out["roc_tex"],
+        "Every detector against every attack population: AUROC [bootstrap interval] / detection "
+        f"rate at a {roc['fpr'].iloc[0] * 100:g}\\% false-alarm rate, against all honest fine-tunes "
+        f"({int(n['n_honest'].min())}-{int(n['n_honest'].max())} honest, "
+        f"{int(n['n_attacked'].min())}-{int(n['n_attacked'].max())} attacked models per cell).",
+        "tab:roc",
     )
 
 
 def model_level_figure(
-    scores: dict[str, str],
-    summaries: dict[str, dict],
+    errors_parquet: str,
+    detection_csv: str,
     png: str,
     pdf: str,
     title: str,
@@ -115,26 +159,25 @@ def model_level_figure(
     palette: str = "colorblind",
     context: str = "paper",
 ) -> None:
-    """Fig. 5: histograms of per-image reconstruction errors of every model, threshold line."""
+    """Fig. 5 with populations: histograms of per-image reconstruction errors of the genuine model,
+    of each honest variant's replicates (pooled) and of each attack population, with the paper's
+    threshold Tr."""
     import seaborn as sns
 
     plt = _plt()
-    frames = []
-    for name, path in scores.items():
-        s = pd.read_parquet(path, columns=["error"])
-        s["model"] = name
-        frames.append(s)
-    df = pd.concat(frames, ignore_index=True)
-    threshold = next(iter(summaries.values()))["threshold"]
+    df = pd.read_parquet(errors_parquet, columns=["model", "error"])
+    det = pd.read_csv(detection_csv)
+    det["population"] = det.apply(_column, axis=1)
+    df = df.merge(det[["model", "population"]], on="model")
+    order = _order(df["population"].unique())
     sns.set_theme(context=context, style="whitegrid")
-    fig, ax = plt.subplots(figsize=(7, 4))
-    order = list(scores)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
     lo, hi = df["error"].clip(lower=1e-12).min(), df["error"].max()
     edges = np.geomspace(lo, hi, bins + 1) if hi > lo else bins
     sns.histplot(
         df,
         x="error",
-        hue="model",
+        hue="population",
         hue_order=order,
         bins=edges,
         element="step",
@@ -145,16 +188,96 @@ def model_level_figure(
         ax=ax,
     )
     ax.set_xscale("log")
-    ax.axvline(threshold, color="red", linestyle="--", linewidth=1.5)
-    ax.text(threshold, ax.get_ylim()[1] * 0.95, " $T_r$", color="red", va="top")
-    flagged = [n for n in order if summaries[n]["flagged"]]
-    ax.set_xlabel("auto-encoder reconstruction error (MSE) per trigger image")
-    ax.set_title(f"{title}\nflagged: {', '.join(flagged) or 'none'}", fontsize=9)
-    fig.tight_layout()
-    for path in (png, pdf):
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:], bbox_inches="tight")
-    plt.close(fig)
+    if "threshold" in det:
+        threshold = float(det["threshold"].iloc[0])
+        ax.axvline(threshold, color="red", linestyle="--", linewidth=1.5)
+        ax.text(threshold, ax.get_ylim()[1] * 0.95, " $T_r$", color="red", va="top")
+        rate = det[det["role"] != "genuine"].groupby("population")["flagged"].agg(["sum", "size"])
+        flagged = ", ".join(
+            f"{p} {int(rate.loc[p, 'sum'])}/{int(rate.loc[p, 'size'])}"
+            for p in order
+            if p in rate.index
+        )
+        title = f"{title}\nflagged by the paper's rule: {flagged}"
+    n = det.groupby("population").size()
+    ax.set_xlabel(
+        "auto-encoder reconstruction error (MSE) per trigger image; models per population: "
+        + ", ".join(f"{n[p]}" for p in order)
+    )
+    ax.set_title(title, fontsize=8)
+    _save(fig, png, pdf, dpi)
+
+
+def model_level_roc_figures(
+    roc_csv: str,
+    curves_csv: str,
+    out: dict[str, str],
+    *,
+    dataset: str,
+    arch: str,
+    scenario: str,
+    title: str,
+    fpr: float = 0.05,
+    dpi: int = 150,
+    palette: str = "colorblind",
+    context: str = "paper",
+) -> None:
+    """ROC curves of the main detectors (one panel per attack population, all honest fine-tunes
+    as negatives) and a heatmap of AUROC over detector x attack population."""
+    import seaborn as sns
+
+    plt = _plt()
+    sel = {"dataset": dataset, "arch": arch, "scenario": scenario}
+    roc = pd.read_csv(roc_csv)
+    roc = roc[(roc[list(sel)] == pd.Series(sel)).all(axis=1) & (roc["honest_variant"] == "all")]
+    curves = pd.read_csv(curves_csv)
+    curves = curves[(curves[list(sel)] == pd.Series(sel)).all(axis=1)]
+    for d in (roc, curves):
+        d["population"] = [
+            f"{_ATTACK_LABEL[k]} {f * 100:g}% e{e}"
+            for k, f, e in zip(d["attack"], d["fraction"], d["epochs"], strict=True)
+        ]
+    pops = _order(roc["population"].unique())
+    main = [d for d in roc["detector"].unique() if ":" not in d]
+    sns.set_theme(context=context, style="whitegrid")
+    ncol = min(4, len(pops))
+    nrow = -(-len(pops) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.0 * nrow), squeeze=False)
+    colors = dict(zip(main, sns.color_palette(palette, len(main)), strict=True))
+    for ax, pop in zip(axes.flat, pops, strict=False):
+        c = curves[curves["population"] == pop]
+        for det in main:
+            p = c[c["detector"] == det]
+            a = roc.loc[(roc["population"] == pop) & (roc["detector"] == det), "auroc"].iloc[0]
+            ax.plot(
+                p["fpr"],
+                p["tpr"],
+                drawstyle="steps-post",
+                color=colors[det],
+                label=f"{det} ({a:.2f})",
+            )
+        ax.axvline(fpr, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(pop, fontsize=8)
+        ax.set_xlabel("false-alarm rate")
+        ax.set_ylabel("detection rate")
+        ax.legend(fontsize=5, loc="lower right")
+    for ax in list(axes.flat)[len(pops) :]:
+        ax.axis("off")
+    n = roc[["n_honest", "n_attacked"]]
+    fig.suptitle(
+        f"{title}: {int(n['n_honest'].max())} honest vs "
+        f"{int(n['n_attacked'].min())}-{int(n['n_attacked'].max())} attacked models",
+        fontsize=9,
+    )
+    _save(fig, out["roc_png"], out["roc_pdf"], dpi)
+
+    heat = roc.pivot_table(index="detector", columns="population", values="auroc", sort=False)
+    heat = heat[pops]
+    fig, ax = plt.subplots(figsize=(1.1 * len(pops) + 3, 0.35 * len(heat) + 1.5))
+    sns.heatmap(heat, annot=True, fmt=".2f", vmin=0.5, vmax=1.0, cmap="viridis", ax=ax)
+    ax.set_title(f"AUROC, {title}", fontsize=9)
+    ax.set_xlabel("attack population (kind, share of the target class, epochs)")
+    _save(fig, out["auroc_png"], out["auroc_pdf"], dpi)
 
 
 # -- sample level ---------------------------------------------------------------------------------

@@ -26,16 +26,21 @@ def seed_everything(seed: int, device: torch.device | str | None = None) -> None
 
 
 def _augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crop with 4-pixel padding and random horizontal flip (CIFAR-style)."""
-    n, _, h, w = xb.shape
-    padded = nn.functional.pad(xb, (4, 4, 4, 4), mode="reflect")
-    dx = torch.randint(0, 9, (n,), generator=gen)
-    dy = torch.randint(0, 9, (n,), generator=gen)
+    """Random shifts (reflect-padding by an eighth of the side, 4 pixels on 32x32 images, then a
+    random crop) and, for colour images, a random horizontal flip (CIFAR-style; digits are not
+    mirror-symmetric, so grayscale images are not flipped)."""
+    n, c, h, w = xb.shape
+    p = max(1, min(h, w) // 8)
+    padded = nn.functional.pad(xb, (p, p, p, p), mode="reflect")
+    dx = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * p + 1, (n,), generator=gen)
     rows = (dy[:, None] + torch.arange(h)[None, :]).to(xb.device)
     cols = (dx[:, None] + torch.arange(w)[None, :]).to(xb.device)
     idx = torch.arange(n, device=xb.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     flip = (torch.rand(n, generator=gen) < 0.5).to(xb.device)
+    if c != 3:
+        return out
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 

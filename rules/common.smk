@@ -4,6 +4,7 @@ import sys
 sys.path.insert(0, workflow.basedir)
 
 from poisondetect.config import validate_config, load_schema  # noqa: E402
+from poisondetect import population  # noqa: E402
 
 _validated = validate_config(
     config, load_schema(workflow.source_path("../schemas/config.schema.yaml"))
@@ -25,7 +26,8 @@ wildcard_constraints:
     scenario=r"standard|new_data",
     seed=r"\d+",
     epochs=r"\d+",
-    model=r"genuine|(finetune|flip|pattern)_e\d+",
+    model=population.MODEL_PATTERN,
+    detector=r"[a-z][a-z0-9_]*",
 
 
 def ml_path(rel, root="results"):
@@ -51,23 +53,79 @@ def ml_cells():
     ]
 
 
-def ml_models():
-    """Model names of one cell: genuine, honest fine-tunes and attacked fine-tunes."""
-    names = ["genuine"]
-    names += [f"finetune_e{e}" for e in ML["finetune"]["epochs"]]
-    names += [
-        f"{k}_e{e}" for k in ML["attacks"]["kinds"] for e in ML["attacks"]["epochs"]
-    ]
-    return names
+def ml_models(scenario):
+    """Model names of a cell: genuine, the honest and the attacked populations."""
+    return population.cell_models(ML, scenario)
+
+
+def ml_cell_models(w):
+    return ml_models(w.scenario)
+
+
+def ml_model_files(pattern):
+    """Input function: ``pattern`` (relative to a cell, with {model}) for every model of the cell
+    (the scripts key them by file name: the model's name)."""
+
+    def files(w):
+        return [
+            ml_path(pattern).format(model=m, **dict(w.items()))
+            for m in ml_models(w.scenario)
+        ]
+
+    return files
 
 
 def ml_cell_files(pattern):
-    """``pattern`` (relative to a cell, may contain {model}) expanded over the whole grid."""
-    return [
-        ml_path(pattern).format(model=m, **cell)
-        for cell in ml_cells()
-        for m in ml_models()
-    ]
+    """``pattern`` (relative to a cell) expanded over the whole grid."""
+    return [ml_path(pattern).format(**cell) for cell in ml_cells()]
+
+
+def ml_n_fit():
+    return population.n_fit(
+        ML["finetune"]["replicates"], ML["calibration"]["fit_share"]
+    )
+
+
+def ml_finetune_model(w):
+    """The (first) model of a fine-tune job: its {model}, or replicate 0 of its population."""
+    keys = list(w.keys())
+    if "model" in keys:
+        return w.model
+    return f"honest_{w.variant}_r0" if "variant" in keys else f"{w.attack}_r0"
+
+
+def ml_finetune_settings(w):
+    """The settings one fine-tune job uses (only those, so changing another variant reruns
+    nothing here): the honest variant's, or the attack's (pattern keys only for the pattern
+    attack)."""
+    spec = population.parse_model(ml_finetune_model(w))
+    if spec.role == "honest":
+        return {"honest": ML["finetune"]["variants"][spec.variant], "attack": None}
+    atk = {
+        k: v
+        for k, v in ML["attacks"].items()
+        if k not in ("kinds", "epochs", "fraction", "replicates")
+        and (spec.variant == "pattern" or not k.startswith("pattern_"))
+    }
+    return {"honest": None, "attack": atk}
+
+
+def ml_detector_inputs(w):
+    """What one detector reads: every model's dump; checkpoints and AE errors where it needs them."""
+    from poisondetect.detectors import registry
+
+    needs = registry.get("model", w.detector).needs
+    inputs = {"activations": ml_model_files("activations/{model}.parquet")(w)}
+    if "weights" in needs:
+        inputs["checkpoints"] = ml_model_files("models/{model}.safetensors")(w)
+    if "errors" in needs:
+        inputs["errors"] = ml_path("scores/ae_errors.parquet").format(**dict(w.items()))
+    return inputs
+
+
+def ml_group_cells():
+    """The (dataset, arch, scenario) combinations of the grid (figures pool the seeds)."""
+    return sorted({(c["dataset"], c["arch"], c["scenario"]) for c in ml_cells()})
 
 
 def gpu_resources():
@@ -185,6 +243,11 @@ def all_targets():
                 **c
             )
             for c in ml_cells()
+        ]
+        targets += [
+            f"results/model_level/figures/{name}_{d}_{a}_{s}.png"
+            for d, a, s in ml_group_cells()
+            for name in ("roc", "auroc")
         ]
     targets += sample_level_targets()
     return targets

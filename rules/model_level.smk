@@ -31,6 +31,7 @@ rule train_genuine:
     output:
         model=ml_path("models/genuine.safetensors"),
         metrics=ml_path("eval/genuine.json"),
+        activations=ml_path("activations/genuine.parquet"),
     log:
         ml_path("train_genuine.log", "logs"),
     benchmark:
@@ -45,105 +46,129 @@ rule train_genuine:
         width=ML["width"],
         train=ML["train"],
         new_data_fraction=ML["new_data_fraction"],
+        trigger=ML["trigger_set"],
         device=config["device"],
     script:
         "../scripts/train_genuine.py"
 
 
-rule finetune_honest:
+# Fine-tune M into the populations: each job fine-tunes (honestly or with an attack), evaluates
+# and dumps the penultimate activations on the trigger set of one model (jobs: per_model) or of
+# every replicate of one honest variant or attack (jobs: per_population).
+FINETUNE_OUTPUTS = {
+    "models": "models/{model}.safetensors",
+    "metrics": "eval/{model}.json",
+    "activations": "activations/{model}.parquet",
+}
+
+
+def finetune_outputs(name, replicates):
+    """The outputs of a population job: every replicate of the population ``name`` (a pattern)."""
+    return {
+        key: expand(
+            ml_path(rel.replace("{model}", name + "_r{rep}")),
+            rep=range(replicates),
+            allow_missing=True,
+        )
+        for key, rel in FINETUNE_OUTPUTS.items()
+    }
+
+
+if ML["jobs"] == "per_model":
+
+    rule finetune:
+        input:
+            data="results/data/{dataset}.npz",
+            genuine=ml_path("models/genuine.safetensors"),
+        output:
+            **{key: ml_path(rel) for key, rel in FINETUNE_OUTPUTS.items()},
+        log:
+            ml_path("finetune_{model}.log", "logs"),
+        benchmark:
+            ml_path("finetune_{model}.tsv", "results/benchmarks")
+        wildcard_constraints:
+            model=r"(honest|flip|pattern)_.+",
+        conda:
+            "../envs/gpu.yaml"
+        container:
+            config["containers"]["gpu"]
+        resources:
+            **gpu_resources(),
+        params:
+            train=ML["train"],
+            settings=ml_finetune_settings,
+            new_data_fraction=ML["new_data_fraction"],
+            trigger=ML["trigger_set"],
+            device=config["device"],
+        script:
+            "../scripts/finetune.py"
+
+else:
+
+    rule finetune_honest:
+        input:
+            data="results/data/{dataset}.npz",
+            genuine=ml_path("models/genuine.safetensors"),
+        output:
+            **finetune_outputs("honest_{variant}", ML["finetune"]["replicates"]),
+        log:
+            ml_path("finetune_honest_{variant}.log", "logs"),
+        benchmark:
+            ml_path("finetune_honest_{variant}.tsv", "results/benchmarks")
+        wildcard_constraints:
+            variant=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+        conda:
+            "../envs/gpu.yaml"
+        container:
+            config["containers"]["gpu"]
+        resources:
+            **gpu_resources(),
+        params:
+            train=ML["train"],
+            settings=ml_finetune_settings,
+            new_data_fraction=ML["new_data_fraction"],
+            trigger=ML["trigger_set"],
+            device=config["device"],
+        script:
+            "../scripts/finetune.py"
+
+    rule finetune_attack:
+        input:
+            data="results/data/{dataset}.npz",
+            genuine=ml_path("models/genuine.safetensors"),
+        output:
+            **finetune_outputs("{attack}", ML["attacks"]["replicates"]),
+        log:
+            ml_path("finetune_{attack}.log", "logs"),
+        benchmark:
+            ml_path("finetune_{attack}.tsv", "results/benchmarks")
+        wildcard_constraints:
+            attack=r"(flip|pattern)_f[0-9.]+_e\d+",
+        conda:
+            "../envs/gpu.yaml"
+        container:
+            config["containers"]["gpu"]
+        resources:
+            **gpu_resources(),
+        params:
+            train=ML["train"],
+            settings=ml_finetune_settings,
+            new_data_fraction=ML["new_data_fraction"],
+            trigger=ML["trigger_set"],
+            device=config["device"],
+        script:
+            "../scripts/finetune.py"
+
+
+rule fit_autoencoder:
     input:
-        data="results/data/{dataset}.npz",
-        genuine=ml_path("models/genuine.safetensors"),
-    output:
-        model=ml_path("models/finetune_e{epochs}.safetensors"),
-        metrics=ml_path("eval/finetune_e{epochs}.json"),
-    log:
-        ml_path("finetune_e{epochs}.log", "logs"),
-    benchmark:
-        ml_path("finetune_e{epochs}.tsv", "results/benchmarks")
-    conda:
-        "../envs/gpu.yaml"
-    container:
-        config["containers"]["gpu"]
-    resources:
-        **gpu_resources(),
-    params:
-        train=ML["train"],
-        lr_factor=ML["finetune"]["lr_factor"],
-        device=config["device"],
-    script:
-        "../scripts/finetune.py"
-
-
-rule finetune_attack:
-    input:
-        data="results/data/{dataset}.npz",
-        genuine=ml_path("models/genuine.safetensors"),
-    output:
-        model=ml_path("models/{attack}_e{epochs}.safetensors"),
-        metrics=ml_path("eval/{attack}_e{epochs}.json"),
-    log:
-        ml_path("{attack}_e{epochs}.log", "logs"),
-    benchmark:
-        ml_path("{attack}_e{epochs}.tsv", "results/benchmarks")
-    wildcard_constraints:
-        attack="flip|pattern",
-    conda:
-        "../envs/gpu.yaml"
-    container:
-        config["containers"]["gpu"]
-    resources:
-        **gpu_resources(),
-    params:
-        train=ML["train"],
-        lr_factor=ML["finetune"]["lr_factor"],
-        attack=lambda w: {
-            k: v
-            for k, v in ML["attacks"].items()
-            if k not in ("kinds", "epochs")
-            and (w.attack == "pattern" or not k.startswith("pattern_"))
-        },
-        device=config["device"],
-    script:
-        "../scripts/finetune.py"
-
-
-rule dump_activations:
-    input:
-        data="results/data/{dataset}.npz",
-        model=ml_path("models/{model}.safetensors"),
-    output:
-        ml_path("activations/{model}.parquet"),
-    log:
-        ml_path("dump_{model}.log", "logs"),
-    benchmark:
-        ml_path("dump_{model}.tsv", "results/benchmarks")
-    conda:
-        "../envs/gpu.yaml"
-    container:
-        config["containers"]["gpu"]
-    resources:
-        **gpu_resources(),
-    params:
-        trigger=ML["trigger_set"],
-        device=config["device"],
-    script:
-        "../scripts/dump_activations.py"
-
-
-rule fit_detector:
-    input:
-        data="results/data/{dataset}.npz",
         genuine=ml_path("activations/genuine.parquet"),
-        honest=ml_path(
-            f"activations/finetune_e{ML['threshold_finetune_epochs']}.parquet"
-        ),
     output:
-        ml_path("detector.safetensors"),
+        ml_path("autoencoder.safetensors"),
     log:
-        ml_path("fit_detector.log", "logs"),
+        ml_path("fit_autoencoder.log", "logs"),
     benchmark:
-        ml_path("fit_detector.tsv", "results/benchmarks")
+        ml_path("fit_autoencoder.tsv", "results/benchmarks")
     conda:
         "../envs/gpu.yaml"
     container:
@@ -152,37 +177,95 @@ rule fit_detector:
         **gpu_resources(),
     params:
         autoencoder=ML["autoencoder"],
-        max_samples=ML["trigger_set"]["max_samples"],
         device=config["device"],
     script:
-        "../scripts/fit_detector.py"
+        "../scripts/fit_autoencoder.py"
 
 
-rule score_model:
+rule ae_errors:
     input:
-        detector=ml_path("detector.safetensors"),
-        activations=ml_path("activations/{model}.parquet"),
-        metrics=ml_path("eval/{model}.json"),
+        autoencoder=ml_path("autoencoder.safetensors"),
+        activations=ml_model_files("activations/{model}.parquet"),
     output:
-        scores=ml_path("scores/{model}.parquet"),
-        summary=ml_path("scores/{model}.json"),
+        ml_path("scores/ae_errors.parquet"),
     log:
-        ml_path("score_{model}.log", "logs"),
+        ml_path("ae_errors.log", "logs"),
     benchmark:
-        ml_path("score_{model}.tsv", "results/benchmarks")
+        ml_path("ae_errors.tsv", "results/benchmarks")
     conda:
         "../envs/cpu.yaml"
     container:
         config["containers"]["cpu"]
     script:
-        "../scripts/score_model.py"
+        "../scripts/ae_errors.py"
+
+
+# One job per detector and cell: fit on M (and the honest fitting replicates), score every model.
+rule score_detector:
+    input:
+        unpack(ml_detector_inputs),
+    output:
+        scores=ml_path("scores/{detector}.csv"),
+        state=ml_path("detectors/{detector}.safetensors"),
+    log:
+        ml_path("score_{detector}.log", "logs"),
+    benchmark:
+        ml_path("score_{detector}.tsv", "results/benchmarks")
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        config["containers"]["cpu"]
+    params:
+        detector_params=lambda w: ML["detectors"][w.detector],
+        n_fit=ml_n_fit(),
+    script:
+        "../scripts/score_detector.py"
+
+
+rule calibrate:
+    input:
+        scores=expand(
+            ml_path("scores/{detector}.csv"), detector=ML["detectors"], allow_missing=True
+        ),
+        states=expand(
+            ml_path("detectors/{detector}.safetensors"),
+            detector=ML["detectors"],
+            allow_missing=True,
+        ),
+        metrics=ml_model_files("eval/{model}.json"),
+        autoencoder=ml_path("autoencoder.safetensors"),
+        genuine=ml_path("activations/genuine.parquet"),
+        data="results/data/{dataset}.npz",
+    output:
+        population=ml_path("population.csv"),
+        detection=ml_path("detection.csv"),
+        bundle=ml_path("detector.safetensors"),
+    log:
+        ml_path("calibrate.log", "logs"),
+    benchmark:
+        ml_path("calibrate.tsv", "results/benchmarks")
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        config["containers"]["cpu"]
+    params:
+        detectors=list(ML["detectors"]),
+        calibration=ML["calibration"],
+        n_fit=ml_n_fit(),
+        trigger=ML["trigger_set"],
+    script:
+        "../scripts/calibrate.py"
 
 
 rule collect_model_level:
     input:
-        ml_cell_files("scores/{model}.json"),
+        populations=ml_cell_files("population.csv"),
+        detections=ml_cell_files("detection.csv"),
     output:
-        "results/model_level/detection.csv",
+        scores="results/model_level/scores.csv",
+        detection="results/model_level/detection.csv",
+        roc="results/model_level/roc.csv",
+        curves="results/model_level/roc_curves.csv",
     log:
         "logs/model_level/collect.log",
     benchmark:
@@ -191,5 +274,7 @@ rule collect_model_level:
         "../envs/cpu.yaml"
     container:
         config["containers"]["cpu"]
+    params:
+        calibration=ML["calibration"],
     script:
         "../scripts/collect_model_level.py"

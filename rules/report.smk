@@ -5,6 +5,7 @@ localrules:
     collect_model_level,
     model_level_tables,
     model_level_figure,
+    model_level_roc_figures,
     collect_sample_level,
     sample_level_tables,
     sample_level_cae_figures,
@@ -14,7 +15,8 @@ localrules:
 
 rule model_level_tables:
     input:
-        "results/model_level/detection.csv",
+        detection="results/model_level/detection.csv",
+        roc="results/model_level/roc.csv",
     output:
         table1_csv=report(
             "results/model_level/table1_accuracy.csv",
@@ -37,6 +39,13 @@ rule model_level_tables:
             subcategory="Tables",
         ),
         table3_tex="results/model_level/table3_detection.tex",
+        roc_csv=report(
+            "results/model_level/table_roc.csv",
+            caption="../report/table_roc.rst",
+            category="Model level",
+            subcategory="Tables",
+        ),
+        roc_tex="results/model_level/table_roc.tex",
     log:
         "logs/model_level/tables.log",
     conda:
@@ -49,12 +58,8 @@ rule model_level_tables:
 
 rule model_level_figure:
     input:
-        scores=expand(
-            ml_path("scores/{model}.parquet"), model=ml_models(), allow_missing=True
-        ),
-        summaries=expand(
-            ml_path("scores/{model}.json"), model=ml_models(), allow_missing=True
-        ),
+        errors=ml_path("scores/ae_errors.parquet"),
+        detection=ml_path("detection.csv"),
     output:
         png=report(
             "results/model_level/figures/fig5_{dataset}_{arch}_{scenario}_seed{seed}.png",
@@ -70,11 +75,43 @@ rule model_level_figure:
     container:
         config["containers"]["cpu"]
     params:
-        models=ml_models(),
         style=config["report"],
         label=lambda w: dataset_spec(w.dataset)["label"] or w.dataset,
     script:
         "../scripts/model_level_figure.py"
+
+
+rule model_level_roc_figures:
+    input:
+        roc="results/model_level/roc.csv",
+        curves="results/model_level/roc_curves.csv",
+    output:
+        roc_png=report(
+            "results/model_level/figures/roc_{dataset}_{arch}_{scenario}.png",
+            caption="../report/roc.rst",
+            category="Model level",
+            subcategory="ROC",
+        ),
+        roc_pdf="results/model_level/figures/roc_{dataset}_{arch}_{scenario}.pdf",
+        auroc_png=report(
+            "results/model_level/figures/auroc_{dataset}_{arch}_{scenario}.png",
+            caption="../report/auroc.rst",
+            category="Model level",
+            subcategory="ROC",
+        ),
+        auroc_pdf="results/model_level/figures/auroc_{dataset}_{arch}_{scenario}.pdf",
+    log:
+        "logs/model_level/roc_{dataset}_{arch}_{scenario}.log",
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        config["containers"]["cpu"]
+    params:
+        style=config["report"],
+        fpr=ML["calibration"]["fpr"],
+        label=lambda w: dataset_spec(w.dataset)["label"] or w.dataset,
+    script:
+        "../scripts/model_level_roc_figures.py"
 
 
 rule sample_level_tables:

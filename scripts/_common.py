@@ -15,7 +15,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 from poisondetect.logs import run_logged  # noqa: E402
 
-__all__ = ["run_logged", "cell_of", "logging"]
+__all__ = ["run_logged", "cell_of", "by_model", "logging"]
 
 
 def cell_of(wildcards) -> dict:
@@ -26,3 +26,8 @@ def cell_of(wildcards) -> dict:
         "scenario": wildcards.scenario,
         "seed": int(wildcards.seed),
     }
+
+
+def by_model(paths) -> dict[str, str]:
+    """A cell's per-model files keyed by model name (the file name without its suffix)."""
+    return {Path(p).stem: p for p in paths}

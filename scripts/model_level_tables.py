@@ -3,4 +3,4 @@ from _common import run_logged
 from poisondetect.report import model_level_tables
 
 sm = snakemake  # noqa: F821
-run_logged(sm.log, model_level_tables, sm.input[0], dict(sm.output.items()))
+run_logged(sm.log, model_level_tables, sm.input.detection, sm.input.roc, dict(sm.output.items()))

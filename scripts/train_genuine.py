@@ -10,6 +10,7 @@ run_logged(
     sm.input.data,
     sm.output.model,
     sm.output.metrics,
+    sm.output.activations,
     dataset=cell["dataset"],
     arch=cell["arch"],
     scenario=cell["scenario"],
@@ -17,5 +18,6 @@ run_logged(
     width=sm.params.width,
     train=sm.params.train,
     new_data_fraction=sm.params.new_data_fraction,
+    trigger=sm.params.trigger,
     device=sm.params.device,
 )

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_CONFIG = {
     "datasets": {"digits": {"format": "digits", "max_train": 500, "max_test": 150}},
     "model_level": {
+        "jobs": "per_population",
         "width": 0.25,
         "train": {
             "epochs": 8,
@@ -24,10 +25,26 @@ TINY_CONFIG = {
             "lr": 0.003,
             "lr_milestones": [0.7],
         },
-        "finetune": {"epochs": [2]},
-        "attacks": {"epochs": [2], "pattern_size": 3, "target_class": 1, "attacker_class": 7},
+        "finetune": {"replicates": 2, "variants": {"paper": {"epochs": 2}}},
+        "attacks": {
+            "epochs": [2],
+            "fraction": [0.5],
+            "replicates": 2,
+            "pattern_size": 3,
+            "target_class": 1,
+            "attacker_class": 7,
+        },
         "autoencoder": {"hidden": [16], "latent": 4, "epochs": 10, "batch_size": 32},
-        "threshold_finetune_epochs": 2,
+        "calibration": {"bootstrap": 200},
+        # every detector but mahalanobis: tests/test_reruns.py adds it to a finished run
+        "detectors": {
+            "ae_mean": {},
+            "ae_class": {},
+            "activation_drift": {},
+            "weight_distance": {},
+            "accuracy_drop": {},
+            "prediction_change": {},
+        },
     },
     "sample_level": {
         "enabled": True,

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+from sklearn.base import clone
 
-from poisondetect.detectors.autoencoder import ActivationAutoencoder, mean_plus_std
+from poisondetect.detectors.autoencoder import ActivationAutoencoder
 from poisondetect.errors import PoisonDetectError
 
 
@@ -12,29 +13,20 @@ def _acts(n=300, d=24, shift=0.0, seed=0):
     return np.maximum(z @ w + shift, 0).astype(np.float32)
 
 
-def test_threshold_is_mean_plus_std():
-    e = np.array([1.0, 2.0, 3.0, 6.0])
-    assert mean_plus_std(e) == pytest.approx(3.0 + np.sqrt(3.5))
-
-
 def test_reconstruction_error_falls_during_fitting():
     det = ActivationAutoencoder(latent=4, hidden=[16], epochs=40, batch_size=32).fit(_acts())
     h = det.loss_history_
     assert h[-1] < 0.5 * h[0]
 
 
-def test_calibrate_and_decide():
+def test_shifted_activations_score_higher_and_clone_is_unfitted():
     genuine = _acts(seed=0)
     det = ActivationAutoencoder(latent=4, hidden=[16], epochs=60, batch_size=32).fit(genuine)
     honest = _acts(seed=1)
-    thr = det.calibrate(honest)
-    assert thr == pytest.approx(mean_plus_std(det.score_samples(honest)))
-    assert det.decide(honest)[1] is False
-    shifted = _acts(seed=2) + np.random.default_rng(3).normal(0, 1.0, size=(300, 24)).astype(
-        np.float32
-    )
-    err, flagged = det.decide(shifted)
-    assert flagged and err > thr
+    shifted = honest + np.random.default_rng(3).normal(0, 1.0, size=(300, 24)).astype(np.float32)
+    assert det.score_samples(shifted).mean() > 2 * det.score_samples(honest).mean()
+    copy = clone(det)
+    assert copy.get_params() == det.get_params() and not hasattr(copy, "net_")
 
 
 def test_same_seed_same_scores_and_bundle_round_trip(tmp_path):
@@ -42,11 +34,10 @@ def test_same_seed_same_scores_and_bundle_round_trip(tmp_path):
     a = ActivationAutoencoder(latent=4, hidden=[16], epochs=5, seed=3).fit(x)
     b = ActivationAutoencoder(latent=4, hidden=[16], epochs=5, seed=3).fit(x)
     np.testing.assert_array_equal(a.score_samples(x), b.score_samples(x))
-    a.calibrate(x)
-    a.save(tmp_path / "d.safetensors", {"trigger_set": {"n": 300}})
+    a.save(tmp_path / "d.safetensors")
     c = ActivationAutoencoder.load(tmp_path / "d.safetensors")
     np.testing.assert_allclose(c.score_samples(x), a.score_samples(x), rtol=1e-6)
-    assert c.threshold_ == a.threshold_ and c.description_ == {"trigger_set": {"n": 300}}
+    assert c.get_params() == {**a.get_params(), "device": "auto"}
 
 
 def test_wrong_width_and_bad_bundle_are_explained(tmp_path):
@@ -55,7 +46,7 @@ def test_wrong_width_and_bad_bundle_are_explained(tmp_path):
         det.score_samples(np.zeros((3, 10), np.float32))
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 20)
-    with pytest.raises(PoisonDetectError, match="not a valid poisondetect detector bundle"):
+    with pytest.raises(PoisonDetectError, match="not a readable poisondetect file"):
         ActivationAutoencoder.load(bad)
 
 

@@ -21,9 +21,9 @@ def test_defaults_are_filled_in():
         }
     }
     ml = cfg["model_level"]
-    assert ml["attacks"]["fraction"] == 0.5
+    assert ml["attacks"]["fraction"] == [0.5]
     assert ml["attacks"]["pattern_size"] == 5
-    assert ml["finetune"]["lr_factor"] == 0.1
+    assert ml["finetune"]["variants"]["paper"]["lr_factor"] == 0.1
     assert cfg["resources"]["gpu_jobs"]["gpu"] == 1
     assert cfg["sample_level"]["alpha"] == 0.66
 
@@ -56,11 +56,24 @@ def test_every_bad_key_is_listed():
     assert "'device'" in msg and "model_level.archs.0" in msg
 
 
-def test_threshold_epochs_must_be_a_finetune():
-    with pytest.raises(PoisonDetectError, match="threshold_finetune_epochs"):
+def test_population_cross_checks():
+    with pytest.raises(PoisonDetectError, match="threshold_variant = 'other'"):
+        validate_config({"model_level": {"detectors": {"ae_mean": {"threshold_variant": "other"}}}})
+    with pytest.raises(PoisonDetectError, match="data = unseen needs the new_data"):
         validate_config(
-            {"model_level": {"finetune": {"epochs": [5]}, "threshold_finetune_epochs": 7}}
+            {"model_level": {"finetune": {"variants": {"paper": {}, "u": {"data": "unseen"}}}}}
         )
+    with pytest.raises(PoisonDetectError, match="verdict names 'mahalanobis'"):
+        validate_config(
+            {
+                "model_level": {
+                    "detectors": {"ae_mean": {}},
+                    "calibration": {"verdict": ["mahalanobis"]},
+                }
+            }
+        )
+    with pytest.raises(PoisonDetectError, match="unknown config key 'model_level.detectors.magic'"):
+        validate_config({"model_level": {"detectors": {"magic": {}}}})
 
 
 def test_undeclared_dataset_is_refused():

@@ -16,14 +16,16 @@ def workdir(tmp_path):
 
 def test_paper_cifar10_grid(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", configfile=REPO / "configs/paper-cifar10.yaml"))
-    archs, attacks, attack_epochs, finetune_epochs = 5, 2, 2, 2
-    models = archs * (1 + finetune_epochs + attacks * attack_epochs)
+    archs, scenarios, detectors = 5, 2, 7
+    cells = archs * scenarios
+    honest = 5 * (3 + 4)  # 3 variants in the standard scenario, 4 with unseen data in new_data
+    attacked = 2 * 2 * 2 * 5  # kinds x fractions x epochs x replicates, per cell
     assert jobs["prepare_data"] == 1
-    assert jobs["train_genuine"] == archs
-    assert jobs["finetune_honest"] == archs * finetune_epochs
-    assert jobs["finetune_attack"] == archs * attacks * attack_epochs
-    assert jobs["dump_activations"] == models and jobs["score_model"] == models
-    assert jobs["fit_detector"] == archs and jobs["model_level_figure"] == archs
+    assert jobs["train_genuine"] == cells
+    assert jobs["finetune"] == archs * honest + cells * attacked  # one job per model
+    assert jobs["fit_autoencoder"] == cells and jobs["ae_errors"] == cells
+    assert jobs["score_detector"] == cells * detectors and jobs["calibrate"] == cells
+    assert jobs["model_level_figure"] == cells and jobs["model_level_roc_figures"] == cells
     assert not any(rule.startswith(("poison", "fit_filter", "make_rounds")) for rule in jobs)
 
 

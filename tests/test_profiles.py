@@ -156,7 +156,7 @@ def test_grouping_is_consistent(name):
         assert prof["resources"]["group_slots"] == 1
         assert prof["set-resource-scopes"]["group_slots"] == "local"
         assert prof["default-resources"]["group_slots"] == 1
-    for rule in ("dump_activations", "score_model"):
+    for rule in ("score_detector", "fit_filter"):
         assert rule in groups, f"{rule} should be grouped in profiles/{name}"
 
 
@@ -180,7 +180,7 @@ TOY_SNAKEFILE = textwrap.dedent(
             runtime=GPU["runtime"],
         shell: "echo train {wildcards.m} ${{SLURM_JOB_ID:-local}} > {output}"
 
-    rule dump_activations:
+    rule fit_filter:
         input: "models/{m}.txt"
         output: "activations/{m}.txt"
         resources:
@@ -188,7 +188,7 @@ TOY_SNAKEFILE = textwrap.dedent(
             runtime=GPU["runtime"],
         shell: "echo dump {wildcards.m} ${{SLURM_JOB_ID:-local}} > {output}"
 
-    rule score_model:
+    rule score_detector:
         input: "activations/{m}.txt"
         output: "scores/{m}.txt"
         shell: "echo score {wildcards.m} ${{SLURM_JOB_ID:-local}} > {output}"
@@ -267,9 +267,9 @@ def test_toy_workflow_through_slurm(toy):
     for kind in ("models", "activations", "scores"):
         jobs[kind] = {p.read_text().split()[-1] for p in sorted((toy / kind).glob("*.txt"))}
         assert "local" not in jobs[kind], f"{kind} did not run in SLURM"
-    assert len(jobs["activations"]) == 1, "the dump_activations group should be one SLURM job"
-    assert len(jobs["scores"]) == 1, "the score_model group should be one SLURM job"
+    assert len(jobs["activations"]) == 1, "the fit_filter group should be one SLURM job"
+    assert len(jobs["scores"]) == 1, "the score_detector group should be one SLURM job"
     assert (toy / "detection.csv").read_text().splitlines()[-1] == "collect local"
     logs = toy / ".snakemake" / "slurm_logs"
-    assert (logs / "group_dump_dump_activations").is_dir()
+    assert (logs / "group_filter_fit_filter").is_dir()
     assert (logs / "rule_train_genuine").is_dir()

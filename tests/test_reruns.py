@@ -17,7 +17,9 @@ import psutil
 import yaml
 from conftest import TINY_CONFIG, planned_jobs, snakemake, snakemake_cmd
 
-N_MODELS = 4  # genuine, finetune_e2, flip_e2, pattern_e2
+REPORT = {"collect_model_level": 1, "model_level_tables": 1, "model_level_figure": 1,
+          "model_level_roc_figures": 1, "all": 1}  # fmt: skip
+AE_DETECTORS = 2  # ae_mean and ae_class read the auto-encoder's errors
 N_SL_CELLS = 2  # attacks flip, optimal at 3 poisons
 N_TRAIN_ON = 2  # contaminated, clean
 
@@ -34,16 +36,34 @@ def test_nothing_to_do_after_a_complete_run(tiny_run, tmp_path):
     assert _dry_run(tiny_run, tmp_path, lambda c: None) == {}
 
 
-def test_autoencoder_change_reruns_only_fits_detections_and_report(tiny_run, tmp_path):
+def test_autoencoder_change_reruns_only_its_detectors_and_report(tiny_run, tmp_path):
     jobs = _dry_run(tiny_run, tmp_path, lambda c: c["model_level"]["autoencoder"].update(epochs=11))
     assert jobs == {
-        "fit_detector": 1,
-        "score_model": N_MODELS,
-        "collect_model_level": 1,
-        "model_level_tables": 1,
-        "model_level_figure": 1,
-        "all": 1,
+        "fit_autoencoder": 1,
+        "ae_errors": 1,
+        "score_detector": AE_DETECTORS,
+        "calibrate": 1,
+        **REPORT,
     }
+
+
+def test_detector_setting_change_reruns_that_detector_only(tiny_run, tmp_path):
+    def change(c):
+        c["model_level"]["detectors"]["ae_class"] = {"min_spread": 1e-3}
+
+    assert _dry_run(tiny_run, tmp_path, change) == {"score_detector": 1, "calibrate": 1, **REPORT}
+
+
+def test_adding_a_detector_reruns_no_training_fine_tune_or_dump(tiny_run, tmp_path):
+    jobs = _dry_run(
+        tiny_run, tmp_path, lambda c: c["model_level"]["detectors"].update(mahalanobis={})
+    )
+    assert jobs == {"score_detector": 1, "calibrate": 1, **REPORT}
+
+
+def test_calibration_change_reruns_calibration_and_report_only(tiny_run, tmp_path):
+    jobs = _dry_run(tiny_run, tmp_path, lambda c: c["model_level"]["calibration"].update(fpr=0.1))
+    assert jobs == {"calibrate": 1, **REPORT}
 
 
 def test_figure_settings_rerun_only_the_report_jobs(tiny_run, tmp_path):
@@ -52,6 +72,7 @@ def test_figure_settings_rerun_only_the_report_jobs(tiny_run, tmp_path):
     )
     assert jobs == {
         "model_level_figure": 1,
+        "model_level_roc_figures": 1,
         "sample_level_cae_figures": 1,
         "sample_level_accuracy_figure": 1,
         "sample_level_clean_vs_contaminated": 1,
@@ -89,9 +110,9 @@ def test_killed_job_leaves_no_complete_looking_output_and_is_redone(tiny_run, tm
     slow["model_level"]["autoencoder"]["epochs"] = 100000  # long enough to be killed mid-job
     (work / "slow.yaml").write_text(yaml.safe_dump(slow))
     cell = work / "results/model_level/digits/cnn/standard/seed0"
-    log = work / "logs/model_level/digits/cnn/standard/seed0/fit_detector.log"
+    log = work / "logs/model_level/digits/cnn/standard/seed0/fit_autoencoder.log"
     log.unlink()  # the copied log already has epoch lines; wait for the new job's own
-    target = (cell / "detector.safetensors").relative_to(work)
+    target = (cell / "autoencoder.safetensors").relative_to(work)
     cmd = snakemake_cmd(work, "--cores", "1", str(target), configfile=work / "slow.yaml")
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -103,14 +124,14 @@ def test_killed_job_leaves_no_complete_looking_output_and_is_redone(tiny_run, tm
                 break
             time.sleep(0.5)
         else:
-            raise AssertionError("the fit_detector job did not start")
+            raise AssertionError("the fit_autoencoder job did not start")
         # Kill the job itself (as the OOM killer or a scheduler's time limit would); Snakemake lives.
         jobs = [
             p
             for p in psutil.Process(proc.pid).children(recursive=True)
-            if any("fit_detector.py" in part for part in p.cmdline())
+            if any("fit_autoencoder.py" in part for part in p.cmdline())
         ]
-        assert jobs, "no fit_detector job process found"
+        assert jobs, "no fit_autoencoder job process found"
         for p in jobs:
             p.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=120) != 0  # Snakemake reports the failed job and exits
@@ -118,14 +139,13 @@ def test_killed_job_leaves_no_complete_looking_output_and_is_redone(tiny_run, tm
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert not (cell / "detector.safetensors").exists()
+    assert not (cell / "autoencoder.safetensors").exists()
     # the next run (with the original settings) plans exactly that job and what depends on it
     jobs = planned_jobs(snakemake(work, "-n"))
     assert jobs == {
-        "fit_detector": 1,
-        "score_model": N_MODELS,
-        "collect_model_level": 1,
-        "model_level_tables": 1,
-        "model_level_figure": 1,
-        "all": 1,
+        "fit_autoencoder": 1,
+        "ae_errors": 1,
+        "score_detector": AE_DETECTORS,
+        "calibrate": 1,
+        **REPORT,
     }

@@ -2,69 +2,84 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import torch
 from conftest import REPO, TINY_CONFIG
 
+from poisondetect.config import validate_config
+from poisondetect.population import cell_models
+
 CELL = "results/model_level/digits/cnn/standard/seed0"
+ML_CONFIG = validate_config(TINY_CONFIG)["model_level"]
+MODELS = cell_models(ML_CONFIG, "standard")
 
 
-def _models():
-    ml = TINY_CONFIG["model_level"]
-    return (
-        ["genuine"]
-        + [f"finetune_e{e}" for e in ml["finetune"]["epochs"]]
-        + [f"{k}_e{e}" for k in ("flip", "pattern") for e in ml["attacks"]["epochs"]]
+def test_detection_table_has_one_row_per_model(tiny_run):
+    df = pd.read_csv(tiny_run / "results/model_level/detection.csv")
+    assert sorted(df["model"]) == sorted(MODELS)
+    assert len(MODELS) == 1 + 2 + 2 * 2  # genuine, 2 honest, 2 replicates of flip and pattern
+    assert (df["threshold"] == df["threshold"].iloc[0]).all()
+    assert (df["flagged"] == (df["mean_error"] > df["threshold"])).all()
+    assert df["accuracy"].min() > 0.5  # the tiny models did learn
+    attacks = df[df["role"] == "attack"]
+    assert attacks["attack_success"].between(0, 1).all()
+    assert set(df["split"]) == {"genuine", "fit", "heldout", "attack"}
+    # replicates differ: their own seeds give different models
+    assert attacks.groupby("variant")["accuracy"].nunique().min() > 1 or (
+        attacks.groupby("variant")["attack_success"].nunique().min() > 1
     )
 
 
-def test_detection_table_has_one_row_per_grid_cell(tiny_run):
-    df = pd.read_csv(tiny_run / "results/model_level/detection.csv")
-    assert sorted(df["model"]) == sorted(_models())
-    for col in [
-        "dataset",
-        "arch",
-        "variant",
-        "epochs",
-        "seed",
-        "accuracy",
-        "attack_success",
-        "mean_error",
-        "threshold",
-        "flagged",
-    ]:
-        assert col in df.columns
-    assert (df["threshold"] == df["threshold"].iloc[0]).all()
-    assert (df["flagged"] == (df["mean_error"] > df["threshold"])).all()
-    honest = df[df["variant"] == "finetune"].iloc[0]
-    assert not honest["flagged"]  # mean error below mean + std of its own errors, by construction
-    assert df["accuracy"].min() > 0.5  # the tiny models did learn
-    attacks = df[df["variant"].isin(["flip", "pattern"])]
-    assert attacks["attack_success"].between(0, 1).all()
+def test_scores_and_roc_tables(tiny_run):
+    ml = tiny_run / "results/model_level"
+    scores = pd.read_csv(ml / "scores.csv")
+    assert set(scores["detector"]) == set(ML_CONFIG["detectors"])
+    assert len(scores[scores["statistic"] == "score"]) == len(MODELS) * len(ML_CONFIG["detectors"])
+    assert (scores["flagged"] == (scores["value"] > scores["threshold"])).all()
+    # thresholds come from the honest fitting replicate(s) only
+    for _, g in scores.groupby(["detector", "statistic"]):
+        assert g["threshold"].iloc[0] == g.loc[g["split"] == "fit", "value"].max()
+    roc = pd.read_csv(ml / "roc.csv")
+    for col in ["auroc", "auroc_lo", "auroc_hi", "tpr_at_fpr", "false_alarm_rate",
+                "detection_rate", "n_honest", "n_attacked", "honest_variant"]:  # fmt: skip
+        assert col in roc.columns
+    assert roc["auroc"].between(0, 1).all()
+    assert ((roc["auroc_lo"] <= roc["auroc"]) & (roc["auroc"] <= roc["auroc_hi"])).all()
+    assert set(roc["honest_variant"]) == {"all", "paper"}
+    assert (roc["n_honest"] == 2).all() and (roc["n_attacked"] == 2).all()
+    main = roc[~roc["detector"].str.contains(":")]
+    assert len(main) == len(ML_CONFIG["detectors"]) * 2 * 2  # detectors x attacks x variants
 
 
 def test_tables_figures_and_logs_exist(tiny_run):
     ml = tiny_run / "results/model_level"
-    for name in ["table1_accuracy", "table2_attack_success", "table3_detection"]:
+    for name in ["table1_accuracy", "table2_attack_success", "table3_detection", "table_roc"]:
         assert (ml / f"{name}.csv").stat().st_size > 0
         tex = (ml / f"{name}.tex").read_text()
         assert "\\toprule" in tex and "\\bottomrule" in tex
-    for ext in ("png", "pdf"):
-        assert (ml / f"figures/fig5_digits_cnn_standard_seed0.{ext}").stat().st_size > 1000
+    for name in [
+        "fig5_digits_cnn_standard_seed0",
+        "roc_digits_cnn_standard",
+        "auroc_digits_cnn_standard",
+    ]:
+        for ext in ("png", "pdf"):
+            assert (ml / f"figures/{name}.{ext}").stat().st_size > 1000
     t1 = pd.read_csv(ml / "table1_accuracy.csv")
-    assert {"Genuine", "Fine-tuned 2", "FA 2", "PAA 2"} <= set(t1.columns)
+    assert {"Genuine", "Honest paper", "FA 50% e2", "PAA 50% e2"} <= set(t1.columns)
     assert (tiny_run / "logs/model_level/digits/cnn/standard/seed0/train_genuine.log").read_text()
 
 
 def test_parquet_dump_carries_model_metadata(tiny_run):
     from poisondetect.activations import read_activations
 
-    acts = read_activations(tiny_run / CELL / "activations/flip_e2.parquet")
-    assert acts.metadata["model"] == "flip_e2" and acts.metadata["arch"] == "cnn"
+    acts = read_activations(tiny_run / CELL / "activations/flip_f50_e2_r1.parquet")
+    assert acts.metadata["model"] == "flip_f50_e2_r1" and acts.metadata["arch"] == "cnn"
     assert acts.activations.shape == (150, 128)  # 512 FC units of the paper's CNN at width 0.25
     assert acts.metadata["checkpoint"]["width"] == 0.25
 
@@ -90,20 +105,56 @@ def _audit(run, model, *extra):
     )
 
 
-def test_audit_reproduces_the_workflow_verdict(tiny_run):
-    df = pd.read_csv(tiny_run / "results/model_level/detection.csv").set_index("model")
-    for model in ("finetune_e2", "flip_e2"):
-        proc = _audit(tiny_run, tiny_run / CELL / f"models/{model}.safetensors")
-        flagged = bool(df.loc[model, "flagged"])
-        assert proc.returncode == (1 if flagged else 0), proc.stderr
-        assert ("POISONED" if flagged else "not poisoned") in proc.stdout
-        assert f"{df.loc[model, 'mean_error']:.6g}" in proc.stdout
+def test_audit_reproduces_the_workflow_scores(tiny_run):
+    scores = pd.read_csv(tiny_run / "results/model_level/scores.csv")
+    verdict = ML_CONFIG["calibration"]["verdict"]
+    for model in ("honest_paper_r1", "flip_f50_e2_r0"):
+        proc = _audit(tiny_run, tiny_run / CELL / f"models/{model}.safetensors", "--json")
+        assert proc.returncode in (0, 1), proc.stderr
+        out = json.loads(proc.stdout)
+        mine = scores[scores["model"] == model]
+        for d in out["detectors"]:
+            det, _, stat = d["detector"].partition(":")
+            row = mine[(mine["detector"] == det) & (mine["statistic"] == (stat or "score"))]
+            assert d["score"] == pytest.approx(row["value"].iloc[0], rel=1e-5, abs=1e-9)
+            assert d["threshold"] == pytest.approx(row["threshold"].iloc[0])
+        expected = [
+            v for v in verdict if next(d for d in out["detectors"] if d["detector"] == v)["flagged"]
+        ]
+        assert out["flagged_by"] == expected
+        assert proc.returncode == (1 if expected else 0)
+        text = _audit(tiny_run, tiny_run / CELL / f"models/{model}.safetensors").stdout
+        assert "verdict from" in text and "paper's rule" in text and "p-value" in text
+
+
+def test_audit_flags_a_model_whose_last_layer_alone_was_altered(tiny_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(tiny_run / CELL / "models/genuine.safetensors")
+    w, b = sd["classifier.weight"].clone(), sd["classifier.bias"].clone()
+    w[[1, 7]], b[[1, 7]] = w[[7, 1]], b[[7, 1]]  # classes 1 and 7 swapped in the last layer
+    sd.update({"classifier.weight": w, "classifier.bias": b})
+    save_file(sd, tmp_path / "swapped.safetensors")
+    genuine = json.loads(
+        _audit(tiny_run, tiny_run / CELL / "models/genuine.safetensors", "--json").stdout
+    )
+    proc = _audit(tiny_run, tmp_path / "swapped.safetensors", "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    assert "prediction_change:worst_class" in out["flagged_by"]
+    # the auto-encoder alone is blind to it: the same activations, the same mean error
+    assert out["paper"]["mean_error"] == pytest.approx(genuine["paper"]["mean_error"])
+
+
+def test_audit_refuses_another_architecture(tiny_run):
+    proc = _audit(tiny_run, tiny_run / CELL / "models/genuine.safetensors", "--arch", "resnet18")
+    assert proc.returncode == 2 and "resnet18" in proc.stderr and "cnn" in proc.stderr
 
 
 def test_audit_accepts_a_weights_only_state_dict(tiny_run, tmp_path):
     from safetensors.torch import load_file
 
-    sd = load_file(tiny_run / CELL / "models/finetune_e2.safetensors")
+    sd = load_file(tiny_run / CELL / "models/honest_paper_r0.safetensors")
     torch.save(sd, tmp_path / "plain.pt")
     proc = _audit(tiny_run, tmp_path / "plain.pt")
     assert proc.returncode in (0, 1), proc.stderr

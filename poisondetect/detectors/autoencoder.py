@@ -1,8 +1,9 @@
-"""Model-level detector: an auto-encoder on the penultimate activations of the genuine model.
+"""The auto-encoder on the penultimate activations of the genuine model (El Moadine et al.).
 
-Fit on the genuine model's activations over the trigger set; ``calibrate`` on the honest fine-tune's
-activations sets ``Tr = mean(e) + std(e)`` of its per-image reconstruction errors; a suspicious model
-is flagged when the mean error of its activations exceeds Tr (El Moadine et al., Eq. 4).
+Fit on the genuine model's activations over the trigger set; ``score_samples`` gives each row's
+reconstruction error. The model-level detectors ``ae_mean`` (the paper's mean error and threshold
+Tr = mean + std of an honest fine-tune's errors, Eq. 4) and ``ae_class`` aggregate these per-image
+errors (``poisondetect.detectors.model_level``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from poisondetect.detectors.base import Detector
 from poisondetect.detectors.nets import DenseAutoencoder, fit_loop
 from poisondetect.errors import PoisonDetectError
 from poisondetect.io import atomic_path
@@ -26,18 +28,9 @@ log = logging.getLogger(__name__)
 STD_FLOOR = 1.0  # per-unit std floor, as a share of the median std of the units that fire
 
 
-def mean_plus_std(errors: np.ndarray) -> float:
-    """The paper's threshold: mean + (population) standard deviation of the per-image errors."""
-    errors = np.asarray(errors, dtype=np.float64)
-    return float(errors.mean() + errors.std())
-
-
-class ActivationAutoencoder:
-    """Auto-encoder anomaly detector over activation vectors (scikit-learn style).
-
-    ``score_samples(X)`` returns each row's reconstruction MSE; ``decide(X)`` returns the model-level
-    verdict (mean error, flagged) against ``threshold_``.
-    """
+class ActivationAutoencoder(Detector):
+    """Auto-encoder over activation vectors (scikit-learn style): ``score_samples(X)`` returns each
+    row's reconstruction MSE (higher = further from the genuine model's activations)."""
 
     def __init__(
         self,
@@ -52,7 +45,7 @@ class ActivationAutoencoder:
         device: str = "auto",
     ):
         self.latent = latent
-        self.hidden = list(hidden)
+        self.hidden = hidden
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
@@ -60,7 +53,6 @@ class ActivationAutoencoder:
         self.std_floor = std_floor
         self.seed = seed
         self.device = device
-        self.threshold_: float | None = None
 
     # -- fitting -----------------------------------------------------------------------------
     def _prep(self, X: np.ndarray) -> torch.Tensor:
@@ -100,7 +92,7 @@ class ActivationAutoencoder:
             self.std_ = np.ones(self.input_dim_, np.float32)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)  # the initial weights
-            self.net_ = DenseAutoencoder(self.input_dim_, self.hidden, self.latent)
+            self.net_ = DenseAutoencoder(self.input_dim_, list(self.hidden), self.latent)
         history = fit_loop(
             self.net_,
             lambda net, xb: nn.functional.mse_loss(net(xb), xb),
@@ -127,35 +119,17 @@ class ActivationAutoencoder:
             out.append(((self.net_(xb) - xb) ** 2).mean(1).numpy())
         return np.concatenate(out).astype(np.float64)
 
-    def calibrate(self, X_honest: np.ndarray) -> float:
-        """Set ``threshold_`` = mean + std of the honest fine-tune's per-image errors."""
-        self.threshold_ = mean_plus_std(self.score_samples(X_honest))
-        return self.threshold_
-
-    def decide(self, X: np.ndarray) -> tuple[float, bool]:
-        """Model-level verdict: (mean reconstruction error, error > threshold)."""
-        if self.threshold_ is None:
-            raise PoisonDetectError("the detector has no threshold: call calibrate() first")
-        mean_error = float(self.score_samples(X).mean())
-        return mean_error, bool(mean_error > self.threshold_)
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Per-image flags (error > threshold), scikit-learn style."""
-        if self.threshold_ is None:
-            raise PoisonDetectError("the detector has no threshold: call calibrate() first")
-        return self.score_samples(X) > self.threshold_
-
     # -- the detector bundle -----------------------------------------------------------------
-    def save(self, path: str | Path, description: dict | None = None) -> None:
-        """One safetensors file: the auto-encoder weights, the scaler, the threshold and the
-        trigger-set description (no pickle anywhere)."""
-        from safetensors.torch import save_file
+    def tensors(self) -> dict[str, np.ndarray]:
+        """The fitted weights and scaler as named arrays (for a safetensors bundle)."""
+        out = {f"ae.{k}": v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
+        out["scaler.mean"] = np.asarray(self.mean_)
+        out["scaler.std"] = np.asarray(self.std_)
+        return out
 
-        tensors = {f"ae.{k}": v.contiguous() for k, v in self.net_.state_dict().items()}
-        tensors["scaler.mean"] = torch.from_numpy(np.ascontiguousarray(self.mean_))
-        tensors["scaler.std"] = torch.from_numpy(np.ascontiguousarray(self.std_))
-        meta = {
-            "kind": "poisondetect.model_level_detector",
+    def metadata(self) -> dict:
+        """Parameters and fit summary, JSON-serialisable (for a safetensors bundle)."""
+        return {
             "input_dim": self.input_dim_,
             "hidden": self.hidden,
             "latent": self.latent,
@@ -163,34 +137,18 @@ class ActivationAutoencoder:
             "lr": self.lr,
             "batch_size": self.batch_size,
             "standardize": self.standardize,
+            "std_floor": self.std_floor,
             "seed": self.seed,
-            "threshold": self.threshold_,
             "final_train_mse": self.loss_history_[-1]
             if getattr(self, "loss_history_", None)
             else None,
-            "description": description or {},
         }
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"poisondetect": json.dumps(meta)})
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto") -> ActivationAutoencoder:
-        from safetensors import safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise PoisonDetectError(f"detector bundle {path} not found")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = json.loads((f.metadata() or {})["poisondetect"])
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (KeyError, json.JSONDecodeError, OSError, RuntimeError, Exception) as e:
-            raise PoisonDetectError(
-                f"{path} is not a valid poisondetect detector bundle ({e}); rebuild it with the "
-                "workflow's fit_detector rule"
-            ) from e
-        if meta.get("kind") != "poisondetect.model_level_detector":
-            raise PoisonDetectError(f"{path} is not a model-level detector bundle")
+    def from_tensors(
+        cls, tensors: dict[str, np.ndarray], meta: dict, device: str = "auto"
+    ) -> ActivationAutoencoder:
+        """The fitted auto-encoder back from ``tensors()`` and ``metadata()``."""
         det = cls(
             latent=meta["latent"],
             hidden=meta["hidden"],
@@ -198,15 +156,58 @@ class ActivationAutoencoder:
             lr=meta["lr"],
             batch_size=meta["batch_size"],
             standardize=meta["standardize"],
+            std_floor=meta.get("std_floor", STD_FLOOR),
             seed=meta["seed"],
             device=device,
         )
         det.input_dim_ = meta["input_dim"]
-        det.mean_ = tensors.pop("scaler.mean").numpy()
-        det.std_ = tensors.pop("scaler.std").numpy()
-        det.net_ = DenseAutoencoder(det.input_dim_, det.hidden, det.latent)
-        det.net_.load_state_dict({k[3:]: v for k, v in tensors.items() if k.startswith("ae.")})
+        det.mean_ = np.asarray(tensors["scaler.mean"], dtype=np.float32)
+        det.std_ = np.asarray(tensors["scaler.std"], dtype=np.float32)
+        det.net_ = DenseAutoencoder(det.input_dim_, list(det.hidden), det.latent)
+        det.net_.load_state_dict(
+            {
+                k[3:]: torch.from_numpy(np.array(v))
+                for k, v in tensors.items()
+                if k.startswith("ae.")
+            }
+        )
         det.net_.eval()
-        det.threshold_ = meta["threshold"]
-        det.description_ = meta["description"]
         return det
+
+    def save(self, path: str | Path) -> None:
+        """One safetensors file with the weights, the scaler and the parameters (no pickle)."""
+        from safetensors.numpy import save_file
+
+        meta = {"kind": "poisondetect.activation_autoencoder", **self.metadata()}
+        tensors = {k: np.ascontiguousarray(v) for k, v in self.tensors().items()}
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"poisondetect": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> ActivationAutoencoder:
+        tensors, meta = read_bundle(path, "poisondetect.activation_autoencoder")
+        return cls.from_tensors(tensors, meta, device=device)
+
+
+def read_bundle(path: str | Path, kind: str) -> tuple[dict[str, np.ndarray], dict]:
+    """Arrays and JSON metadata of a poisondetect safetensors file of the given ``kind``; a clear
+    error when the file is missing, truncated or of another kind."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise PoisonDetectError(f"{path} not found")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = json.loads((f.metadata() or {})["poisondetect"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises several types for a damaged header or body
+        raise PoisonDetectError(
+            f"{path} is not a readable poisondetect file ({type(e).__name__}: {e}); it may be "
+            "truncated or from another program: rebuild it with the workflow"
+        ) from e
+    if meta.get("kind") != kind:
+        raise PoisonDetectError(
+            f"{path} holds a {meta.get('kind', 'unknown kind of')} file, not a {kind}"
+        )
+    return tensors, meta

@@ -27,3 +27,28 @@ class Detector(BaseEstimator):
     def sub_scores(self, *args, **kwargs) -> dict[str, np.ndarray]:
         """Named scores beside the main one (none by default)."""
         return {}
+
+
+def fitted_state(det: Detector) -> tuple[dict[str, np.ndarray], dict]:
+    """A fitted detector's learnt attributes (names ending in ``_``): arrays apart, for safetensors;
+    numbers, strings and lists as JSON. Anything else is refused (no pickle anywhere)."""
+    arrays, plain = {}, {}
+    for name, value in vars(det).items():
+        if not name.endswith("_") or name.startswith("_"):
+            continue
+        if isinstance(value, np.ndarray):
+            arrays[name] = np.ascontiguousarray(value)
+        elif isinstance(value, bool | int | float | str | list | type(None)):
+            plain[name] = value
+        elif isinstance(value, np.generic):
+            plain[name] = value.item()
+        else:
+            raise TypeError(f"{type(det).__name__}.{name}: cannot store a {type(value).__name__}")
+    return arrays, plain
+
+
+def restore_fitted(det: Detector, arrays: dict[str, np.ndarray], plain: dict) -> Detector:
+    """Set the learnt attributes saved by ``fitted_state`` on an unfitted detector."""
+    for name, value in {**plain, **arrays}.items():
+        setattr(det, name, value)
+    return det

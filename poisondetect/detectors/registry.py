@@ -15,7 +15,15 @@ LEVELS = ("sample", "model")
 
 _REGISTRY: dict[str, dict[str, str | type]] = {
     "sample": {},
-    "model": {},
+    "model": {
+        "ae_mean": "poisondetect.detectors.model_level:AEMean",
+        "ae_class": "poisondetect.detectors.model_level:AEClass",
+        "activation_drift": "poisondetect.detectors.model_level:ActivationDrift",
+        "weight_distance": "poisondetect.detectors.model_level:WeightDistance",
+        "accuracy_drop": "poisondetect.detectors.model_level:AccuracyDrop",
+        "prediction_change": "poisondetect.detectors.model_level:PredictionChange",
+        "mahalanobis": "poisondetect.detectors.model_level:Mahalanobis",
+    },
 }
 
 

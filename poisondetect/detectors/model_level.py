@@ -1,0 +1,308 @@
+"""Model-level detectors: each scores a suspicious model against the genuine model M.
+
+Every detector follows the protocol of ``poisondetect.detectors.base``: parameters stored as given,
+``fit(genuine, honest=())`` learns from M (and, where a detector needs it, from the honest
+fine-tunes set aside for fitting), ``score_samples(records)`` returns one score per suspicious
+model (higher = more suspicious) and ``sub_scores(records)`` the named extra statistics. Inputs
+are ``ModelRecord``s built from what the workflow already wrote (activation dumps, checkpoints, the
+auto-encoder's per-image errors); nothing here imports torch.
+
+Detectors (config names in the registry):
+
+- ``ae_mean``: the paper's statistic, the mean auto-encoder error over the trigger set; it also
+  keeps the paper's threshold Tr = mean + std of one honest fine-tune's per-image errors.
+- ``ae_class``: the auto-encoder's mean error per class of the trigger set, as a shift from the
+  honest population in units of its spread; the score is the largest shift over the classes.
+- ``activation_drift``: paired per-image distance between the suspicious model's and M's
+  penultimate activations (relative to M's activation norm); overall, and the worst class.
+- ``weight_distance``: relative parameter distance to M; also the last layer's alone.
+- ``accuracy_drop``: M's trigger-set accuracy minus the suspicious model's.
+- ``prediction_change``: share of trigger images whose predicted class differs from M's; overall
+  and for the worst class.
+- ``mahalanobis``: mean Mahalanobis distance of the suspicious model's activations to M's
+  class-conditional means under M's shared (Ledoit-Wolf) covariance (Lee et al., 2018), minus M's
+  own; also the worst class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from poisondetect.detectors.base import Detector
+from poisondetect.errors import PoisonDetectError
+
+
+@dataclass
+class ModelRecord:
+    """What the detectors see of one model, on the trigger set (rows in the same image order for
+    every model of a cell)."""
+
+    name: str
+    labels: np.ndarray  # (N,) true labels of the trigger images
+    preds: np.ndarray  # (N,) the model's predicted classes
+    activations: np.ndarray | None = None  # (N, d) penultimate activations
+    errors: np.ndarray | None = None  # (N,) auto-encoder reconstruction errors
+    weights: dict[str, np.ndarray] | None = None  # parameter name -> array
+
+    def need(self, field: str) -> np.ndarray | dict:
+        value = getattr(self, field)
+        if value is None:
+            raise PoisonDetectError(f"model {self.name!r}: the detector needs its {field}")
+        return value
+
+
+def _same_images(genuine: ModelRecord, rec: ModelRecord) -> None:
+    if len(rec.labels) != len(genuine.labels) or not np.array_equal(rec.labels, genuine.labels):
+        raise PoisonDetectError(
+            f"model {rec.name!r} was evaluated on other trigger images than the genuine model "
+            f"({len(rec.labels)} vs {len(genuine.labels)} rows); rerun its activation dump"
+        )
+
+
+def class_means(values: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` over the rows of each class (one entry per class in ``classes``)."""
+    return np.array([values[labels == c].mean() for c in classes], dtype=np.float64)
+
+
+class ModelDetector(Detector):
+    """Shared checks of the model-level detectors: ``fit`` stores the trigger set's labels and
+    classes; ``score_samples`` / ``sub_scores`` check every record against them."""
+
+    uses_honest = False  # True: fit learns from the honest fine-tunes (calibration then holds
+    # each of them out of the fit that scores it)
+    needs: tuple[str, ...] = ()  # the ModelRecord fields this detector reads
+
+    def _fit_common(self, genuine: ModelRecord) -> None:
+        self.labels_ = np.asarray(genuine.labels)
+        self.classes_ = np.unique(self.labels_)
+
+    def _check(self, records: Sequence[ModelRecord]) -> None:
+        if not hasattr(self, "labels_"):
+            raise PoisonDetectError(f"{type(self).__name__} is not fitted: call fit() first")
+        probe = ModelRecord("genuine", self.labels_, self.labels_)
+        for rec in records:
+            _same_images(probe, rec)
+
+    def score_samples(self, records: Sequence[ModelRecord]) -> np.ndarray:
+        return self._statistics(records)["score"]
+
+    def sub_scores(self, records: Sequence[ModelRecord]) -> dict[str, np.ndarray]:
+        stats = self._statistics(records)
+        return {k: v for k, v in stats.items() if k != "score"}
+
+    def statistics(self, records: Sequence[ModelRecord]) -> dict[str, np.ndarray]:
+        """The main score (key ``score``) and the sub-scores, one value per record."""
+        return self._statistics(records)
+
+    def _statistics(self, records: Sequence[ModelRecord]) -> dict[str, np.ndarray]:
+        self._check(records)
+        rows = [self._one(rec) for rec in records]
+        keys = rows[0].keys() if rows else ["score"]
+        return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
+
+    def _one(self, rec: ModelRecord) -> dict[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class AEMean(ModelDetector):
+    """The paper's detector: mean auto-encoder error over the trigger set.
+
+    ``threshold_variant`` names the honest variant whose first replicate sets the paper's
+    threshold Tr = mean + std of its per-image errors (``paper_threshold_``); the paper's verdict
+    is ``score > paper_threshold_``.
+    """
+
+    needs = ("errors",)
+
+    def __init__(self, threshold_variant: str = "paper"):
+        self.threshold_variant = threshold_variant
+
+    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> AEMean:
+        self._fit_common(genuine)
+        name = f"honest_{self.threshold_variant}_r0"
+        ref = [h for h in honest if h.name == name]
+        if not ref:
+            raise PoisonDetectError(
+                f"ae_mean: the paper's threshold comes from the honest fine-tune {name!r}, which "
+                f"is not among the fitting replicates ({', '.join(h.name for h in honest) or '-'}); "
+                "set model_level.detectors.ae_mean.threshold_variant to a configured honest variant"
+            )
+        e = np.asarray(ref[0].need("errors"), dtype=np.float64)
+        self.paper_threshold_ = float(e.mean() + e.std())
+        self.genuine_score_ = float(np.mean(genuine.need("errors")))
+        return self
+
+    def _one(self, rec: ModelRecord) -> dict[str, float]:
+        return {"score": float(np.mean(rec.need("errors")))}
+
+
+class AEClass(ModelDetector):
+    """Auto-encoder errors per class: the largest shift of a class's mean error from the honest
+    population, in units of that class's spread (honest spread and trigger-set noise)."""
+
+    uses_honest = True
+    needs = ("errors",)
+
+    def __init__(self, min_spread: float = 1e-6):
+        self.min_spread = min_spread
+
+    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> AEClass:
+        if not self.min_spread > 0:
+            raise PoisonDetectError("ae_class: min_spread must be > 0")
+        self._fit_common(genuine)
+        e_m = np.asarray(genuine.need("errors"), dtype=np.float64)
+        # trigger-set noise: the standard error of each class's mean error in M
+        noise = np.array(
+            [
+                e_m[self.labels_ == c].std() / np.sqrt((self.labels_ == c).sum())
+                for c in self.classes_
+            ]
+        )
+        # the honest population's class means (M's own when no honest fine-tune is given)
+        pop = np.vstack(
+            [class_means(np.asarray(h.need("errors")), self.labels_, self.classes_) for h in honest]
+            or [class_means(e_m, self.labels_, self.classes_)]
+        )
+        self.center_ = pop.mean(0)
+        spread = pop.std(0, ddof=1) if len(pop) > 1 else np.zeros_like(self.center_)
+        self.spread_ = np.maximum(np.sqrt(spread**2 + noise**2), self.min_spread)
+        return self
+
+    def _one(self, rec: ModelRecord) -> dict[str, float]:
+        z = class_means(np.asarray(rec.need("errors")), self.labels_, self.classes_) - self.center_
+        z = z / self.spread_
+        return {"score": float(z.max())}
+
+
+class ActivationDrift(ModelDetector):
+    """Paired distance of the suspicious model's activations to M's, image by image, relative to
+    the mean norm of M's activations; overall and for the worst class."""
+
+    needs = ("activations",)
+
+    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> ActivationDrift:
+        self._fit_common(genuine)
+        self.activations_ = np.asarray(genuine.need("activations"), dtype=np.float32)
+        self.scale_ = max(float(np.linalg.norm(self.activations_, axis=1).mean()), 1e-12)
+        return self
+
+    def _one(self, rec: ModelRecord) -> dict[str, float]:
+        a = np.asarray(rec.need("activations"), dtype=np.float32)
+        if a.shape != self.activations_.shape:
+            raise PoisonDetectError(
+                f"model {rec.name!r}: activations of shape {a.shape}, the genuine model's are "
+                f"{self.activations_.shape} (another architecture?)"
+            )
+        d = np.linalg.norm(a - self.activations_, axis=1).astype(np.float64) / self.scale_
+        return {
+            "score": float(d.mean()),
+            "worst_class": float(class_means(d, self.labels_, self.classes_).max()),
+        }
+
+
+class WeightDistance(ModelDetector):
+    """Relative parameter distance ||theta - theta_M|| / ||theta_M||; also the last layer's."""
+
+    needs = ("weights",)
+
+    def __init__(self, last_layer_prefix: str = "classifier."):
+        self.last_layer_prefix = last_layer_prefix
+
+    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> WeightDistance:
+        self._fit_common(genuine)
+        w = genuine.need("weights")
+        self.names_ = sorted(k for k, v in w.items() if np.issubdtype(v.dtype, np.floating))
+        self.weights_ = self._flat(w, self.names_)
+        self.last_ = np.array([k.startswith(self.last_layer_prefix) for k in self.names_])
+        self.sizes_ = np.array([w[k].size for k in self.names_])
+        return self
+
+    @staticmethod
+    def _flat(w: dict, names: list[str]) -> np.ndarray:
+        return np.concatenate([np.asarray(w[k], dtype=np.float64).ravel() for k in names])
+
+    def _one(self, rec: ModelRecord) -> dict[str, float]:
+        w = rec.need("weights")
+        if any(k not in w or w[k].size != n for k, n in zip(self.names_, self.sizes_, strict=True)):
+            raise PoisonDetectError(
+                f"model {rec.name!r}: its parameters do not match the genuine model's "
+                "(another architecture?)"
+            )
+        diff = self._flat(w, self.names_) - self.weights_
+        in_last = np.repeat(self.last_, self.sizes_)
+        ref_last = max(np.linalg.norm(self.weights_[in_last]), 1e-12)
+        return {
+            "score": float(np.linalg.norm(diff) / max(np.linalg.norm(self.weights_), 1e-12)),
+            "last_layer": float(np.linalg.norm(diff[in_last]) / ref_last),
+        }
+
+
+class AccuracyDrop(ModelDetector):
+    """M's accuracy on the trigger set minus the suspicious model's."""
+
+    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> AccuracyDrop:
+        self._fit_common(genuine)
+        self.accuracy_ = float(np.mean(genuine.preds == self.labels_))
+        return self
+
+    def _one(self, rec: ModelRecord) -> dict[str, float]:
+        return {"score": self.accuracy_ - float(np.mean(rec.preds == self.labels_))}
+
+
+class PredictionChange(ModelDetector):
+    """Share of trigger images whose predicted class differs from M's; also the worst class (by
+    true label), so a change confined to one class or to the last layer stands out."""
+
+    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> PredictionChange:
+        self._fit_common(genuine)
+        self.preds_ = np.asarray(genuine.preds)
+        return self
+
+    def _one(self, rec: ModelRecord) -> dict[str, float]:
+        changed = (np.asarray(rec.preds) != self.preds_).astype(np.float64)
+        return {
+            "score": float(changed.mean()),
+            "worst_class": float(class_means(changed, self.labels_, self.classes_).max()),
+        }
+
+
+class Mahalanobis(ModelDetector):
+    """Mean Mahalanobis distance of each image's activation to M's mean activation of its true
+    class, under M's shared covariance (Ledoit-Wolf shrinkage), minus M's own mean distance;
+    also the worst class."""
+
+    needs = ("activations",)
+
+    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> Mahalanobis:
+        from sklearn.covariance import LedoitWolf
+
+        self._fit_common(genuine)
+        a = np.asarray(genuine.need("activations"), dtype=np.float64)
+        self.means_ = np.vstack([a[self.labels_ == c].mean(0) for c in self.classes_])
+        centred = a - self.means_[np.searchsorted(self.classes_, self.labels_)]
+        self.precision_ = LedoitWolf(assume_centered=True).fit(centred).get_precision()
+        self.baseline_ = self._distances(a)
+        return self
+
+    def _distances(self, a: np.ndarray) -> np.ndarray:
+        c = (
+            np.asarray(a, dtype=np.float64)
+            - self.means_[np.searchsorted(self.classes_, self.labels_)]
+        )
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", c, self.precision_, c), 0.0))
+
+    def _one(self, rec: ModelRecord) -> dict[str, float]:
+        a = np.asarray(rec.need("activations"))
+        if a.shape[1] != self.means_.shape[1]:
+            raise PoisonDetectError(
+                f"model {rec.name!r}: activations of width {a.shape[1]}, the genuine model's "
+                f"{self.means_.shape[1]} (another architecture?)"
+            )
+        d = self._distances(a) - self.baseline_
+        return {
+            "score": float(d.mean()),
+            "worst_class": float(class_means(d, self.labels_, self.classes_).max()),
+        }
