@@ -19,18 +19,22 @@ def _load(name: str):
 
 @pytest.mark.parametrize("preset", ["--quick", "--paper"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-def test_model_level_benchmark_config(tmp_path, preset, optimizer):
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_model_level_benchmark_config(tmp_path, preset, optimizer, dataset):
     bench = _load("model_level_mnist")
-    args = bench.parse_args([preset, "--optimizer", optimizer, "--data", str(tmp_path)])
+    argv = [preset, "--optimizer", optimizer, "--dataset", dataset, "--data", str(tmp_path)]
+    args = bench.parse_args(argv)
     _, s = bench.settings(args)
     cfg = validate_config(bench.build_config(args, s))
-    train = cfg["model_level"]["train"]
-    assert train["optimizer"] == optimizer
-    assert train["lr"] == bench.OPTIMIZERS[optimizer]["lr"]
-    assert cfg["model_level"]["threshold_finetune_epochs"] == max(s["attack_epochs"])
-    assert cfg["model_level"]["finetune"]["epochs"] == [max(s["attack_epochs"])]
+    ml = cfg["model_level"]
+    assert ml["train"]["optimizer"] == optimizer
+    assert ml["train"]["lr"] == bench.OPTIMIZERS[optimizer]["lr"]
+    # populations: at least 5 replicates of every honest variant and attack strength
+    assert ml["finetune"]["replicates"] >= 5 and ml["attacks"]["replicates"] >= 5
+    assert {"paper", "unseen"} <= set(ml["finetune"]["variants"])
+    assert 0.5 in ml["attacks"]["fraction"] and 0.05 in ml["attacks"]["fraction"]
     if preset == "--paper":
-        assert s["attack_epochs"] == [25, 50]  # the paper's epochs
+        assert ml["attacks"]["epochs"] == [25, 50]  # the paper's epochs
 
 
 def test_model_level_benchmark_default_optimizer_is_sgd(tmp_path):
