@@ -736,6 +736,37 @@ def collect(
         scores[["detector", "statistic"]].drop_duplicates().shape[0],
         len(roc),
     )
+    for line in summary_lines(roc, det):
+        log.info("%s", line)
+
+
+def summary_lines(roc: pd.DataFrame, detection: pd.DataFrame) -> list[str]:
+    """The conclusions of a run, per attack population: the best detector against all honest
+    fine-tunes (AUROC and its interval, the calibrated threshold's detection and measured
+    false-alarm rates) and the paper's rule (attacked and honest models flagged)."""
+    lines = []
+    r = roc[(roc["honest_variant"] == "all") & ~roc["detector"].str.contains(":")]
+    for key, g in r.groupby(_GROUP + ["attack", "fraction", "epochs"], sort=True):
+        best = g.sort_values(["auroc", "tpr_at_fpr"], ascending=False).iloc[0]
+        d = detection[
+            (detection[_GROUP] == pd.Series(dict(zip(_GROUP, key[:3], strict=True)))).all(axis=1)
+        ]
+        att = d[(d["variant"] == key[3]) & (d["fraction"] == key[4]) & (d["epochs"] == key[5])]
+        hon = d[d["role"] == "honest"]
+        paper = (
+            f"; paper's rule flags {int(att['flagged'].sum())}/{len(att)} of them and "
+            f"{int(hon['flagged'].sum())}/{len(hon)} honest"
+            if "flagged" in d
+            else ""
+        )
+        lines.append(
+            f"{'/'.join(key[:3])} {key[3]} {key[4] * 100:g}% e{key[5]}: best {best['detector']} "
+            f"AUROC {best['auroc']:.2f} [{best['auroc_lo']:.2f}, {best['auroc_hi']:.2f}], "
+            f"detects {best['detection_rate']:.2f} at a measured false-alarm rate "
+            f"{best['false_alarm_rate']:.2f} ({int(best['n_attacked'])} attacked, "
+            f"{int(best['n_honest'])} honest){paper}"
+        )
+    return lines
 
 
 # -- audit --------------------------------------------------------------------------------------

@@ -206,3 +206,17 @@ def test_audit_refuses_the_wrong_trigger_data(tiny_run, tmp_path):
         cwd=REPO,
     )
     assert proc.returncode == 2 and "does not hold the trigger set" in proc.stderr
+
+
+def test_report_states_the_population_sizes(tiny_run, tmp_path):
+    import zipfile
+
+    from conftest import snakemake
+
+    report = tmp_path / "report.zip"
+    snakemake(tiny_run, "--report", str(report))
+    with zipfile.ZipFile(report) as z:
+        html = next(z.read(n).decode() for n in z.namelist() if n.endswith("report.html"))
+    assert "2 honest fine-tunes of each variant" in html
+    assert "2 attacked fine-tunes of each attack kind" in html
+    assert "roc_digits_cnn_standard.png" in html and "table_roc.csv" in html
