@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from poisondetect.errors import PoisonDetectError
+from poisondetect.errors import NONFINITE_HINT, PoisonDetectError, require_finite
 from poisondetect.io import atomic_path, read_json, sha256_array, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -345,7 +345,13 @@ def score(
 
     det = ActivationAutoencoder.load(detector, device="cpu")
     acts = read_activations(activations)
-    errors = det.score_samples(acts.activations)
+    errors = require_finite(
+        det.score_samples(acts.activations),
+        f"{activations}: reconstruction errors",
+        NONFINITE_HINT,
+        "trigger images",
+    )
+    require_finite(np.float64(det.threshold_), f"{detector}: threshold", "refit the detector")
     mean_error, flagged = float(errors.mean()), bool(errors.mean() > det.threshold_)
     with atomic_path(scores_out) as tmp:
         pd.DataFrame(
@@ -416,7 +422,7 @@ def audit(
 ) -> dict:
     """Verdict and score for a suspicious checkpoint (the `audit` command)."""
     from poisondetect.activations import penultimate_activations
-    from poisondetect.checkpoints import load_checkpoint
+    from poisondetect.checkpoints import check_arch, load_checkpoint
     from poisondetect.data import load_prepared
     from poisondetect.detectors.autoencoder import ActivationAutoencoder
     from poisondetect.runtime import pick_device
@@ -441,15 +447,18 @@ def audit(
     net, meta = load_checkpoint(
         model,
         device=dev,
-        arch=arch or gm.get("arch"),
+        arch=check_arch(arch, gm.get("arch"), f"the detector bundle {bundle}"),
         in_channels=gm.get("in_channels"),
         num_classes=gm.get("num_classes"),
         image_size=gm.get("image_size"),
         width=gm.get("width"),
     )
-    acts = penultimate_activations(net, x, batch_size=256, device=dev)
-    errors = det.score_samples(acts)
-    mean_error = float(errors.mean())
+    acts = penultimate_activations(net, x, batch_size=256, device=dev, what=str(model))
+    errors = require_finite(
+        det.score_samples(acts), f"{model}: reconstruction errors", NONFINITE_HINT, "trigger images"
+    )
+    require_finite(np.float64(det.threshold_), f"{bundle}: threshold", "refit the detector")
+    mean_error = float(np.mean(errors, dtype=np.float64))
     return {
         "model": str(model),
         "mean_error": mean_error,
