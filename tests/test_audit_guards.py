@@ -121,3 +121,18 @@ def test_audit_of_a_truncated_model_names_the_cause_in_one_line(tiny_run, tmp_pa
     (tmp_path / "cut.safetensors").write_bytes(blob[: len(blob) // 3])
     line = _bad_input(_audit(tiny_run, tmp_path / "cut.safetensors"), "truncated", "sender")
     assert "rerun the job" not in line.split(";")[0]
+
+
+def test_audit_of_a_checkpoint_of_another_architecture_exits_2(tiny_run, tmp_path):
+    """A resnet18 checkpoint (its metadata says so) against the CNN's bundle: refused."""
+    from safetensors import safe_open
+
+    from poisondetect.checkpoints import save_checkpoint
+    from poisondetect.models import build_model
+
+    with safe_open(str(tiny_run / CELL / "models/genuine.safetensors"), framework="pt") as f:
+        spec = json.loads(f.metadata()["poisondetect"])
+    spec = {k: spec[k] for k in ("in_channels", "num_classes", "image_size", "width")}
+    path = tmp_path / "other.safetensors"
+    save_checkpoint(build_model("resnet18", **spec), path, {"arch": "resnet18", **spec})
+    _bad_input(_audit(tiny_run, path), "arch='resnet18'", "arch='cnn'")
