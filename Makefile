@@ -2,19 +2,72 @@
 #             (embedded digits data set), build the Snakemake report.
 # make test : the same set-up, then the whole test suite.
 # make lint : snakemake --lint, ruff and snakefmt checks;  make format : apply the formatters.
+#
+# Options (on the command line, e.g. `make demo PYTHON=python3.11 TORCH=cpu`):
+#   PYTHON=python3.11   the interpreter that creates the virtual environment (Python >= 3.11)
+#   TORCH=cpu           PyTorch's CPU-only build (no NVIDIA libraries, no triton: for laptops and
+#                       small home quotas); the default, TORCH=default, is PyPI's torch, a CUDA build
+#                       that also runs on the CPU.
+#   TORCH_INDEX=URL     where TORCH=cpu looks for $(TORCH_CPU) (default: PyTorch's CPU wheel index;
+#                       point it to a mirror if your site has one)
+#   VENV=DIR            where the virtual environment goes (default .venv)
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CORES  ?= all
+TORCH  ?= default
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_CPU ?= torch==2.14.1+cpu
+# Tried when $(TORCH_CPU) cannot be had (index unreachable): a CPU build that pip finds in its own
+# configured indexes or --find-links directories (pip.conf, PIP_FIND_LINKS), e.g. a local wheel.
+TORCH_CPU_FALLBACK ?= torch==2.13.0+cpu
+PY_MIN := 3.11
 
-.PHONY: demo test lint format report clean venv
+ifeq ($(filter $(TORCH),default cpu),)
+$(error TORCH=$(TORCH) is not known: use TORCH=cpu (CPU-only build) or leave it out (PyPI's default build))
+endif
 
-$(STAMP): requirements.txt requirements.lock pyproject.toml
+.PHONY: demo test lint format report clean venv check-python
+
+# The interpreter is checked before anything is installed: the pinned packages need Python 3.11, and
+# pip's resolver would otherwise fail deep inside the install with a message about versions.
+# An existing environment is checked through its own python (it may have been made by another one).
+check-python:
+	@py="$(PYTHON)"; if [ -x "$(BIN)/python" ]; then py="$(BIN)/python"; fi; \
+	if ! command -v "$$py" >/dev/null 2>&1; then \
+	    echo "error: Python interpreter '$$py' not found; poisondetect needs Python >= $(PY_MIN): install it and pick it with 'make $(or $(MAKECMDGOALS),demo) PYTHON=python3.11'" >&2; exit 2; \
+	fi; \
+	v=$$("$$py" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null) || v=unknown; \
+	major=$${v%%.*}; rest=$${v#*.}; minor=$${rest%%.*}; \
+	case "$$major.$$minor" in *[!0-9.]*|.*|*.) major=0; minor=0;; esac; \
+	if [ "$$major" -lt 3 ] || { [ "$$major" -eq 3 ] && [ "$$minor" -lt 11 ]; }; then \
+	    if [ "$$py" = "$(BIN)/python" ]; then \
+	        echo "error: $(VENV) was made with Python $$v, but poisondetect needs Python >= $(PY_MIN); remove it (rm -rf $(VENV)) and run 'make $(or $(MAKECMDGOALS),demo) PYTHON=python3.11' (any python3.11+ on your PATH)" >&2; \
+	    else \
+	        echo "error: $(PYTHON) is Python $$v, but poisondetect needs Python >= $(PY_MIN); pick another interpreter: 'make $(or $(MAKECMDGOALS),demo) PYTHON=python3.11' (any python3.11+ on your PATH, e.g. from your package manager, pyenv, conda or 'module load python/3.11' on a cluster)" >&2; \
+	    fi; \
+	    exit 2; \
+	fi
+
+$(STAMP): requirements.txt requirements.lock pyproject.toml | check-python
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+ifeq ($(TORCH),cpu)
+	@echo "TORCH=cpu: installing $(TORCH_CPU) from $(TORCH_INDEX)"
+	$(BIN)/python -m pip install --quiet --extra-index-url $(TORCH_INDEX) "$(TORCH_CPU)" \
+	  || { echo "could not install $(TORCH_CPU) from $(TORCH_INDEX); trying $(TORCH_CPU_FALLBACK) (set TORCH_INDEX to a reachable mirror of the CPU index to get $(TORCH_CPU))" >&2; \
+	       $(BIN)/python -m pip install --quiet "$(TORCH_CPU_FALLBACK)"; }
+	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.version.cuda is None else 'TORCH=cpu installed a CUDA build of torch ' + torch.__version__)"
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	grep -v '^torch==' requirements.txt > $(VENV)/requirements-cpu.txt
+	grep -vE '^(torch|triton|nvidia-|cuda-)' requirements.lock > $(VENV)/requirements-cpu.lock
+	$(BIN)/python -m pip install --quiet -r $(VENV)/requirements-cpu.txt \
+	  -c $(VENV)/requirements-cpu.lock -c $(VENV)/torch-constraint.txt
+else
 	$(BIN)/python -m pip install --quiet -r requirements.txt -c requirements.lock
+endif
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from poisondetect.errors import PoisonDetectError
+from poisondetect.errors import NONFINITE_HINT, PoisonDetectError, count_nonfinite, require_finite
 from poisondetect.io import atomic_path, json_default
 from poisondetect.models import feature_dim
 
@@ -101,12 +101,20 @@ def penultimate_activations(
     x: np.ndarray,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    what: str = "model",
 ) -> np.ndarray:
-    """All penultimate activations of ``x`` as one float32 ``(N, d)`` array."""
+    """All penultimate activations of ``x`` as one float32 ``(N, d)`` array.
+
+    A NaN or an infinity in any image's activations is an error naming ``what`` (the model) and
+    how many of the images were affected: such activations would read as a clean verdict.
+    """
     parts = [acts for _, acts, _ in iter_penultimate(model, x, batch_size, device)]
     if not parts:
         return np.zeros((0, feature_dim(model)), np.float32)
-    return np.concatenate(parts)
+    acts = np.concatenate(parts)
+    return require_finite(
+        acts, f"{what}: penultimate activations", NONFINITE_HINT, "trigger images"
+    )
 
 
 def _schema(dim: int, metadata: dict[str, Any]) -> pa.Schema:
@@ -133,6 +141,7 @@ def dump_activations(
     metadata: dict[str, Any],
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    what: str = "model",
 ) -> int:
     """Write the penultimate activations of ``x`` (labels ``y``) to the Parquet file ``path``.
 
@@ -147,10 +156,11 @@ def dump_activations(
         )
     dim = feature_dim(model)
     schema = _schema(dim, metadata)
-    rows = 0
+    rows = nonfinite = 0
     with atomic_path(path) as tmp, pq.ParquetWriter(str(tmp), schema) as writer:
         for start, acts, logits in iter_penultimate(model, x, batch_size, device):
             n = len(acts)
+            nonfinite += count_nonfinite(acts)[0]
             table = pa.Table.from_arrays(
                 [
                     pa.array(np.arange(start, start + n, dtype=np.int64)),
@@ -162,6 +172,11 @@ def dump_activations(
             )
             writer.write_table(table)
             rows += n
+        if nonfinite:  # raised inside the block: the temporary file is removed, no output is left
+            raise PoisonDetectError(
+                f"{metadata.get('model_file', what)}: penultimate activations: NaN or infinite "
+                f"values on {nonfinite} of {len(x)} trigger images; {NONFINITE_HINT}"
+            )
     return rows
 
 

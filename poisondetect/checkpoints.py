@@ -21,7 +21,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from poisondetect.errors import PoisonDetectError
+from poisondetect.errors import PoisonDetectError, count_nonfinite
 from poisondetect.io import atomic_path, json_default
 from poisondetect.models import build_model, image_hw
 
@@ -87,15 +87,29 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (safetensors.SafetensorError, OSError, ValueError) as e:
         raise PoisonDetectError(
-            f"{path}: not a readable safetensors file ({e}); it is truncated or corrupt: delete it "
-            "and rerun the job that writes it, or provide an intact copy"
+            f"{path}: not a readable safetensors file, truncated or corrupt ({_first_line(e)}); "
+            f"{GET_INTACT_COPY}"
         ) from e
     return state, _parse_metadata(path, raw)
 
 
+GET_INTACT_COPY = (
+    "get an intact copy (a model you received: from its sender; a file the workflow wrote: delete "
+    "it and rerun the job that writes it)"
+)
+
+
+def _first_line(e: BaseException) -> str:
+    """The first sentence of an exception's message (torch's run over several lines of advice)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return re.split(r"(?<=\.) (?=This is|If you|Please)", text)[0]
+
+
 def _unpickle_reason(message: str) -> str:
     """The useful part of torch's weights-only error (never its advice to disable the check)."""
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    # torch < 2.14: "Unsupported global: GLOBAL posix.system"; torch 2.14: "Trying to load
+    # unsupported GLOBAL posix.system whose module posix is blocked"
+    found = re.search(r"(?i)unsupported (?:global: )?GLOBAL (\S+)", message)
     if found:
         return f"it references {found.group(1)}, which is code, not a tensor"
     found = re.search(r"WeightsUnpickler error: ([^\n]*)", message)
@@ -110,13 +124,13 @@ def _load_weights_only(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
             raise _refuse(path, _unpickle_reason(str(e))) from e
         raise PoisonDetectError(
-            f"{path}: not a readable weights file ({e}); it may be truncated or corrupt. "
-            f"{HOW_TO_PROVIDE}"
+            f"{path}: not a readable weights file, truncated or corrupt ({_first_line(e)}); "
+            f"{GET_INTACT_COPY}"
         ) from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise PoisonDetectError(
-            f"{path}: not a readable weights file ({e}); it may be truncated or corrupt. "
-            f"{HOW_TO_PROVIDE}"
+            f"{path}: not a readable weights file, truncated or corrupt ({_first_line(e)}); "
+            f"{GET_INTACT_COPY}"
         ) from e
     if not isinstance(obj, dict):
         raise _refuse(path, f"it holds a {type(obj).__name__}, not a state dict")
@@ -145,14 +159,45 @@ def load_state_dict_safely(
     if not path.is_file():
         raise PoisonDetectError(f"{path}: checkpoint file not found")
     suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        return _load_safetensors(path)
-    if suffix in PICKLE_SUFFIXES:
-        return _load_weights_only(path)
+    if suffix in (".safetensors", *PICKLE_SUFFIXES):
+        loader = _load_safetensors if suffix == ".safetensors" else _load_weights_only
+        state, metadata = loader(path)
+        require_finite_weights(path, state)
+        return state, metadata
     raise PoisonDetectError(
         f"{path}: unknown checkpoint format {suffix or '(no suffix)'!r}; use .safetensors "
         f"(preferred) or a weights-only {'/'.join(PICKLE_SUFFIXES)} state dict"
     )
+
+
+def require_finite_weights(path: str | os.PathLike, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a state dict with a NaN or an infinity in any tensor, naming the tensors.
+
+    Such a model's activations and reconstruction errors are NaN, and ``nan > threshold`` is False:
+    scoring it would read as a clean verdict.
+    """
+    bad = [k for k, v in state.items() if count_nonfinite(v.reshape(-1, 1))[0]]
+    if bad:
+        raise PoisonDetectError(
+            f"{path}: non-finite weights (NaN or infinity) in {len(bad)} of {len(state)} tensors "
+            f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); such a model cannot be "
+            f"scored or used: {GET_INTACT_COPY}, or retrain it"
+        )
+
+
+def check_arch(requested: str | None, expected: str | None, what: str) -> str | None:
+    """``requested`` (or ``expected`` when none is requested); refuse when the two differ.
+
+    ``what`` names where ``expected`` comes from (e.g. the detector bundle): a detector fitted on
+    one architecture's activations says nothing about another architecture's.
+    """
+    if requested and expected and requested != expected:
+        raise PoisonDetectError(
+            f"{what} was fitted on the activations of a {expected} model, not {requested}: it "
+            f"cannot judge a {requested} model; drop --arch {requested} or use a detector bundle "
+            f"fitted on {requested}"
+        )
+    return requested or expected
 
 
 def _strip_prefix(

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import copy
 import difflib
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import numpy as np
 import yaml
 
 from poisondetect.errors import PoisonDetectError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+# Where the workflow caches prepared data sets (relative to its working directory): a prepared data
+# set records its classes, so a class out of range is caught when the run is planned.
+DATA_DIR = Path("results/data")
 
 
 def _with_defaults(validator_class: type) -> type:
@@ -93,7 +98,7 @@ def canonical(obj: Any) -> Any:
     return obj
 
 
-def _check_consistency(cfg: dict) -> None:
+def _check_consistency(cfg: dict, data_dir: Path | None = DATA_DIR) -> None:
     """Cross-key checks that JSON schema cannot express."""
     problems = []
     declared = set(cfg.get("datasets", {}))
@@ -129,7 +134,18 @@ def _check_consistency(cfg: dict) -> None:
                 )
         atk = ml["attacks"]
         if atk["target_class"] == atk["attacker_class"]:
-            problems.append("model_level.attacks.target_class and attacker_class must differ")
+            problems.append(
+                f"model_level.attacks.target_class and attacker_class are both "
+                f"{atk['target_class']}: they must differ (the attack relabels one class as another)"
+            )
+        # a scalar or a list of fractions (one per attack setting): each in (0, 1]
+        fractions = atk.get("fraction", [])
+        for f in fractions if isinstance(fractions, list) else [fractions]:
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+                problems.append(
+                    f"model_level.attacks.fraction = {f!r} must be a number in (0, 1] (the share "
+                    "of the target class attacked, e.g. 0.5)"
+                )
     sl = cfg.get("sample_level", {})
     if sl and sl.get("enabled", True):  # a disabled part is not cross-checked
         for task, spec in sl["tasks"].items():
@@ -150,7 +166,57 @@ def _check_consistency(cfg: dict) -> None:
                 "sample_level.rounds.n_detector_rounds must be smaller than n_rounds "
                 "(the remaining rounds evaluate the detectors)"
             )
+    problems += [
+        f"{key} = {cls} is out of range: data set '{name}' has {n} classes (0..{n - 1}{where})"
+        for name, n, where in _known_class_counts(cfg, data_dir)
+        for key, cls in configured_classes(cfg, name)
+        if cls >= n
+    ]
     if problems:
         raise PoisonDetectError(
             "invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)
         )
+
+
+# Formats whose number of classes is fixed (image folders: one class per folder).
+FIXED_CLASS_COUNTS = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10}
+
+
+def configured_classes(cfg: dict, dataset: str) -> list[tuple[str, int]]:
+    """(config key, class index) of every class the enabled parts use on ``dataset``."""
+    out = []
+    ml = cfg.get("model_level", {})
+    if ml.get("enabled", True) and dataset in ml.get("datasets", []):
+        for key in ("target_class", "attacker_class"):
+            out.append((f"model_level.attacks.{key}", ml["attacks"][key]))
+    sl = cfg.get("sample_level", {})
+    if sl.get("enabled", True):
+        for task, spec in sl.get("tasks", {}).items():
+            if spec["dataset"] == dataset and task in (sl.get("run_tasks") or sl["tasks"]):
+                out += [(f"sample_level.tasks.{task}.classes", c) for c in spec["classes"]]
+    return out
+
+
+def _known_class_counts(cfg: dict, data_dir: Path | None) -> list[tuple[str, int, str]]:
+    """(data set, number of classes, where that was seen) for every data set whose classes are
+    known before anything runs: a fixed-format data set, an image folder given as a directory (its
+    train/ subfolders), or one already prepared under ``data_dir`` (the cache records its classes).
+    Others (an image-folder archive not yet prepared) are checked by the prepare_data job."""
+    known = []
+    for name, spec in cfg.get("datasets", {}).items():
+        n, where = FIXED_CLASS_COUNTS.get(spec.get("format")), ""
+        prepared = Path(data_dir) / f"{name}.npz" if data_dir is not None else None
+        if n is None and prepared is not None and prepared.is_file():
+            try:
+                with np.load(prepared, allow_pickle=False) as npz:
+                    n, where = len(npz["classes"]), f", as prepared in {prepared}"
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                n = None  # a broken cache is reported by the job that reads it
+        if n is None and spec.get("format") == "image_folder" and spec.get("path"):
+            train = Path(spec["path"]) / "train"
+            if train.is_dir():
+                n = sum(1 for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+                where = f", the folders of {train}"
+        if n is not None:
+            known.append((name, n, where))
+    return known

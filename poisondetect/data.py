@@ -151,15 +151,24 @@ def prepare_dataset(
     max_train: int | None = None,
     max_test: int | None = None,
     seed: int = 0,
+    require_classes: list[tuple[str, int]] | None = None,
     **reader_options,
 ) -> Dataset:
     """Read a dataset once, optionally subsample it, write the ``.npz`` cache atomically.
 
     ``max_train`` / ``max_test`` keep a seeded, stratified subset of that many samples (original
     order kept). ``reader_options`` go to ``read_dataset`` (``seed`` is passed on too). Returns the
-    dataset as ``load_prepared(out)`` will return it.
+    dataset as ``load_prepared(out)`` will return it. ``require_classes``: (config key, class
+    index) pairs the config uses on this data set; one out of range is an error naming the key.
     """
     raw = _read_raw(fmt, path, seed=seed, **reader_options)
+    bad = [f"{key} = {c}" for key, c in (require_classes or []) if not 0 <= c < len(raw.classes)]
+    if bad:  # before anything is written: a wrong class never costs a training run
+        raise PoisonDetectError(
+            f"{path or fmt}: {', '.join(bad)} out of range: the data set has {len(raw.classes)} "
+            f"classes (0..{len(raw.classes) - 1}: {', '.join(raw.classes[:12])}"
+            f"{', ...' if len(raw.classes) > 12 else ''}); fix the config"
+        )
     rng = np.random.default_rng(seed)
     if max_train is not None:
         keep = _stratified_subset(raw.y_train, _check_max("max_train", max_train), rng)
@@ -510,24 +519,71 @@ def _read_cifar10(directory: Path) -> _Raw:
 # --------------------------------------------------------------------------- image folders
 
 
-def _iter_folder_files(root: Path) -> Iterator[tuple[str, bytes]]:
-    """(relative posix path, file bytes) of every image file under a directory."""
-    for file in sorted(root.rglob("*")):
-        if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
-            yield file.relative_to(root).as_posix(), file.read_bytes()
+def _iter_folder_files(root: Path) -> Iterator[tuple[str, bytes | None]]:
+    """(relative posix path, file bytes) of every image file under a directory, and
+    (relative path + "/", None) for every directory (so that empty class folders are seen).
+
+    A symbolic link that leads out of the folder is an error, never followed; links that stay
+    inside are read (files) or left out (directories: their target is read where it lies).
+    """
+    real_root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        dirnames.sort()
+        for d in dirnames:
+            _check_link(here / d, root, real_root)
+            if not (here / d).is_symlink():
+                yield (here / d).relative_to(root).as_posix() + "/", None
+        for name in sorted(filenames):
+            file = here / name
+            _check_link(file, root, real_root)
+            if file.suffix.lower() in IMAGE_EXTENSIONS and file.is_file():
+                yield file.relative_to(root).as_posix(), file.read_bytes()
 
 
-def _iter_tar_files(archive: Path) -> Iterator[tuple[str, bytes]]:
-    """(member path, bytes) of every image member, read in archive order without extracting."""
+def _check_link(path: Path, root: Path, real_root: Path) -> None:
+    if path.is_symlink():
+        target = path.resolve()
+        if target != real_root and real_root not in target.parents:
+            raise _layout_error(
+                "image_folder",
+                root,
+                f"{path.relative_to(root)} is a symbolic link leading out of the folder (to "
+                f"{os.readlink(path)}); it is not followed: copy the file into the folder instead",
+            )
+
+
+def _iter_tar_files(archive: Path) -> Iterator[tuple[str, bytes | None]]:
+    """(member path, bytes) of every image member, read in archive order without extracting
+    (nothing is ever written to disk), and (path + "/", None) for every directory member.
+
+    Members with an absolute path or ``..``, and links (symbolic or hard), are refused: such an
+    archive is malformed or hostile, and links are never followed.
+    """
     try:
         with tarfile.open(archive, "r|*") as tar:
             for member in tar:
-                if member.isfile() and PurePosixPath(member.name).suffix.lower() in (
-                    IMAGE_EXTENSIONS
-                ):
+                name = member.name
+                if name.startswith("/") or ".." in PurePosixPath(name).parts:
+                    raise _layout_error(
+                        "image_folder",
+                        archive,
+                        f"member {name!r} has an absolute path or '..'; refusing the archive "
+                        "(repack it with relative paths: tar -C <folder> -cf data.tar train test)",
+                    )
+                if member.issym() or member.islnk():
+                    raise _layout_error(
+                        "image_folder",
+                        archive,
+                        f"member {name!r} is a link (to {member.linkname!r}); links are not "
+                        "followed: repack the archive with the files themselves (tar -h)",
+                    )
+                if member.isdir():
+                    yield name.rstrip("/") + "/", None
+                elif member.isfile() and PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS:
                     f = tar.extractfile(member)
                     if f is not None:
-                        yield member.name, f.read()
+                        yield name, f.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise _layout_error("image_folder", archive, f"cannot read archive ({e})") from e
 
@@ -584,7 +640,15 @@ def _read_image_folder(path: Path, channels: int | None, image_size: int | None)
     entries: list[tuple[str, str, str]] = []  # (split, class, file name)
     images: list[np.ndarray] = []
     tops: set[str] = set()
+    folders: set[tuple[str, str, str]] = set()  # (top, split, class) of every class folder
     for member, data in files:
+        if data is None:  # a directory: remember class folders
+            parts = [p for p in PurePosixPath(member).parts if p not in (".", "/")]
+            if len(parts) == 2 and parts[0] in ("train", "test"):
+                folders.add(("", parts[0], parts[1]))
+            elif len(parts) == 3 and parts[1] in ("train", "test"):
+                folders.add((parts[0], parts[1], parts[2]))
+            continue
         parsed = _split_member(member)
         if parsed is None:
             continue
@@ -604,6 +668,18 @@ def _read_image_folder(path: Path, channels: int | None, image_size: int | None)
     for split, idx in splits.items():
         if not idx:
             raise _layout_error("image_folder", path, f"no images under {split}/<class>/")
+    (top,) = tops
+    empty = sorted(
+        f"{t + '/' if t else ''}{split}/{cls}/"
+        for t, split, cls in folders
+        if t == top and not cls.startswith(".") and cls not in class_lists[split]
+    )
+    if empty:  # a class with no images would silently shift the class indices of the others
+        raise _layout_error(
+            "image_folder",
+            path,
+            f"class folder(s) {', '.join(empty)} hold no images; add images or remove the folder",
+        )
     if class_lists["train"] != class_lists["test"]:
         raise _layout_error(
             "image_folder",
@@ -611,6 +687,12 @@ def _read_image_folder(path: Path, channels: int | None, image_size: int | None)
             f"train classes {class_lists['train']} differ from test classes {class_lists['test']}",
         )
     classes = class_lists["train"]
+    if len(classes) < 2:
+        raise _layout_error(
+            "image_folder",
+            path,
+            f"only one class ({classes[0]}); a classifier needs at least two class folders",
+        )
 
     sizes = {img.shape[:2] for img in images}
     if len(sizes) > 1:

@@ -2,7 +2,8 @@
 
 Every output of the workflow is written to a temporary file in the same directory and renamed onto
 its final name only once it is complete, so an interrupted job never leaves a half-file that looks
-complete (a rename within one file system is atomic).
+complete (a rename within one file system is atomic). The final file gets the permissions the
+user's umask gives any new file (group-readable under the usual 022 or 002).
 """
 
 from __future__ import annotations
@@ -34,11 +35,29 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates the file private (0600); the result gets the mode of any file the user
+        # writes (0666 minus the umask), so a group sharing a project directory can read it.
+        if tmp_path.is_file():
+            os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system says it (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once (not safe against threads)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

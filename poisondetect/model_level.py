@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from poisondetect.errors import PoisonDetectError
+from poisondetect.errors import NONFINITE_HINT, PoisonDetectError, require_finite
 from poisondetect.io import atomic_path, read_json, sha256_array, sha256_file, write_json
 from poisondetect.population import (
     model_seed,
@@ -437,12 +437,7 @@ def fit_and_score(
         for i, m in enumerate(names)
     ]
     df = pd.DataFrame(rows)
-    bad = df[~np.isfinite(df["value"])]
-    if len(bad):
-        raise PoisonDetectError(
-            f"detector {name}: non-finite scores for {bad['model'].nunique()} model(s) "
-            f"(e.g. {bad['model'].iloc[0]}); their weights or activations are not finite"
-        )
+    require_finite(df["value"].to_numpy(), f"detector {name}: scores", NONFINITE_HINT, "scores")
     return det, df
 
 
@@ -781,7 +776,7 @@ def audit(
     """Every detector's score, threshold and empirical p-value for a suspicious checkpoint, and
     the verdict of the configured verdict detectors (the `audit` command)."""
     from poisondetect.activations import iter_penultimate
-    from poisondetect.checkpoints import load_checkpoint
+    from poisondetect.checkpoints import check_arch, load_checkpoint
     from poisondetect.data import load_prepared
     from poisondetect.detectors import registry
     from poisondetect.detectors.autoencoder import ActivationAutoencoder, read_bundle
@@ -792,11 +787,7 @@ def audit(
 
     arrays, meta = read_bundle(bundle, BUNDLE_KIND)
     trig, gm = meta["trigger_set"], meta["genuine"]
-    if arch is not None and gm.get("arch") not in (None, arch):
-        raise PoisonDetectError(
-            f"--arch {arch}: the bundle {bundle} was fitted on a {gm['arch']} genuine model; a "
-            f"{arch} cannot be audited with it (use the bundle of a {arch} cell)"
-        )
+    arch = check_arch(arch, gm.get("arch"), f"the detector bundle {bundle}")
     data = data or trig["data_file"]
     if not Path(data).is_file():
         raise PoisonDetectError(
@@ -814,7 +805,7 @@ def audit(
     net, _ = load_checkpoint(
         model,
         device=dev,
-        arch=gm.get("arch"),
+        arch=arch,
         in_channels=gm.get("in_channels"),
         num_classes=gm.get("num_classes"),
         image_size=gm.get("image_size"),
@@ -824,14 +815,19 @@ def audit(
     for _start, a, logits in iter_penultimate(net, x, batch_size=trig["batch_size"], device=dev):
         acts.append(a)
         preds.append(logits.argmax(1))
-    acts = np.concatenate(acts)
+    acts = require_finite(
+        np.concatenate(acts), f"{model}: penultimate activations", NONFINITE_HINT, "trigger images"
+    )
     ae = ActivationAutoencoder.from_tensors(arrays, meta["autoencoder"], device="cpu")
+    errors = require_finite(
+        ae.score_samples(acts), f"{model}: reconstruction errors", NONFINITE_HINT, "trigger images"
+    )
     record = ModelRecord(
         Path(model).name,
         y,
         np.concatenate(preds),
         activations=acts,
-        errors=ae.score_samples(acts),
+        errors=errors,
         weights=model_weights(net),
     )
     cal = meta["calibration"]
@@ -845,12 +841,7 @@ def audit(
             spec["fitted"],
         )
         for stat, value in det.statistics([record]).items():
-            if not np.isfinite(value[0]):
-                raise PoisonDetectError(
-                    f"{model}: the {_stat_name(name, stat)} score is not finite ({value[0]}); the "
-                    "model's weights or its activations on the trigger set are not finite numbers, "
-                    "which no honest fine-tune produces: treat the model as unusable"
-                )
+            require_finite(value, f"{model}: the {_stat_name(name, stat)} score", NONFINITE_HINT)
             c = cal["thresholds"][f"{name}:{stat}"]
             results.append(
                 {

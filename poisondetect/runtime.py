@@ -8,22 +8,123 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: a CPU job's start report does without it
+    import torch
+
+
+# Variables through which a scheduler or the user hands a job GPUs (SLURM sets the first ones for
+# --gpus / --gres=gpu; CUDA_VISIBLE_DEVICES also by hand or by other schedulers).
+GPU_ENV_VARS = (
+    "SLURM_JOB_GPUS",
+    "SLURM_STEP_GPUS",
+    "SLURM_GPUS_ON_NODE",
+    "SLURM_GPUS",
+    "SLURM_GPUS_PER_NODE",
+    "SLURM_GPUS_PER_TASK",
+    "SLURM_TRES_PER_TASK",
+    "CUDA_VISIBLE_DEVICES",
+)
+
+
+def scheduler_gpus(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The GPU variables of the environment that say this job was given a GPU ({} if none).
+
+    Empty values, ``-1`` / ``NoDevFiles`` / ``none`` (no device) and a ``SLURM_TRES_PER_TASK``
+    without ``gpu`` do not count.
+    """
+    env = os.environ if environ is None else environ
+    found = {}
+    for var in GPU_ENV_VARS:
+        value = env.get(var, "").strip()
+        if not value or value.lower() in ("-1", "nodevfiles", "none", "void"):
+            continue
+        if var != "CUDA_VISIBLE_DEVICES" and value == "0":  # a count of zero GPUs
+            continue
+        if var == "SLURM_TRES_PER_TASK" and "gpu" not in value:
+            continue
+        found[var] = value
+    return found
+
+
+def gpu_unusable_message(given: dict[str, str]) -> str:
+    """One line: the job was given a GPU but torch sees no CUDA; the likely causes; the way out."""
+    import torch
+
+    build = torch.version.cuda
+    causes = [
+        'the container was started without --nv (Snakemake: --apptainer-args="--nv")',
+        "the job landed on a node or partition without a working GPU, or the GPU is in a mode that "
+        "refuses new processes",
+    ]
+    if build is None:
+        causes.insert(0, f"this torch ({torch.__version__}) is a CPU-only build")
+    else:
+        causes.insert(
+            0,
+            f"the node's NVIDIA driver is too old for this torch ({torch.__version__}, built for "
+            f"CUDA {build}; check nvidia-smi, or use an image built for an older CUDA)",
+        )
+    shown = ", ".join(f"{k}={v}" for k, v in given.items())
+    return (
+        f"this job was given a GPU ({shown}) but torch cannot use CUDA, so it would train on the "
+        f"CPU for hours; likely causes: {'; '.join(causes)}. Fix the job, or set device: cpu in "
+        "the config to run on the CPU on purpose"
+    )
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """CUDA when available (and not refused), else the CPU: one code path for laptop and cluster."""
+    """CUDA when available (and not refused), else the CPU: one code path for laptop and cluster.
+
+    Never a silent CPU fallback on a GPU job: with ``auto``, a job that the scheduler gave a GPU
+    (its GPU variables, ``CUDA_VISIBLE_DEVICES``) but that cannot use CUDA stops with an error
+    naming the likely causes; only ``device: cpu`` runs such a job on the CPU.
+    """
+    import torch
+
+    from poisondetect.errors import PoisonDetectError
+
+    if requested not in ("auto", "cpu", "cuda"):
+        raise PoisonDetectError(f"device {requested!r} is not one of auto, cpu, cuda")
     if requested == "cpu":
         return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        from poisondetect.errors import PoisonDetectError
-
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    given = scheduler_gpus()
+    if given:
+        raise PoisonDetectError(gpu_unusable_message(given))
+    if requested == "cuda":
         raise PoisonDetectError(
             "device: cuda was requested but this job sees no CUDA GPU; use device: auto "
             "(or request a GPU from the scheduler)"
         )
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cpu")
+
+
+def device_report(requested: str | None) -> str:
+    """One line for the start of a job: the device it will use, torch and CUDA versions, the GPUs
+    it sees and what the scheduler gave it. ``requested`` None = a CPU job (torch not imported)."""
+    given = scheduler_gpus()
+    sched = ", ".join(f"{k}={v}" for k, v in given.items()) or "none"
+    if requested is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            tv = version("torch")
+        except PackageNotFoundError:
+            tv = "not installed"
+        return f"device: cpu (CPU job); torch {tv}; scheduler GPU variables: {sched}"
+    import torch
+
+    dev = pick_device(requested)  # raises on a GPU job that cannot use CUDA
+    n = torch.cuda.device_count() if dev.type == "cuda" else 0
+    gpus = ", ".join(f"{i}: {torch.cuda.get_device_name(i)}" for i in range(n)) or "none"
+    return (
+        f"device: {dev} (requested {requested}); torch {torch.__version__}, built for CUDA "
+        f"{torch.version.cuda or 'none (CPU-only build)'}; GPUs seen: {gpus}; scheduler GPU "
+        f"variables: {sched}"
+    )
 
 
 def deterministic_cuda() -> None:
@@ -32,6 +133,8 @@ def deterministic_cuda() -> None:
     Only called for CUDA runs: the CPU kernels used here are deterministic already, and the switch
     imports torch's compiler stack (about 6 s per job on a small CPU machine).
     """
+    import torch
+
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
 

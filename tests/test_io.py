@@ -50,3 +50,24 @@ def test_read_json_names_a_corrupt_file(tmp_path):
     p.write_text(json.dumps({"a": 1})[:-2])
     with pytest.raises(PoisonDetectError, match="m.json: not valid JSON"):
         read_json(p)
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_outputs_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    """Results are readable as the user's umask allows, like any file the user writes (not the
+    0600 of the temporary file), so a cluster group sharing the project directory can read them."""
+    import numpy as np
+
+    from poisondetect.io import current_umask
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        write_json(tmp_path / "a.json", {"x": 1})
+        with atomic_path(tmp_path / "b.npz") as tmp:
+            np.savez(tmp, x=np.arange(3))
+        (tmp_path / "plain.txt").write_text("x")  # what open() gives, for comparison
+    finally:
+        os.umask(old)
+    for name in ("a.json", "b.npz", "plain.txt"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-from poisondetect.errors import PoisonDetectError
+from poisondetect.errors import PoisonDetectError, require_finite
 
 
 def check_scores(scores: np.ndarray, name: str = "scores") -> np.ndarray:
@@ -18,11 +18,13 @@ def check_scores(scores: np.ndarray, name: str = "scores") -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1:
         raise PoisonDetectError(f"{name} must be 1-D (one score per point), got shape {s.shape}")
-    if not np.all(np.isfinite(s)):
-        raise PoisonDetectError(
-            f"{name} contain NaN or infinite values; check the detector's input"
-        )
-    return s
+    # Fail closed: a NaN is never above (or below) any threshold, so it would pass as clean.
+    return require_finite(
+        s,
+        name,
+        "the detector's input or its training diverged; check the data and the detector settings",
+        "points",
+    )
 
 
 def gmm_decision(scores: np.ndarray, seed: int = 0) -> np.ndarray:
