@@ -30,7 +30,7 @@ def _audit(run, model, *extra):
 
 def _tampered(run, tmp_path, change, name="tampered.safetensors"):
     """A copy of the honest fine-tune's checkpoint (metadata kept) with ``change`` applied."""
-    src = run / CELL / "models/finetune_e2.safetensors"
+    src = run / CELL / "models/honest_paper_r0.safetensors"
     with safe_open(str(src), framework="pt") as f:
         meta = f.metadata()
         state = {k: f.get_tensor(k) for k in f.keys()}
@@ -90,7 +90,7 @@ def test_audit_of_activations_that_overflow_on_some_images_exits_2(tiny_run, tmp
         return seen[0]
 
     # pick an input feature of the 512-unit layer that is above 1.2 on some images, below 1 on others
-    net, _ = load_checkpoint(tiny_run / CELL / "models/finetune_e2.safetensors")
+    net, _ = load_checkpoint(tiny_run / CELL / "models/honest_paper_r0.safetensors")
     f = layer_inputs(net, net.fc[1])
     k = int(torch.minimum((f > 1.2).sum(0), (f < 1.0).sum(0)).argmax())
 
@@ -110,14 +110,14 @@ def test_audit_of_activations_that_overflow_on_some_images_exits_2(tiny_run, tmp
 
 
 def test_audit_refuses_another_architecture_than_the_bundles(tiny_run):
-    model = tiny_run / CELL / "models/flip_e2.safetensors"
+    model = tiny_run / CELL / "models/flip_f50_e2_r0.safetensors"
     _bad_input(_audit(tiny_run, model, "--arch", "resnet18"), "cnn", "resnet18")
     proc = _audit(tiny_run, model, "--arch", "cnn", "--json")  # the bundle's own arch is fine
     assert proc.returncode in (0, 1) and json.loads(proc.stdout)["n_trigger"] > 0
 
 
 def test_audit_of_a_truncated_model_names_the_cause_in_one_line(tiny_run, tmp_path):
-    blob = (tiny_run / CELL / "models/flip_e2.safetensors").read_bytes()
+    blob = (tiny_run / CELL / "models/flip_f50_e2_r0.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(blob[: len(blob) // 3])
     line = _bad_input(_audit(tiny_run, tmp_path / "cut.safetensors"), "truncated", "sender")
     assert "rerun the job" not in line.split(";")[0]
