@@ -30,6 +30,7 @@ $(error TORCH=$(TORCH) is not known: use TORCH=cpu (CPU-only build) or leave it 
 endif
 
 .PHONY: demo test lint format report clean venv check-python
+.DEFAULT_GOAL := venv
 
 # The interpreter is checked before anything is installed: the pinned packages need Python 3.11, and
 # pip's resolver would otherwise fail deep inside the install with a message about versions.
@@ -59,8 +60,8 @@ ifeq ($(TORCH),cpu)
 	$(BIN)/python -m pip install --quiet --extra-index-url $(TORCH_INDEX) "$(TORCH_CPU)" \
 	  || { echo "could not install $(TORCH_CPU) from $(TORCH_INDEX); trying $(TORCH_CPU_FALLBACK) (set TORCH_INDEX to a reachable mirror of the CPU index to get $(TORCH_CPU))" >&2; \
 	       $(BIN)/python -m pip install --quiet "$(TORCH_CPU_FALLBACK)"; }
-	$(BIN)/python -c "import torch, sys; sys.exit(0 if torch.version.cuda is None else 'TORCH=cpu installed a CUDA build of torch ' + torch.__version__)"
-	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	$(BIN)/python -W ignore -c "import torch, sys; sys.exit(0 if torch.version.cuda is None else 'TORCH=cpu installed a CUDA build of torch ' + torch.__version__)"
+	$(BIN)/python -W ignore -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
 	grep -v '^torch==' requirements.txt > $(VENV)/requirements-cpu.txt
 	grep -vE '^(torch|triton|nvidia-|cuda-)' requirements.lock > $(VENV)/requirements-cpu.lock
 	$(BIN)/python -m pip install --quiet -r $(VENV)/requirements-cpu.txt \
