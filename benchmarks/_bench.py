@@ -164,8 +164,8 @@ def start_benchmark(
     """The part every benchmark's ``main`` shares: check ``args.data``, prepare ``args.workdir``,
     write ``config`` there, print the header (title, machine, preset, settings), run the workflow
     and print its wall time. Returns the report and the resolved work directory."""
-    if not args.data.is_dir():
-        raise SystemExit(f"--data {args.data}: not a directory (expected the four MNIST IDX files)")
+    if not args.data.exists():
+        raise SystemExit(f"--data {args.data}: not found (a data directory or archive)")
     work = args.workdir.resolve()
     fresh_workdir(work, args.resume)
     cfg_path = work / "bench-config.yaml"
