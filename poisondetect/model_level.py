@@ -171,23 +171,12 @@ def train_genuine(
 
 
 def finetune(
-    data: str,
-    genuine: str,
-    outputs: dict[str, dict[str, str]],
-    *,
-    train: dict,
-    honest: dict | None,
-    attack: dict | None,
-    scenario: str,
-    new_data_fraction: float,
-    trigger: dict,
-    seed: int,
-    device: str,
+    data: str, genuine: str, outputs: dict[str, dict[str, str]], *, device: str, **settings
 ) -> None:
-    """Fine-tune M into models of one population, one after the other: an honest variant
-    (``honest``: epochs, lr_factor, data, augment) or an attack (``attack``; the kind, fraction and
-    epochs come from each model's name). ``outputs`` maps each model's name to its ``model``,
-    ``metrics`` and ``activations`` paths."""
+    """Fine-tune M into models of one population, one after the other. ``outputs`` maps each
+    model's name to its ``model``, ``metrics`` and ``activations`` paths; ``settings`` are those of
+    ``_finetune_one`` (train, the honest variant's or the attack's settings, scenario,
+    new_data_fraction, trigger, seed)."""
     from poisondetect.data import load_prepared
     from poisondetect.runtime import pick_device
 
@@ -196,20 +185,7 @@ def finetune(
     for i, (model, out) in enumerate(outputs.items(), 1):
         if len(outputs) > 1:
             log.info("model %d of %d: %s", i, len(outputs), model)
-        _finetune_one(
-            ds,
-            genuine,
-            model,
-            out,
-            train=train,
-            honest=honest,
-            attack=attack,
-            scenario=scenario,
-            new_data_fraction=new_data_fraction,
-            trigger=trigger,
-            seed=seed,
-            device=dev,
-        )
+        _finetune_one(ds, genuine, model, out, device=dev, **settings)
 
 
 def _finetune_one(
@@ -227,6 +203,8 @@ def _finetune_one(
     seed: int,
     device,
 ) -> None:
+    """Fine-tune M into one model: an honest variant (``honest``: epochs, lr_factor, data,
+    augment) or an attack (``attack``; the kind, fraction and epochs come from the name)."""
     from poisondetect.attacks.labels import apply_attack, paste_pattern
     from poisondetect.checkpoints import load_checkpoint, save_checkpoint
     from poisondetect.training import accuracy, predict, train_model
