@@ -221,8 +221,8 @@ def test_image_folder_classes_known_from_its_folders_or_its_prepared_cache(tmp_p
 @pytest.mark.parametrize("fraction", [0, -0.1, 1.01])
 def test_fraction_outside_0_1_is_refused(fraction):
     with pytest.raises(PoisonDetectError, match=r"model_level\.attacks\.fraction"):
-        validate_config(_cfg(fraction=fraction))
-    validate_config(_cfg(fraction=1))
+        validate_config(_cfg(fraction=[fraction]))
+    validate_config(_cfg(fraction=[1]))
 
 
 def test_fraction_check_applies_to_each_element_of_a_list():
