@@ -18,6 +18,21 @@ _REGISTRY: dict[str, dict[str, str | type]] = {
     "model": {},
 }
 
+# Sample level: name (a config key under sample_level, and the `detector` column of the tables)
+# -> class. The order is the order of the stage's outputs.
+_REGISTRY["sample"].update(
+    {
+        "cae_plus": "poisondetect.detectors.cae:CAEPlus",
+        "cae": "poisondetect.detectors.cae:CAE",
+        "rae": "poisondetect.detectors.cae:RAE",
+        "od": "poisondetect.detectors.baselines:OD",
+        "magnet": "poisondetect.detectors.baselines:MagNet",
+        "magnet_reformer": "poisondetect.detectors.baselines:MagNetReformer",
+        "spectral_signatures": "poisondetect.detectors.spectral:SpectralSignatures",
+        "activation_clustering": "poisondetect.detectors.spectral:ActivationClustering",
+    }
+)
+
 
 def register(level: str, name: str, cls: str | type) -> None:
     """Add (or replace) a detector under ``name``; ``cls`` is a class or a "module:Class" string."""
@@ -51,5 +66,10 @@ def get(level: str, name: str) -> type:
 
 def build(level: str, name: str, params: dict | None = None, **extra):
     """A new, unfitted detector from its config block (``params``) plus run settings (``extra``,
-    e.g. seed and device)."""
-    return get(level, name)(**(params or {}), **extra)
+    e.g. seed, device, shared settings); an ``extra`` goes only to a detector whose constructor
+    takes it, and the config block wins over an ``extra`` of the same name."""
+    cls = get(level, name)
+    if hasattr(cls, "_get_param_names"):  # scikit-learn style: the constructor's parameters
+        accepted = set(cls._get_param_names())
+        extra = {k: v for k, v in extra.items() if k in accepted}
+    return cls(**{**extra, **(params or {})})
