@@ -1,8 +1,12 @@
-"""Command line: ``python -m poisondetect audit --bundle B --model M``.
+"""Command line: ``poisondetect audit --bundle B --model M`` and ``poisondetect filter --data D``.
 
-Prints the verdict for a suspicious checkpoint: the mean reconstruction error of its penultimate
-activations on the detector's trigger set, against the threshold saved in the detector bundle.
-Checkpoints are read as safetensors or weights-only state dicts; pickled code is refused.
+``audit`` prints the verdict for a suspicious checkpoint: the mean reconstruction error of its
+penultimate activations on the detector's trigger set, against the threshold saved in the detector
+bundle. Checkpoints are read as safetensors or weights-only state dicts; pickled code is refused.
+
+``filter`` fits a sample-level detector (CAE+ by default, any registered one by name, with the
+config's settings) on a training set, writes a per-point CSV (index, label, scores, flag) and
+prints a summary. Exit status 0 on success, 2 on bad input (one ``error: ...`` line).
 """
 
 from __future__ import annotations
@@ -43,11 +47,67 @@ def _parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     a.add_argument("--json", action="store_true", help="print the result as JSON")
+    f = sub.add_parser(
+        "filter",
+        help="find the poisoned points of a training set",
+        description="Fit a sample-level detector on a training set and flag its suspicious points "
+        "(the workflow's detector classes and config blocks).",
+    )
+    f.add_argument(
+        "--data",
+        required=True,
+        help="training set: an .npz with x (N, D) or (N, C, H, W) in [0, 1] and y (two classes; "
+        "optional is_poison for a score), or an image folder / tar archive with two classes",
+    )
+    f.add_argument("--out", required=True, help="per-point CSV to write")
+    f.add_argument("--detector", default="cae_plus", help="registered detector (default cae_plus)")
+    f.add_argument(
+        "--config",
+        default=None,
+        help="workflow config whose sample_level.<detector> and autoencoders settings are used "
+        "(default: the schema's defaults)",
+    )
+    f.add_argument("--task", default=None, help="sample_level task whose detector_arch is used")
+    f.add_argument(
+        "--arch",
+        default=None,
+        choices=["conv", "conv_nopool", "dense"],
+        help="auto-encoder architecture (default: the task's, else conv for images, dense otherwise)",
+    )
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    f.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
+
+
+def _filter(args: argparse.Namespace) -> dict:
+    from poisondetect.filtering import run_filter
+
+    return run_filter(
+        args.data,
+        args.out,
+        detector=args.detector,
+        config=args.config,
+        task=args.task,
+        arch=args.arch,
+        seed=args.seed,
+        device=args.device,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "filter":
+        try:
+            result = _filter(args)
+        except PoisonDetectError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(result["message"])
+        return 0
     if args.command == "audit":
         from poisondetect.model_level import audit
 
