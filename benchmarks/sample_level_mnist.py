@@ -40,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # this checkout's package
 
 from _bench import (  # noqa: E402
     DEFAULT_MNIST,
@@ -50,18 +51,11 @@ from _bench import (  # noqa: E402
     start_benchmark,
 )
 
+from poisondetect.detectors import registry  # noqa: E402
+
 TASK = "mnist_4v0"
 ATTACKS = ["flip", "optimal", "semi_optimal", "mixed"]
-DETECTORS = [
-    "cae_plus",
-    "cae",
-    "rae",
-    "od",
-    "magnet",
-    "magnet_reformer",
-    "spectral_signatures",
-    "activation_clustering",
-]
+DETECTORS = registry.names("sample")  # every registered detector
 STAGES = ["prepare_data", "make_rounds", "poison_rounds", *(f"fit_filter:{d}" for d in DETECTORS)]
 STAGES.append("report")
 PRESETS = {

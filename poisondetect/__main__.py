@@ -45,8 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="architecture, when the checkpoint carries no metadata (default: the genuine model's)",
     )
-    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    a.add_argument("--json", action="store_true", help="print the result as JSON")
+    _device_and_json(a)
     f = sub.add_parser(
         "filter",
         help="find the poisoned points of a training set",
@@ -75,15 +74,31 @@ def _parser() -> argparse.ArgumentParser:
         help="auto-encoder architecture (default: the task's, else conv for images, dense otherwise)",
     )
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    f.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _device_and_json(f)
     return p
 
 
-def _filter(args: argparse.Namespace) -> dict:
+def _device_and_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _audit(args: argparse.Namespace) -> tuple[dict, str, int]:
+    from poisondetect.model_level import audit
+
+    result = audit(args.bundle, args.model, args.data, args.device, arch=args.arch)
+    message = (
+        f"{result['verdict']}: mean reconstruction error {result['mean_error']:.6g} "
+        f"{'>' if result['flagged'] else '<='} threshold {result['threshold']:.6g} "
+        f"({result['n_trigger']} trigger images, model {result['model']})"
+    )
+    return result, message, 1 if result["flagged"] else 0
+
+
+def _filter(args: argparse.Namespace) -> tuple[dict, str, int]:
     from poisondetect.filtering import run_filter
 
-    return run_filter(
+    result = run_filter(
         args.data,
         args.out,
         detector=args.detector,
@@ -93,39 +108,20 @@ def _filter(args: argparse.Namespace) -> dict:
         seed=args.seed,
         device=args.device,
     )
+    return result, result.pop("message"), 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 ok (audit: not flagged), 1 audit flagged the model, 2 bad input."""
     args = _parser().parse_args(argv)
-    if args.command == "filter":
-        try:
-            result = _filter(args)
-        except PoisonDetectError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if args.json:
-            print(json.dumps(result, indent=2))
-        else:
-            print(result["message"])
-        return 0
-    if args.command == "audit":
-        from poisondetect.model_level import audit
-
-        try:
-            result = audit(args.bundle, args.model, args.data, args.device, arch=args.arch)
-        except PoisonDetectError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if args.json:
-            print(json.dumps(result, indent=2))
-        else:
-            print(
-                f"{result['verdict']}: mean reconstruction error {result['mean_error']:.6g} "
-                f"{'>' if result['flagged'] else '<='} threshold {result['threshold']:.6g} "
-                f"({result['n_trigger']} trigger images, model {result['model']})"
-            )
-        return 1 if result["flagged"] else 0
-    return 2
+    command = {"audit": _audit, "filter": _filter}[args.command]
+    try:
+        result, message, status = command(args)
+    except PoisonDetectError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else message)
+    return status
 
 
 if __name__ == "__main__":

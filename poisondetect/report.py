@@ -190,6 +190,15 @@ def _labelled(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _themed_table(csv: str, context: str):
+    """seaborn themed for a figure (Agg backend) and the analysis table, detectors labelled."""
+    import seaborn as sns
+
+    _plt()
+    sns.set_theme(context=context, style="whitegrid")
+    return sns, _labelled(pd.read_csv(csv))
+
+
 def _save(fig, png: str, pdf: str, dpi: int) -> None:
     for path in (png, pdf):
         with atomic_path(path) as tmp:
@@ -334,11 +343,8 @@ def sample_level_accuracy_figure(
     context: str = "paper",
 ) -> None:
     """Fig. 6: accuracy of the retrained SVM vs poison rate, per attack (panels) and detector."""
-    import seaborn as sns
-
-    _plt()  # the Agg backend
-    sns.set_theme(context=context, style="whitegrid")
-    d = _labelled(pd.read_csv(accuracy_csv)).rename(columns={"poison_pct": "poison %"})
+    sns, d = _themed_table(accuracy_csv, context)
+    d = d.rename(columns={"poison_pct": "poison %"})
     g = sns.relplot(
         d,
         x="poison %",
@@ -368,11 +374,7 @@ def sample_level_clean_vs_contaminated(
     context: str = "paper",
 ) -> None:
     """Fig. 7: F1 of detectors trained on clean vs contaminated data."""
-    import seaborn as sns
-
-    _plt()  # the Agg backend
-    sns.set_theme(context=context, style="whitegrid")
-    df = _labelled(pd.read_csv(clean_vs_contaminated_csv))
+    sns, df = _themed_table(clean_vs_contaminated_csv, context)
     g = sns.catplot(
         df,
         x="detector",

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from sklearn.base import clone
 from sklearn.datasets import load_digits
 
@@ -21,12 +20,7 @@ from poisondetect.sample_level import collect, fit_filter
 FAST = {"epochs": 1, "rae_epochs": 1, "cae_epochs": 1, "batch_size": 32, "lr": 1e-2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

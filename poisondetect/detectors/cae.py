@@ -59,6 +59,35 @@ HEAD = dict(
 )
 RUN = dict(seed=0, device="auto")
 
+
+def _build_and_train(det, seed: int, input_shape, wrap, loss_fn, tensors, desc: str) -> None:
+    """Build ``wrap(auto-encoder)`` seeded with ``seed`` and train it with the detector's settings
+    (the one path of RAE and CAE); sets ``device_``, ``net_`` and ``history_``."""
+    det.device_ = pick_device(det.device)
+    with seeded(seed, det.device_):
+        ae = build_autoencoder(
+            det.arch, input_shape, filters=det.filters, hidden=det.hidden, latent=det.latent
+        )
+        det.net_ = wrap(ae)
+    det.history_ = fit_loop(
+        det.net_,
+        loss_fn,
+        tensors,
+        seed=seed,
+        batch_size=det.batch_size,
+        epochs=det.epochs,
+        lr=det.lr,
+        device=det.device_,
+        val_fraction=det.val_fraction,
+        patience=det.patience,
+        desc=desc,
+    )
+
+
+def _reconstruction_loss(m: nn.Module, x_in: torch.Tensor, x_target: torch.Tensor):
+    return F.mse_loss(m(x_in), x_target)
+
+
 # ----------------------------------------------------------------------------- RAE
 
 
@@ -88,24 +117,9 @@ class RAE(SampleDetector):
             tensors = [noisy.astype(np.float32), x]
         else:
             tensors = [x, x]
-        self.device_ = pick_device(self.device)
-        with seeded(self.seed, self.device_):
-            self.net_ = build_autoencoder(
-                self.arch, x.shape[1:], filters=self.filters, hidden=self.hidden, latent=self.latent
-            )
         self.input_shape_ = x.shape[1:]
-        self.history_ = fit_loop(
-            self.net_,
-            lambda m, x_in, x_target: F.mse_loss(m(x_in), x_target),
-            tensors,
-            seed=self.seed,
-            batch_size=self.batch_size,
-            epochs=self.epochs,
-            lr=self.lr,
-            device=self.device_,
-            val_fraction=self.val_fraction,
-            patience=self.patience,
-            desc="RAE",
+        _build_and_train(
+            self, self.seed, x.shape[1:], lambda ae: ae, _reconstruction_loss, tensors, "RAE"
         )
         return self
 
@@ -201,13 +215,9 @@ class CAE(SampleDetector):
         """Train on ``(X, y)``."""
         check_alpha(self.alpha)
         x, yy = self._input(X, y)
-        self.device_ = pick_device(self.device)
-        seed = self.seed + 1
-        with seeded(seed, self.device_):
-            ae = build_autoencoder(
-                self.arch, x.shape[1:], filters=self.filters, hidden=self.hidden, latent=self.latent
-            )
-            self.net_ = ClassificationAutoencoder(
+
+        def with_head(ae: nn.Module) -> nn.Module:
+            return ClassificationAutoencoder(
                 ae,
                 latent_size(ae, x.shape[1:]),
                 units=self.head_units,
@@ -216,19 +226,8 @@ class CAE(SampleDetector):
                 dropout_hidden=self.dropout_hidden,
                 activation_name=self.head_activation,
             )
-        self.history_ = fit_loop(
-            self.net_,
-            _cae_loss,
-            [x, yy],
-            seed=seed,
-            batch_size=self.batch_size,
-            epochs=self.epochs,
-            lr=self.lr,
-            device=self.device_,
-            val_fraction=self.val_fraction,
-            patience=self.patience,
-            desc="CAE",
-        )
+
+        _build_and_train(self, self.seed + 1, x.shape[1:], with_head, _cae_loss, [x, yy], "CAE")
         return self
 
     def _terms(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
