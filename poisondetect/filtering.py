@@ -69,9 +69,11 @@ def read_training_set(path: str) -> tuple[np.ndarray, np.ndarray, list, np.ndarr
     else:
         from poisondetect.data import read_dataset
 
-        ds = read_dataset("image_folder", p)
+        ds = read_dataset("image_folder", p)  # its train split is the training set
         x, y, is_poison = ds.x_train, ds.y_train, None
     y01, classes = _two_classes(y, f"--data {path}")
+    if p.suffix != ".npz":
+        classes = [ds.classes[int(c)] for c in classes]  # the class folders' names
     return x, y01, classes, (None if is_poison is None else np.asarray(is_poison, bool))
 
 

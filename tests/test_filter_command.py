@@ -113,3 +113,25 @@ def test_filter_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert main([*args, "--detector", "nope"]) == 2
     assert "not registered" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_filter_reads_an_image_folder_and_names_its_classes(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for k, cls in enumerate(("benign", "malignant")):
+            (tmp_path / "scans" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(60 + 120 * k + 20 * rng.standard_normal((8, 8)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(
+                    tmp_path / "scans" / split / cls / f"{i}.png"
+                )
+    out = tmp_path / "points.csv"
+    argv = ["filter", "--data", str(tmp_path / "scans"), "--out", str(out), "--detector", "od"]
+    assert main([*argv, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_points"] == 12 and result["arch"] == "conv"
+    points = pd.read_csv(out)
+    assert sorted(points["label"].unique()) == ["benign", "malignant"]  # the folder's class names
+    assert list(points.columns) == ["index", "label", "score", "flagged"]
