@@ -7,6 +7,11 @@
    first rounds' pooled training data (contaminated or clean), then used to filter each evaluation
    round before the SVM is retrained. Nothing here depends on which detector it is.
 4. ``collect``: the tidy ``filtering.csv``.
+5. ``analyse_filtering`` / ``analyse_scores``: the tidy tables behind the figures (accuracy vs
+   poison rate, clean vs contaminated, ablation; sub-score scatter, F1 vs K, F1 vs a scoring
+   parameter), which ``report`` only draws.
+
+``filter_points`` is the ``filter`` command's path through the same detector code.
 """
 
 from __future__ import annotations
@@ -22,8 +27,6 @@ from poisondetect.io import atomic_path, read_json, write_json
 from poisondetect.seeds import derive_seed
 
 log = logging.getLogger(__name__)
-
-DECISIONS = ("gmm", "topk")
 
 
 def svm_accuracy(x_tr, y_tr, x_te, y_te, params: dict) -> float:

@@ -84,9 +84,16 @@ def gpu_resources():
 # Planning imports no stage module: only the registry's names (plain strings, no torch).
 
 from poisondetect.detectors.registry import names as _detector_names  # noqa: E402
+from poisondetect.errors import PoisonDetectError  # noqa: E402
 
 SL_DETECTORS = [d for d in _detector_names("sample") if d in SL["detectors"]]
 SL_FIG = SL["figures"]
+_unknown = sorted({SL_FIG["detector"], *SL_FIG["ablation"]} - set(_detector_names("sample")))
+if _unknown:
+    raise PoisonDetectError(
+        f"sample_level.figures names unregistered detector(s) {_unknown}; "
+        f"use names of sample_level.detectors' enum ({', '.join(_detector_names('sample'))})"
+    )
 
 
 def sl_path(rel, root="results"):

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from poisondetect.errors import PoisonDetectError
-from poisondetect.fitting import fit_loop  # noqa: F401  (re-export: detectors/autoencoder.py)
+
+# re-exported for code that still imports them from here (detectors/autoencoder.py); new code: fitting
+from poisondetect.fitting import batched_apply, fit_loop, seeded  # noqa: F401
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
