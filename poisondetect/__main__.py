@@ -1,10 +1,14 @@
-"""Command line: ``python -m poisondetect audit --bundle B --model M``.
+"""Command line: ``poisondetect audit --bundle B --model M`` and ``poisondetect filter --data D``.
 
-Prints every detector's score of a suspicious checkpoint on the bundle's trigger set, its
+``audit``: prints every detector's score of a suspicious checkpoint on the bundle's trigger set, its
 calibrated threshold, its rank among the honest fine-tunes (an empirical p-value) and the verdict,
 naming the detectors the verdict comes from; and the paper's rule (mean reconstruction error
 against Tr). Exit status: 0 not poisoned, 1 POISONED, 2 bad input. Checkpoints are read as
 safetensors or weights-only state dicts; pickled code is refused.
+
+``filter`` fits a sample-level detector (CAE+ by default, any registered one by name, with the
+config's settings) on a training set, writes a per-point CSV (index, label, scores, flag) and
+prints a summary. Exit status 0 on success, 2 on bad input (one ``error: ...`` line).
 """
 
 from __future__ import annotations
@@ -43,8 +47,36 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="architecture, when the checkpoint carries no metadata (default: the genuine model's)",
     )
-    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    a.add_argument("--json", action="store_true", help="print the result as JSON")
+    _device_and_json(a)
+    f = sub.add_parser(
+        "filter",
+        help="find the poisoned points of a training set",
+        description="Fit a sample-level detector on a training set and flag its suspicious points "
+        "(the workflow's detector classes and config blocks).",
+    )
+    f.add_argument(
+        "--data",
+        required=True,
+        help="training set: an .npz with x (N, D) or (N, C, H, W) in [0, 1] and y (two classes; "
+        "optional is_poison for a score), or an image folder / tar archive with two classes",
+    )
+    f.add_argument("--out", required=True, help="per-point CSV to write")
+    f.add_argument("--detector", default="cae_plus", help="registered detector (default cae_plus)")
+    f.add_argument(
+        "--config",
+        default=None,
+        help="workflow config whose sample_level.<detector> and autoencoders settings are used "
+        "(default: the schema's defaults)",
+    )
+    f.add_argument("--task", default=None, help="sample_level task whose detector_arch is used")
+    f.add_argument(
+        "--arch",
+        default=None,
+        choices=["conv", "conv_nopool", "dense"],
+        help="auto-encoder architecture (default: the task's, else conv for images, dense otherwise)",
+    )
+    f.add_argument("--seed", type=int, default=0)
+    _device_and_json(f)
     return p
 
 
@@ -73,22 +105,45 @@ def format_audit(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "audit":
-        from poisondetect.model_level import audit
+def _device_and_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
-        try:
-            result = audit(args.bundle, args.model, args.data, args.device, arch=args.arch)
-        except PoisonDetectError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        if args.json:
-            print(json.dumps(result, indent=2))
-        else:
-            print(format_audit(result))
-        return 1 if result["flagged"] else 0
-    return 2
+
+def _audit(args: argparse.Namespace) -> tuple[dict, str, int]:
+    from poisondetect.model_level import audit
+
+    result = audit(args.bundle, args.model, args.data, args.device, arch=args.arch)
+    return result, format_audit(result), 1 if result["flagged"] else 0
+
+
+def _filter(args: argparse.Namespace) -> tuple[dict, str, int]:
+    from poisondetect.filtering import run_filter
+
+    result = run_filter(
+        args.data,
+        args.out,
+        detector=args.detector,
+        config=args.config,
+        task=args.task,
+        arch=args.arch,
+        seed=args.seed,
+        device=args.device,
+    )
+    return result, result.pop("message"), 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 ok (audit: not flagged), 1 audit flagged the model, 2 bad input."""
+    args = _parser().parse_args(argv)
+    command = {"audit": _audit, "filter": _filter}[args.command]
+    try:
+        result, message, status = command(args)
+    except PoisonDetectError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else message)
+    return status
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import numpy as np
 
 from poisondetect.errors import PoisonDetectError
 from poisondetect.io import atomic_path
+from poisondetect.seeds import stratified_subset as _stratified_subset
 
 DATA_FORMATS: dict[str, str] = {
     "digits": "scikit-learn's bundled 8x8 handwritten digits (sklearn.datasets.load_digits); "
@@ -283,25 +284,6 @@ def _check_max(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise PoisonDetectError(f"{name} must be a positive integer or None, got {value!r}")
     return int(value)
-
-
-def _stratified_subset(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted indices of a stratified random subset of ``n`` samples (all if ``n >= len(y)``).
-
-    Each class gets its proportional share; leftover slots go to the largest remainders.
-    """
-    if n >= len(y):
-        return np.arange(len(y))
-    classes, counts = np.unique(y, return_counts=True)
-    quota = counts * n / len(y)
-    take = np.floor(quota).astype(np.int64)
-    leftover = n - int(take.sum())
-    order = np.argsort(-(quota - take), kind="stable")
-    take[order[:leftover]] += 1
-    picked = [
-        rng.permutation(np.flatnonzero(y == c))[:k] for c, k in zip(classes, take, strict=True)
-    ]
-    return np.sort(np.concatenate(picked))
 
 
 # --------------------------------------------------------------------------- digits

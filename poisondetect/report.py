@@ -281,6 +281,8 @@ def model_level_roc_figures(
 
 
 # -- sample level ---------------------------------------------------------------------------------
+# Every sample-level figure draws a tidy table written by a stage (poisondetect.sample_level's
+# analyse_filtering / analyse_scores); nothing is computed here.
 _DETECTOR_LABEL = {
     "cae_plus": "CAE+",
     "cae": "CAE",
@@ -288,8 +290,36 @@ _DETECTOR_LABEL = {
     "od": "OD",
     "magnet": "MagNet",
     "magnet_reformer": "MagNet+reformer",
+    "spectral_signatures": "Spectral signatures",
+    "activation_clustering": "Activation clustering",
     "none": "no defence",
+    "clean_data": "clean data",
 }
+_AXIS_LABEL = {
+    ("cae_plus", "re"): "RE of the RAE (L1)",
+    ("cae_plus", "ce"): "CE of the CAE",
+    ("cae", "re"): "RE of the CAE (L1)",
+    ("cae", "ce"): "CE of the CAE",
+}
+
+
+def _label(detector) -> str:
+    return _DETECTOR_LABEL.get(detector, detector)
+
+
+def _labelled(df: pd.DataFrame) -> pd.DataFrame:
+    df = df.copy()
+    df["detector"] = df["detector"].map(_label)
+    return df
+
+
+def _themed_table(csv: str, context: str):
+    """seaborn themed for a figure (Agg backend) and the analysis table, detectors labelled."""
+    import seaborn as sns
+
+    _plt()
+    sns.set_theme(context=context, style="whitegrid")
+    return sns, _labelled(pd.read_csv(csv))
 
 
 def _save(fig, png: str, pdf: str, dpi: int) -> None:
@@ -299,21 +329,15 @@ def _save(fig, png: str, pdf: str, dpi: int) -> None:
     _plt().close(fig)
 
 
-def _task_rows(filtering_csv: str, task: str, *, contaminated_only: bool = True) -> pd.DataFrame:
-    """Rows of one task with the GMM decision (and the no-defence rows), detectors by display name;
-    ``contaminated_only`` drops the detectors trained on clean data."""
-    df = pd.read_csv(filtering_csv)
-    keep = (df["task"] == task) & df["decision"].isin(["gmm", "none"])
-    if contaminated_only:
-        keep &= df["train_on"].isin(["contaminated", "none"])
-    df = df[keep].copy()
-    df["detector"] = df["detector"].map(_DETECTOR_LABEL).fillna(df["detector"])
-    return df
-
-
 def sample_level_tables(filtering_csv: str, task: str, out: dict[str, str]) -> None:
-    """F1 (GMM decision) and retrained-SVM accuracy by detector x attack and poison count."""
-    df = _task_rows(filtering_csv, task)
+    """F1 (the detector's decision) and retrained-SVM accuracy by detector x attack and poisons."""
+    df = pd.read_csv(filtering_csv)
+    keep = (
+        (df["task"] == task)
+        & df["decision"].isin(["gmm", "none"])
+        & df["train_on"].isin(["contaminated", "none"])
+    )
+    df = _labelled(df[keep])
     f1 = df[df["detector"] != "no defence"].pivot_table(
         index="detector", columns=["attack", "n_poison"], values="f1", aggfunc="mean"
     )
@@ -343,41 +367,34 @@ def sample_level_tables(filtering_csv: str, task: str, out: dict[str, str]) -> N
     )
 
 
-def sample_level_cae_figures(
-    scores: dict[tuple[str, int], str],
+def sample_level_detector_figures(
+    tables: dict[str, str],
     task: str,
-    alpha: float,
-    alpha_grid: list[float],
     out: dict[str, str],
     *,
-    seed: int = 0,
     dpi: int = 150,
     palette: str = "colorblind",
     context: str = "paper",
 ) -> None:
-    """Figs. 2-5 of the paper from the stored per-point scores of the CAE family.
-
-    ``scores`` maps (attack, n_poison) to a ``cae_contaminated.parquet`` (largest poison count used).
-    """
+    """Figs. 2-5 of the paper from the analysis tables ``scatter``, ``f1_vs_k``, ``sweep`` and
+    ``ablation`` (paths in ``tables``)."""
     import seaborn as sns
-
-    from poisondetect.detectors.cae import combine
-    from poisondetect.detectors.decision import gmm_decision, top_k_decision
-    from poisondetect.metrics import filter_metrics
 
     plt = _plt()
     sns.set_theme(context=context, style="whitegrid")
-    frames = {key: pd.read_parquet(p) for key, p in scores.items()}
-    attacks = [a for a, _ in scores]
 
-    # Fig. 2: RE (RAE) vs CE (CAE) of every evaluation point, poisons highlighted
-    fig, axes = plt.subplots(1, len(attacks), figsize=(3.2 * len(attacks), 3.2), squeeze=False)
-    for ax, ((attack, n), df) in zip(axes[0], frames.items(), strict=True):
-        d = df[df["detector"] == "cae_plus"]
+    # Fig. 2: the two sub-scores of every evaluation point, poisons highlighted
+    pts = pd.read_csv(tables["scatter"])
+    x_col, y_col = pts.columns[6], pts.columns[7]
+    cells = list(dict.fromkeys(zip(pts["attack"], pts["n_poison"], strict=True)))
+    fig, axes = plt.subplots(1, len(cells), figsize=(3.2 * len(cells), 3.2), squeeze=False)
+    for ax, (attack, n) in zip(axes[0], cells, strict=True):
+        d = pts[(pts["attack"] == attack) & (pts["n_poison"] == n)]
+        det = d["detector"].iloc[0]
         sns.scatterplot(
             d,
-            x="re",
-            y="ce",
+            x=x_col,
+            y=y_col,
             hue="is_poison",
             palette=palette,
             s=12,
@@ -387,73 +404,49 @@ def sample_level_cae_figures(
         )
         ax.set(
             title=f"{attack} ({n} poisons/round)",
-            xlabel="RE of the RAE (L1)",
-            ylabel="CE of the CAE",
+            xlabel=_AXIS_LABEL.get((det, x_col), x_col),
+            ylabel=_AXIS_LABEL.get((det, y_col), y_col),
         )
     fig.tight_layout()
     _save(fig, out["fig2_png"], out["fig2_pdf"], dpi)
 
-    # Fig. 3: F1 vs K (top-K decision on the CAE+ score)
-    rows = []
-    for (attack, n), df in frames.items():
-        d = df[df["detector"] == "cae_plus"]
-        for k in range(0, 2 * max(n, 1) + 1):
-            f1s = [
-                filter_metrics(g["is_poison"].to_numpy(), top_k_decision(g["score"].to_numpy(), k))[
-                    "f1"
-                ]
-                for _, g in d.groupby("round")
-            ]
-            rows.append({"attack": attack, "K": k, "F1": float(np.mean(f1s))})
+    # Fig. 3: F1 vs K (top-K decision on the detector's score)
+    curve = pd.read_csv(tables["f1_vs_k"])
+    name = _label(curve["detector"].iloc[0])
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    sns.lineplot(
-        pd.DataFrame(rows), x="K", y="F1", hue="attack", marker="o", palette=palette, ax=ax
-    )
-    ax.set(title=f"CAE+ top-K filtering, task {task}", xlabel="K (points removed per round)")
+    sns.lineplot(curve, x="K", y="F1", hue="attack", marker="o", palette=palette, ax=ax)
+    ax.set(title=f"{name} top-K filtering, task {task}", xlabel="K (points removed per round)")
     fig.tight_layout()
     _save(fig, out["fig3_png"], out["fig3_pdf"], dpi)
 
-    # Fig. 4: F1 vs alpha (GMM decision), recomputed from the stored RE and CE terms
-    rows = []
-    for (attack, _n), df in frames.items():
-        d = df[df["detector"] == "cae_plus"]
-        for a in sorted(set(alpha_grid) | {alpha}):
-            f1s = []
-            for _, g in d.groupby("round"):
-                s = combine(g["re"].to_numpy(), g["ce"].to_numpy(), a)
-                f1s.append(
-                    filter_metrics(g["is_poison"].to_numpy(), gmm_decision(s, seed=seed))["f1"]
-                )
-            rows.append({"attack": attack, "alpha": a, "F1": float(np.mean(f1s))})
+    # Fig. 4: F1 vs a scoring parameter (GMM decision), the configured value marked
+    sweep = pd.read_csv(tables["sweep"])
+    param = sweep["param"].iloc[0]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     sns.lineplot(
-        pd.DataFrame(rows), x="alpha", y="F1", hue="attack", marker="o", palette=palette, ax=ax
+        sweep.rename(columns={"value": param}),
+        x=param,
+        y="F1",
+        hue="attack",
+        marker="o",
+        palette=palette,
+        ax=ax,
     )
-    ax.axvline(alpha, color="grey", linestyle="--")
-    ax.set(title=f"CAE+ F1 vs alpha (GMM), task {task}")
+    ax.axvline(sweep.loc[sweep["current"], "value"].iloc[0], color="grey", linestyle="--")
+    ax.set(title=f"{_label(sweep['detector'].iloc[0])} F1 vs {param} (GMM), task {task}")
     fig.tight_layout()
     _save(fig, out["fig4_png"], out["fig4_pdf"], dpi)
 
-    # Fig. 5: ablation RAE / CAE / CAE+ (F1, GMM decision)
-    rows = []
-    for (attack, _n), df in frames.items():
-        for det, d in df.groupby("detector"):
-            f1s = [
-                filter_metrics(
-                    g["is_poison"].to_numpy(), gmm_decision(g["score"].to_numpy(), seed=seed)
-                )["f1"]
-                for _, g in d.groupby("round")
-            ]
-            rows.append(
-                {"attack": attack, "detector": _DETECTOR_LABEL[det], "F1": float(np.mean(f1s))}
-            )
+    # Fig. 5: ablation (F1, GMM decision), detectors in the table's (the configured) order
+    abl = pd.read_csv(tables["ablation"])
+    order = [_label(d) for d in dict.fromkeys(abl["detector"])]
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     sns.barplot(
-        pd.DataFrame(rows),
+        _labelled(abl),
         x="attack",
         y="F1",
         hue="detector",
-        hue_order=["RAE", "CAE", "CAE+"],
+        hue_order=order,
         palette=palette,
         ax=ax,
     )
@@ -463,7 +456,7 @@ def sample_level_cae_figures(
 
 
 def sample_level_accuracy_figure(
-    filtering_csv: str,
+    accuracy_csv: str,
     task: str,
     png: str,
     pdf: str,
@@ -473,15 +466,8 @@ def sample_level_accuracy_figure(
     context: str = "paper",
 ) -> None:
     """Fig. 6: accuracy of the retrained SVM vs poison rate, per attack (panels) and detector."""
-    import seaborn as sns
-
-    _plt()  # the Agg backend
-    sns.set_theme(context=context, style="whitegrid")
-    df = _task_rows(filtering_csv, task)
-    df["poison %"] = df["poison_rate"] * 100
-    clean = df.groupby(["attack", "poison %"], as_index=False)["clean_accuracy"].mean()
-    clean["detector"], clean["svm_accuracy"] = "clean data", clean["clean_accuracy"]
-    d = pd.concat([df, clean], ignore_index=True)
+    sns, d = _themed_table(accuracy_csv, context)
+    d = d.rename(columns={"poison_pct": "poison %"})
     g = sns.relplot(
         d,
         x="poison %",
@@ -501,7 +487,7 @@ def sample_level_accuracy_figure(
 
 
 def sample_level_clean_vs_contaminated(
-    filtering_csv: str,
+    clean_vs_contaminated_csv: str,
     task: str,
     png: str,
     pdf: str,
@@ -511,12 +497,7 @@ def sample_level_clean_vs_contaminated(
     context: str = "paper",
 ) -> None:
     """Fig. 7: F1 of detectors trained on clean vs contaminated data."""
-    import seaborn as sns
-
-    _plt()  # the Agg backend
-    sns.set_theme(context=context, style="whitegrid")
-    df = _task_rows(filtering_csv, task, contaminated_only=False)
-    df = df[df["decision"] == "gmm"]
+    sns, df = _themed_table(clean_vs_contaminated_csv, context)
     g = sns.catplot(
         df,
         x="detector",

@@ -3,11 +3,15 @@
 1. ``build_rounds``: class-balanced train / validation / test points for every periodic-update round.
 2. ``poison_all``: the attack's poisons added to every round's training set (cached, so that a
    change of detector never recomputes an attack), with the undefended and clean SVM accuracies.
-3. ``fit_filter``: one detector *family* fitted on the first rounds' pooled training data
-   (contaminated or clean), then used to filter each evaluation round before the SVM is retrained.
-   ``cae`` fits an RAE and a CAE once and reports RAE, CAE and CAE+; ``magnet`` reports MagNet and
-   MagNet + reformer; ``od`` the centroid baseline.
+3. ``fit_filter``: one registered detector (``detectors.registry``, level "sample") fitted on the
+   first rounds' pooled training data (contaminated or clean), then used to filter each evaluation
+   round before the SVM is retrained. Nothing here depends on which detector it is.
 4. ``collect``: the tidy ``filtering.csv``.
+5. ``analyse_filtering`` / ``analyse_scores``: the tidy tables behind the figures (accuracy vs
+   poison rate, clean vs contaminated, ablation; sub-score scatter, F1 vs K, F1 vs a scoring
+   parameter), which ``report`` only draws.
+
+``filter_points`` is the ``filter`` command's path through the same detector code.
 """
 
 from __future__ import annotations
@@ -20,36 +24,9 @@ import pandas as pd
 
 from poisondetect.errors import PoisonDetectError
 from poisondetect.io import atomic_path, read_json, write_json
+from poisondetect.seeds import derive_seed
 
 log = logging.getLogger(__name__)
-
-FAMILIES = {
-    "cae": ("rae", "cae", "cae_plus"),
-    "od": ("od",),
-    "magnet": ("magnet", "magnet_reformer"),
-}
-DECISIONS = ("gmm", "topk")
-
-
-def family_of(detector: str) -> str:
-    for fam, members in FAMILIES.items():
-        if detector in members:
-            return fam
-    raise PoisonDetectError(f"unknown sample-level detector {detector!r}")
-
-
-def families(detectors: list[str]) -> list[str]:
-    """The detector families needed for ``detectors``, in a fixed order."""
-    wanted = {family_of(d) for d in detectors}
-    return [f for f in FAMILIES if f in wanted]
-
-
-def svm_params(task: dict) -> dict:
-    """scikit-learn SVC keyword arguments of a task (gamma only for the RBF kernel)."""
-    params = {"kernel": task["kernel"], "C": task["C"]}
-    if task["kernel"] == "rbf":
-        params["gamma"] = task["gamma"]
-    return params
 
 
 def svm_accuracy(x_tr, y_tr, x_te, y_te, params: dict) -> float:
@@ -62,10 +39,6 @@ def svm_accuracy(x_tr, y_tr, x_te, y_te, params: dict) -> float:
     else:
         pred = SVC(**params).fit(x_tr, y_tr).predict(x_te)
     return float((pred == y_te).mean())
-
-
-def _seed(seed: int, *parts: int) -> int:
-    return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
 
 
 # -- stages -----------------------------------------------------------------------------------
@@ -118,7 +91,7 @@ def poison_all(
             r.y_val[i],
             n_poison,
             svm,
-            seed=_seed(seed, i),
+            seed=derive_seed(seed, i),
             **optimal,
         )
         xs.append(x), ys.append(y), masks.append(m), kinds.append(k)
@@ -163,65 +136,22 @@ def load_poisoned(path: str) -> dict[str, np.ndarray]:
         ) from e
 
 
-def _make_family(family: str, settings: dict, *, alpha: float, arch: str, seed: int, device: str):
-    from poisondetect.detectors.baselines import OD, MagNet
-    from poisondetect.detectors.cae import CAEPlus
+def make_detector(detector: str, params: dict, shared: dict, *, arch: str, seed: int, device: str):
+    """A new sample-level detector from the registry: its config block ``params``, plus the shared
+    auto-encoder settings, ``arch``, ``seed`` and ``device`` where its constructor takes them."""
+    from poisondetect.detectors.registry import build
 
-    if family == "od":
-        return OD(seed=seed, device=device)
-    if family not in FAMILIES:
-        raise PoisonDetectError(f"unknown detector family {family!r}; known: {', '.join(FAMILIES)}")
-    ae = settings["autoencoders"]
-    shared = dict(
-        filters=ae["filters"],
-        batch_size=ae["batch_size"],
-        lr=ae["lr"],
-        val_fraction=ae["val_fraction"],
-        seed=seed,
-        device=device,
-    )
-    if family == "cae":
-        return CAEPlus(
-            alpha,
-            arch=arch,
-            hidden=ae["hidden"],
-            latent=ae["latent"],
-            head_units=settings["cae"]["head_units"],
-            dropout_in=settings["cae"]["dropout_in"],
-            dropout_hidden=settings["cae"]["dropout_hidden"],
-            rae_epochs=settings["rae"]["epochs"],
-            cae_epochs=settings["cae"]["epochs"],
-            rae_patience=settings["rae"]["patience"],
-            cae_patience=settings["cae"]["patience"],
-            **shared,
-        )
-    archs = ("dense", "dense") if arch == "dense" else ("conv_avgpool", "conv_nopool")
-    m = settings["magnet"]
-    return MagNet(
-        archs=archs, noise=m["noise"], epochs=m["epochs"], patience=m["patience"], **shared
-    )
+    return build("sample", detector, params, **shared, arch=arch, seed=seed, device=device)
 
 
-def _family_scores(family: str, det, x: np.ndarray, y: np.ndarray, alpha: float, seed: int):
-    """{detector: (score, gmm flags, extra columns)} for one round."""
-    from poisondetect.detectors.cae import combine
-    from poisondetect.detectors.decision import gmm_decision
-
-    if family == "cae":
-        re, ce = det.score_terms(x, y)
-        out = {}
-        for name, s in (
-            ("rae", re),
-            ("cae", det.cae.score_samples(x, y)),
-            ("cae_plus", combine(re, ce, alpha)),
-        ):
-            out[name] = (s, gmm_decision(s, seed=seed), {"re": re, "ce": ce})
-        return out
-    if family == "magnet":
-        s, flags = det.score_samples(x), det.predict(x)
-        return {"magnet": (s, flags, {}), "magnet_reformer": (s, flags, {})}
-    s = det.score_samples(x, y)
-    return {"od": (s, gmm_decision(s, seed=seed), {})}
+def apply_detector(det, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """One training set through a fitted sample-level detector: ``score``, ``flagged`` (its
+    ``predict``) and its named sub-scores, one value per point."""
+    return {
+        "score": det.score_samples(x, y),
+        "flagged": np.asarray(det.predict(x, y), dtype=bool),
+        **det.sub_scores(x, y),
+    }
 
 
 def fit_filter(
@@ -229,19 +159,25 @@ def fit_filter(
     scores_out: str,
     summary_out: str,
     *,
-    family: str,
+    detector: str,
+    params: dict,
+    shared: dict,
     train_on: str,
-    detectors: list[str],
     n_detector_rounds: int,
-    alpha: float,
-    settings: dict,
     arch: str,
     svm: dict,
     seed: int,
     device: str,
     cell: dict,
 ) -> None:
-    """Fit one detector family on the pooled first rounds; filter and retrain on the others."""
+    """Fit one registered detector on the pooled first rounds; filter and retrain on the others.
+
+    ``params`` is the detector's config block (its constructor's keyword arguments); ``shared``
+    (the auto-encoders' settings), ``arch``, ``seed`` and ``device`` go to the detectors whose
+    constructors take them. Each evaluation round is filtered by the detector's decision (``gmm``:
+    its ``predict``) and by the top-K rule with K = the round's poison count (``topk``); the SVM is
+    retrained on ``det.repair`` of the kept points.
+    """
     from poisondetect.detectors.decision import top_k_decision
     from poisondetect.metrics import filter_metrics
 
@@ -253,61 +189,57 @@ def fit_filter(
         )
     if train_on == "contaminated":
         x_fit, y_fit = P["x"][:nd], P["y"][:nd]
-    else:
+    elif train_on == "clean":
         x_fit, y_fit = P["x_clean"][:nd], P["y_clean"][:nd]
+    else:
+        raise PoisonDetectError(f"train_on must be contaminated or clean, got {train_on!r}")
     x_fit, y_fit = x_fit.reshape(-1, x_fit.shape[-1]), y_fit.reshape(-1)
     t0 = time.perf_counter()
-    det = _make_family(family, settings, alpha=alpha, arch=arch, seed=seed, device=device)
+    det = make_detector(detector, params, shared, arch=arch, seed=seed, device=device)
     det.fit(x_fit, y_fit)
     fit_seconds = time.perf_counter() - t0
-    log.info("%s fitted on %d %s points in %.1fs", family, len(y_fit), train_on, fit_seconds)
-    wanted = [d for d in FAMILIES[family] if d in detectors]
+    log.info("%s fitted on %d %s points in %.1fs", detector, len(y_fit), train_on, fit_seconds)
     score_rows, metric_rows = [], []
     for i in range(nd, n_rounds):
         x, y, mask, kind = P["x"][i], P["y"][i], P["is_poison"][i], P["poison_kind"][i]
-        per_det = _family_scores(family, det, x, y, alpha, seed)
-        for name in wanted:
-            s, gmm_flags, extra = per_det[name]
-            score_rows.append(
-                pd.DataFrame(
-                    {
-                        "round": i,
-                        "point": np.arange(len(y)),
-                        "detector": name,
-                        "label": y,
-                        "is_poison": mask,
-                        "poison_kind": kind,
-                        "score": s,
-                        **extra,
-                    }
-                )
+        out = apply_detector(det, x, y)
+        score_rows.append(
+            pd.DataFrame(
+                {
+                    "round": i,
+                    "point": np.arange(len(y)),
+                    "detector": detector,
+                    "label": y,
+                    "is_poison": mask,
+                    "poison_kind": kind,
+                    **out,
+                }
             )
-            for decision, flags in (
-                ("gmm", gmm_flags),
-                ("topk", top_k_decision(s, int(mask.sum()))),
-            ):
-                keep = ~flags
-                x_keep = det.reform(x[keep]) if name == "magnet_reformer" else x[keep]
-                acc = svm_accuracy(x_keep, y[keep], P["x_test"][i], P["y_test"][i], svm)
-                metric_rows.append(
-                    {
-                        "detector": name,
-                        "decision": decision,
-                        "round": i,
-                        **filter_metrics(mask, flags, s),
-                        "svm_accuracy": acc,
-                    }
-                )
+        )
+        for decision, flags in (
+            ("gmm", out["flagged"]),
+            ("topk", top_k_decision(out["score"], int(mask.sum()))),
+        ):
+            keep = ~flags
+            acc = svm_accuracy(det.repair(x[keep]), y[keep], P["x_test"][i], P["y_test"][i], svm)
+            metric_rows.append(
+                {
+                    "decision": decision,
+                    "round": i,
+                    **filter_metrics(mask, flags, out["score"]),
+                    "svm_accuracy": acc,
+                }
+            )
     with atomic_path(scores_out) as tmp:
         pd.concat(score_rows, ignore_index=True).to_parquet(tmp, index=False)
     m = pd.DataFrame(metric_rows)
     eval_rounds = slice(nd, n_rounds)
     summary = []
-    for (name, decision), g in m.groupby(["detector", "decision"], sort=False):
+    for decision, g in m.groupby("decision", sort=False):
         summary.append(
             {
                 **cell,
-                "detector": name,
+                "detector": detector,
                 "decision": decision,
                 "train_on": train_on,
                 "precision": g["precision"].mean(),
@@ -324,7 +256,7 @@ def fit_filter(
         if decision == "gmm":
             log.info(
                 "%-16s F1 %.3f  AUROC %.3f  SVM accuracy %.3f (undefended %.3f, clean %.3f)",
-                name,
+                detector,
                 summary[-1]["f1"],
                 summary[-1]["auroc"],
                 summary[-1]["svm_accuracy"],
@@ -332,6 +264,25 @@ def fit_filter(
                 summary[-1]["clean_accuracy"],
             )
     write_json(summary_out, summary)
+
+
+def filter_points(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    detector: str,
+    params: dict,
+    shared: dict,
+    arch: str,
+    seed: int,
+    device: str,
+) -> pd.DataFrame:
+    """Fit a detector on a user's training set and score the same points (``filter`` command):
+    one row per point with ``index``, ``label``, ``score``, the sub-scores and ``flagged``."""
+    det = make_detector(detector, params, shared, arch=arch, seed=seed, device=device)
+    out = apply_detector(det.fit(x, y), x, y)
+    flagged = out.pop("flagged")
+    return pd.DataFrame({"index": np.arange(len(y)), "label": y, **out, "flagged": flagged})
 
 
 FILTERING_COLUMNS = [
@@ -374,3 +325,149 @@ def collect(summaries: list[str], out: str) -> pd.DataFrame:
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
     return df
+
+
+# -- analyses: tidy tables the report draws ------------------------------------------------------
+def _task_rows(df: pd.DataFrame, task: str, train_on: tuple[str, ...]) -> pd.DataFrame:
+    """Rows of one task with the detectors' own decision (and the no-defence rows)."""
+    keep = (
+        (df["task"] == task)
+        & df["decision"].isin(["gmm", "none"])
+        & df["train_on"].isin([*train_on, "none"])
+    )
+    return df[keep]
+
+
+def analyse_filtering(
+    filtering_csv: str,
+    task: str,
+    out: dict[str, str],
+    *,
+    ablation: list[str],
+    attacks: list[str] | None = None,
+    n_poison: int,
+    seed: int,
+) -> None:
+    """The tidy tables behind Figs. 5-7 from ``filtering.csv`` (rows in the table's order).
+
+    - ``accuracy``: SVM accuracy after filtering per attack, poison % and detector (contaminated
+      training), the no-defence rows, and one ``clean_data`` row per attack and poison %.
+    - ``clean_vs_contaminated``: F1 of every detector by the data it was trained on.
+    - ``ablation``: F1 of the ``ablation`` detectors at ``n_poison`` poisons and ``seed``
+      (attacks in the order of ``attacks``, detectors in the order of ``ablation``).
+    """
+    df = pd.read_csv(filtering_csv)
+    d = _task_rows(df, task, ("contaminated",)).copy()
+    d["poison_pct"] = d["poison_rate"] * 100
+    clean = d.groupby(["attack", "poison_pct"], as_index=False)["clean_accuracy"].mean()
+    clean["detector"], clean["svm_accuracy"] = "clean_data", clean["clean_accuracy"]
+    cols = ["attack", "poison_pct", "n_poison", "seed", "detector", "svm_accuracy"]
+    acc = pd.concat([d, clean], ignore_index=True).reindex(columns=cols)
+    cvc = _task_rows(df, task, ("contaminated", "clean"))
+    cvc = cvc[cvc["decision"] == "gmm"][
+        ["attack", "n_poison", "seed", "detector", "train_on", "f1"]
+    ]
+    abl = d[
+        (d["decision"] == "gmm")
+        & (d["n_poison"] == n_poison)
+        & (d["seed"] == seed)
+        & d["detector"].isin(ablation)
+    ][["attack", "detector", "f1"]].rename(columns={"f1": "F1"})
+    rank = {a: i for i, a in enumerate(attacks or sorted(abl["attack"].unique()))}
+    rank.update({d: i for i, d in enumerate(ablation)})
+    abl = abl.sort_values(["attack", "detector"], key=lambda c: c.map(rank), kind="stable")
+    for key, table in (("accuracy", acc), ("clean_vs_contaminated", cvc), ("ablation", abl)):
+        with atomic_path(out[key]) as tmp:
+            table.to_csv(tmp, index=False)
+
+
+def analyse_scores(
+    scores: dict[str, str],
+    out: dict[str, str],
+    *,
+    detector: str,
+    params: dict,
+    scatter: list[str],
+    sweep_param: str,
+    sweep_values: list[float],
+    n_poison: int,
+    seed: int,
+) -> None:
+    """The tidy tables behind Figs. 2-4 from one detector's stored per-point scores.
+
+    ``scores`` maps each attack to the detector's ``.parquet`` at ``n_poison`` poisons. Writes
+    ``scatter`` (the two sub-scores named in ``scatter`` per point), ``f1_vs_k`` (mean F1 over the
+    rounds of the top-K rule, K = 0 .. 2 * n_poison) and ``sweep`` (mean F1 of the GMM decision
+    when the detector, built from its config block ``params``, rescores the stored sub-scores with
+    ``sweep_param`` set to each value; ``current`` marks the configured value).
+    """
+    from poisondetect.detectors.decision import gmm_decision, top_k_decision
+    from poisondetect.detectors.registry import build
+    from poisondetect.metrics import filter_metrics
+
+    det = build("sample", detector, params, seed=seed)
+    current = det.get_params()[sweep_param]
+    points, curve, sweep = [], [], []
+    for attack, path in scores.items():
+        df = pd.read_parquet(path)
+        missing = [c for c in scatter if c not in df.columns]
+        if missing:
+            raise PoisonDetectError(
+                f"{path} has no sub-score(s) {missing}; sample_level.figures.scatter must name"
+                f" sub-scores of {detector}"
+            )
+        cell = {"detector": detector, "attack": attack, "n_poison": n_poison}
+        points.append(
+            df[["round", "point", "is_poison", *scatter]].assign(**cell)[
+                ["detector", "attack", "n_poison", "round", "point", "is_poison", *scatter]
+            ]
+        )
+        rounds = [g for _, g in df.groupby("round")]
+        for k in range(0, 2 * max(n_poison, 1) + 1):
+            f1 = [
+                filter_metrics(g["is_poison"].to_numpy(), top_k_decision(g["score"].to_numpy(), k))[
+                    "f1"
+                ]
+                for g in rounds
+            ]
+            curve.append({**cell, "K": k, "F1": float(np.mean(f1))})
+        subs = [c for c in df.columns if c not in _SCORE_KEYS]
+        for v in sorted(set(sweep_values) | {current}):
+            det.set_params(**{sweep_param: v})
+            f1 = [
+                filter_metrics(
+                    g["is_poison"].to_numpy(),
+                    gmm_decision(det.score_from({c: g[c].to_numpy() for c in subs}), seed=seed),
+                )["f1"]
+                for g in rounds
+            ]
+            sweep.append(
+                {
+                    **cell,
+                    "param": sweep_param,
+                    "value": v,
+                    "F1": float(np.mean(f1)),
+                    "current": v == current,
+                }
+            )
+        det.set_params(**{sweep_param: current})
+    for key, rows in (
+        ("scatter", pd.concat(points, ignore_index=True)),
+        ("f1_vs_k", pd.DataFrame(curve)),
+        ("sweep", pd.DataFrame(sweep)),
+    ):
+        with atomic_path(out[key]) as tmp:
+            rows.to_csv(tmp, index=False)
+
+
+# the columns of a scores parquet that are not sub-scores
+_SCORE_KEYS = (
+    "round",
+    "point",
+    "detector",
+    "label",
+    "is_poison",
+    "poison_kind",
+    "score",
+    "flagged",
+)

@@ -1,28 +1,16 @@
-"""Seeded training / fine-tuning loops and evaluation of image classifiers."""
+"""Training / fine-tuning of image classifiers (the classifiers' preset of the one loop in
+``fitting``), prediction and accuracy."""
 
 from __future__ import annotations
 
-import logging
 import math
-import random
-import time
 
 import numpy as np
 import torch
 from torch import nn
 
-from poisondetect.runtime import deterministic_cuda, progress
-
-log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int, device: torch.device | str | None = None) -> None:
-    """Same seed, same numbers on the CPU (and deterministic kernels on CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if device is not None and torch.device(device).type == "cuda":
-        deterministic_cuda()
+from poisondetect.errors import PoisonDetectError
+from poisondetect.fitting import train_epochs
 
 
 def _augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -42,6 +30,13 @@ def _augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     if c != 3:
         return out
     return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def _classifier_loss(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor):
+    out = model(xb)
+    return nn.functional.cross_entropy(out, yb), {
+        "train_accuracy": (out.argmax(1) == yb).float().mean()
+    }
 
 
 def train_model(
@@ -65,69 +60,47 @@ def train_model(
 ) -> list[dict]:
     """Train ``model`` in place with mini-batch SGD/Adam; return one history record per epoch.
 
-    The learning rate is divided by 10 after each fraction of ``epochs`` in ``lr_milestones``.
-    Shuffling and augmentation draw from a generator seeded with ``seed``. One log line per epoch
-    (loss, training accuracy, and test accuracy when ``x_eval`` is given).
+    The classifiers' preset of the one training loop (``fitting.train_epochs``): cross-entropy,
+    every row trained on (no hold-out). The learning rate is divided by 10 after each fraction of
+    ``epochs`` in ``lr_milestones``. Torch, the shuffles and the augmentation draw from ``seed``.
+    One log line per epoch (loss, training accuracy, and test accuracy when ``x_eval`` is given).
     """
     device = torch.device(device)
-    seed_everything(seed, device)
-    gen = torch.Generator().manual_seed(seed)
-    model.to(device)
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    yt = torch.as_tensor(y, dtype=torch.long)
-    if device.type == "cuda":  # keep the whole training set on the GPU: no loader overhead
-        xt, yt = xt.to(device), yt.to(device)
     if optimizer == "sgd":
-        opt = torch.optim.SGD(
-            model.parameters(),
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            nesterov=momentum > 0,
-        )
+
+        def make_optimizer(params):
+            return torch.optim.SGD(
+                params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0
+            )
+
     elif optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+        def make_optimizer(params):
+            return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
     else:
-        raise ValueError(f"unknown optimizer {optimizer!r} (sgd or adam)")
-    milestones = sorted({max(1, math.ceil(f * epochs)) for f in lr_milestones})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-    loss_fn = nn.CrossEntropyLoss()
-    n = len(xt)
-    n_batches = math.ceil(n / batch_size)
-    history = []
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        total_loss, correct = 0.0, 0
-        for b in progress(range(n_batches), n_batches, f"{desc} {epoch}/{epochs}"):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            xb = xt[idx.to(xt.device)].to(device, non_blocking=True)
-            yb = yt[idx.to(yt.device)].to(device, non_blocking=True)
-            if augment:
-                xb = _augment(xb, gen)
-            opt.zero_grad(set_to_none=True)
-            out = model(xb)
-            loss = loss_fn(out, yb)
-            loss.backward()
-            opt.step()
-            total_loss += loss.item() * len(idx)
-            correct += (out.argmax(1) == yb).sum().item()
-        sched.step()
-        rec = {
-            "epoch": epoch,
-            "loss": total_loss / n,
-            "train_accuracy": correct / n,
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - t0,
-        }
-        msg = f"{desc} epoch {epoch}/{epochs} loss {rec['loss']:.4f} train acc {rec['train_accuracy']:.4f}"
-        if x_eval is not None:
-            rec["test_accuracy"] = accuracy(model, x_eval, y_eval, device=device)
-            msg += f" test acc {rec['test_accuracy']:.4f}"
-        log.info("%s (%.1fs)", msg, rec["seconds"])
-        history.append(rec)
-    return history
+        raise PoisonDetectError(f"unknown optimizer {optimizer!r} (sgd or adam)")
+    evaluate = None
+    if x_eval is not None:
+
+        def evaluate(m):
+            return {"test_accuracy": accuracy(m, x_eval, y_eval, device=device)}
+
+    return train_epochs(
+        model,
+        _classifier_loss,
+        [torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)],
+        make_optimizer=make_optimizer,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        shuffle_seed=seed,
+        lr_milestones=sorted({max(1, math.ceil(f * epochs)) for f in lr_milestones}),
+        augment=_augment if augment else None,
+        epoch_metrics=evaluate,
+        device=device,
+        desc=desc,
+    )
 
 
 @torch.inference_mode()

@@ -139,26 +139,36 @@ def gpu_resources():
 
 
 # -- sample level and report helpers ----------------------------------------------------------
+# Planning imports no stage module: only the registry's names (plain strings, no torch).
+
+from poisondetect.detectors.registry import names as _detector_names  # noqa: E402
+from poisondetect.errors import PoisonDetectError  # noqa: E402
+
+SL_DETECTORS = [d for d in _detector_names("sample") if d in SL["detectors"]]
+SL_FIG = SL["figures"]
+_unknown = sorted(
+    {SL_FIG["detector"], *SL_FIG["ablation"]} - set(_detector_names("sample"))
+)
+if _unknown:
+    raise PoisonDetectError(
+        f"sample_level.figures names unregistered detector(s) {_unknown}; "
+        f"use names of sample_level.detectors' enum ({', '.join(_detector_names('sample'))})"
+    )
 
 
-def sl_path(rel):
-    """A file of a sample-level cell (task, attack, poisons, seed)."""
-    return f"results/sample_level/{{task}}/{{attack}}/p{{n_poison}}/seed{{seed}}/{rel}"
+def sl_path(rel, root="results"):
+    """A file of a sample-level cell (a pattern with task, attack, poisons, seed); root = results,
+    logs or results/benchmarks."""
+    return f"{root}/sample_level/{{task}}/{{attack}}/p{{n_poison}}/seed{{seed}}/{rel}"
 
 
-def sl_task_path(rel):
-    """A file of a sample-level task and seed."""
-    return f"results/sample_level/{{task}}/seed{{seed}}/{rel}"
+def sl_task_path(rel, root="results"):
+    """A file of a sample-level task and seed (root as for sl_path)."""
+    return f"{root}/sample_level/{{task}}/seed{{seed}}/{rel}"
 
 
 def sl_task(name):
     return SL["tasks"][name]
-
-
-def sl_families():
-    from poisondetect.sample_level import families
-
-    return families(SL["detectors"])
 
 
 def sl_run_tasks():
@@ -178,26 +188,18 @@ def sl_cells():
     ]
 
 
-def sl_family_settings(family):
-    """Only the settings a family uses, so a change to one family reruns only its fits."""
-    if family == "cae":
-        return {k: SL[k] for k in ("autoencoders", "rae", "cae")}
-    if family == "magnet":
-        return {k: SL[k] for k in ("autoencoders", "magnet")}
-    return {}
-
-
 def sl_svm_params(task):
-    from poisondetect.sample_level import svm_params
-
-    return svm_params(sl_task(task))
+    """scikit-learn SVC keyword arguments of a task (gamma only for the RBF kernel)."""
+    t = sl_task(task)
+    gamma = {"gamma": t["gamma"]} if t["kernel"] == "rbf" else {}
+    return {"kernel": t["kernel"], "C": t["C"], **gamma}
 
 
 def sl_summaries():
     return [
-        sl_path("filter/{family}_{train_on}.json").format(family=f, train_on=t, **c)
+        sl_path("filter/{detector}_{train_on}.json").format(detector=d, train_on=t, **c)
         for c in sl_cells()
-        for f in sl_families()
+        for d in SL_DETECTORS
         for t in SL["train_on"]
     ]
 
@@ -207,12 +209,19 @@ def sl_fig(name):
     return f"results/sample_level/figures/{{task}}_{name}"
 
 
-def sl_cae_scores(w):
-    """The CAE family's scores at the largest poison count, for every attack of the task."""
+def sl_analysis(name):
+    """A tidy analysis table of a sample-level task (pattern with {task})."""
+    return f"results/sample_level/analysis/{{task}}_{name}.csv"
+
+
+def sl_figure_scores(w):
+    """The per-point scores of the figures' detector at the largest poison count, first seed,
+    trained on contaminated data, for every attack of the task."""
     n = max(SL["n_poison"])
     seed = SL["seeds"][0]
+    d = SL_FIG["detector"]
     return {
-        a: f"results/sample_level/{w.task}/{a}/p{n}/seed{seed}/filter/cae_contaminated.parquet"
+        a: f"results/sample_level/{w.task}/{a}/p{n}/seed{seed}/filter/{d}_contaminated.parquet"
         for a in SL["attacks"]
     }
 
@@ -226,11 +235,12 @@ def sample_level_targets():
             f"results/sample_level/{task}_f1.tex",
             f"results/sample_level/{task}_accuracy.tex",
         ]
-        targets.append(sl_fig("fig6.png").format(task=task))
-        if "cae" in sl_families():
-            targets += [sl_fig(f"fig{i}.png").format(task=task) for i in (2, 3, 4, 5)]
+        figs = [6]
+        if SL_FIG["detector"] in SL_DETECTORS and "contaminated" in SL["train_on"]:
+            figs += [2, 3, 4, 5]
         if "clean" in SL["train_on"] and "contaminated" in SL["train_on"]:
-            targets.append(sl_fig("fig7.png").format(task=task))
+            figs.append(7)
+        targets += [sl_fig(f"fig{i}.png").format(task=task) for i in sorted(figs)]
     return targets
 
 

@@ -225,7 +225,9 @@ rule score_detector:
 rule calibrate:
     input:
         scores=expand(
-            ml_path("scores/{detector}.csv"), detector=ML["detectors"], allow_missing=True
+            ml_path("scores/{detector}.csv"),
+            detector=ML["detectors"],
+            allow_missing=True,
         ),
         states=expand(
             ml_path("detectors/{detector}.safetensors"),

@@ -8,7 +8,7 @@ localrules:
     model_level_roc_figures,
     collect_sample_level,
     sample_level_tables,
-    sample_level_cae_figures,
+    sample_level_detector_figures,
     sample_level_accuracy_figure,
     sample_level_clean_vs_contaminated,
 
@@ -142,9 +142,12 @@ rule sample_level_tables:
         "../scripts/sample_level_tables.py"
 
 
-rule sample_level_cae_figures:
+rule sample_level_detector_figures:
     input:
-        unpack(sl_cae_scores),
+        scatter=sl_analysis("scatter"),
+        f1_vs_k=sl_analysis("f1_vs_k"),
+        sweep=sl_analysis("sweep"),
+        ablation=sl_analysis("ablation"),
     output:
         **{
             f"fig{i}_{ext}": (
@@ -161,24 +164,21 @@ rule sample_level_cae_figures:
             for ext in ("png", "pdf")
         },
     log:
-        "logs/sample_level/{task}_cae_figures.log",
+        "logs/sample_level/{task}_detector_figures.log",
     conda:
         "../envs/cpu.yaml"
     container:
         config["containers"]["cpu"]
     params:
-        n_poison=max(SL["n_poison"]),
-        alpha=SL["alpha"],
-        alpha_grid=SL["alpha_grid"],
-        seed=SL["seeds"][0],
+        n_poison=max(SL["n_poison"]),  # for the captions
         style=config["report"],
     script:
-        "../scripts/sample_level_cae_figures.py"
+        "../scripts/sample_level_detector_figures.py"
 
 
 rule sample_level_accuracy_figure:
     input:
-        "results/sample_level/filtering.csv",
+        sl_analysis("accuracy_vs_rate"),
     output:
         png=report(
             sl_fig("fig6.png"),
@@ -201,7 +201,7 @@ rule sample_level_accuracy_figure:
 
 rule sample_level_clean_vs_contaminated:
     input:
-        "results/sample_level/filtering.csv",
+        sl_analysis("clean_vs_contaminated"),
     output:
         png=report(
             sl_fig("fig7.png"),

@@ -1,7 +1,13 @@
 # Sample-level detection (Razmi & Xiong, CAE / CAE+): periodic-update rounds of a binary task,
-# cached poisoned rounds per attack, detector families fitted on the pooled first rounds.
+# cached poisoned rounds per attack, each registered detector fitted on the pooled first rounds,
+# and the analyses (tidy CSVs) the report draws.
 
 SL_ATTACKS = "flip|optimal|semi_optimal|mixed"
+
+
+localrules:
+    analyse_filtering,
+    analyse_scores,
 
 
 rule make_rounds:
@@ -10,9 +16,9 @@ rule make_rounds:
     output:
         sl_task_path("rounds.npz"),
     log:
-        "logs/sample_level/{task}/seed{seed}/make_rounds.log",
+        sl_task_path("make_rounds.log", root="logs"),
     benchmark:
-        "results/benchmarks/sample_level/{task}/seed{seed}/make_rounds.tsv"
+        sl_task_path("make_rounds.tsv", root="results/benchmarks")
     conda:
         "../envs/cpu.yaml"
     container:
@@ -32,9 +38,9 @@ rule poison_rounds:
     output:
         sl_path("poisoned.npz"),
     log:
-        "logs/sample_level/{task}/{attack}/p{n_poison}/seed{seed}/poison_rounds.log",
+        sl_path("poison_rounds.log", root="logs"),
     benchmark:
-        "results/benchmarks/sample_level/{task}/{attack}/p{n_poison}/seed{seed}/poison_rounds.tsv"
+        sl_path("poison_rounds.tsv", root="results/benchmarks")
     wildcard_constraints:
         attack=SL_ATTACKS,
         n_poison=r"\d+",
@@ -53,16 +59,16 @@ rule fit_filter:
     input:
         sl_path("poisoned.npz"),
     output:
-        scores=sl_path("filter/{family}_{train_on}.parquet"),
-        summary=sl_path("filter/{family}_{train_on}.json"),
+        scores=sl_path("filter/{detector}_{train_on}.parquet"),
+        summary=sl_path("filter/{detector}_{train_on}.json"),
     log:
-        "logs/sample_level/{task}/{attack}/p{n_poison}/seed{seed}/fit_{family}_{train_on}.log",
+        sl_path("fit_{detector}_{train_on}.log", root="logs"),
     benchmark:
-        "results/benchmarks/sample_level/{task}/{attack}/p{n_poison}/seed{seed}/fit_{family}_{train_on}.tsv"
+        sl_path("fit_{detector}_{train_on}.tsv", root="results/benchmarks")
     wildcard_constraints:
         attack=SL_ATTACKS,
         n_poison=r"\d+",
-        family="cae|od|magnet",
+        detector="|".join(SL_DETECTORS) or "none",
         train_on="contaminated|clean",
     conda:
         "../envs/gpu.yaml"
@@ -71,10 +77,9 @@ rule fit_filter:
     resources:
         **gpu_resources(),
     params:
-        detectors=SL["detectors"],
+        params=lambda w: SL[w.detector],
+        shared=SL["autoencoders"],
         n_detector_rounds=SL["rounds"]["n_detector_rounds"],
-        alpha=lambda w: SL["alpha"] if w.family == "cae" else None,
-        settings=lambda w: sl_family_settings(w.family),
         arch=lambda w: sl_task(w.task)["detector_arch"],
         svm=lambda w: sl_svm_params(w.task),
         n_train=SL["rounds"]["n_train"],
@@ -98,3 +103,54 @@ rule collect_sample_level:
         config["containers"]["cpu"]
     script:
         "../scripts/collect_sample_level.py"
+
+
+rule analyse_filtering:
+    input:
+        "results/sample_level/filtering.csv",
+    output:
+        accuracy=sl_analysis("accuracy_vs_rate"),
+        clean_vs_contaminated=sl_analysis("clean_vs_contaminated"),
+        ablation=sl_analysis("ablation"),
+    log:
+        "logs/sample_level/{task}_analyse_filtering.log",
+    benchmark:
+        "results/benchmarks/sample_level/{task}_analyse_filtering.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        config["containers"]["cpu"]
+    params:
+        ablation=SL_FIG["ablation"],
+        attacks=SL["attacks"],
+        n_poison=max(SL["n_poison"]),
+        seed=SL["seeds"][0],
+    script:
+        "../scripts/analyse_filtering.py"
+
+
+rule analyse_scores:
+    input:
+        unpack(sl_figure_scores),
+    output:
+        scatter=sl_analysis("scatter"),
+        f1_vs_k=sl_analysis("f1_vs_k"),
+        sweep=sl_analysis("sweep"),
+    log:
+        "logs/sample_level/{task}_analyse_scores.log",
+    benchmark:
+        "results/benchmarks/sample_level/{task}_analyse_scores.tsv"
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        config["containers"]["cpu"]
+    params:
+        detector=SL_FIG["detector"],
+        params=SL[SL_FIG["detector"]],
+        scatter=SL_FIG["scatter"],
+        sweep_param=SL_FIG["sweep_param"],
+        sweep_values=SL_FIG["sweep_values"],
+        n_poison=max(SL["n_poison"]),
+        seed=SL["seeds"][0],
+    script:
+        "../scripts/analyse_scores.py"

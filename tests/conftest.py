@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from poisondetect.detectors import registry
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Small enough to run in about a minute on 2 cores; large enough that the models learn.
@@ -54,12 +56,14 @@ TINY_CONFIG = {
         "n_poison": [3],
         "rounds": {"n_rounds": 6, "n_detector_rounds": 4, "n_train": 30, "n_val": 30, "n_test": 30},
         "optimal": {"max_iter": 10},
-        "detectors": ["cae_plus", "cae", "rae", "od", "magnet", "magnet_reformer"],
+        "detectors": registry.names("sample"),  # every registered detector
         "train_on": ["contaminated", "clean"],
         "autoencoders": {"batch_size": 32, "lr": 0.01},
-        "rae": {"epochs": 3},
+        "cae_plus": {"rae_epochs": 3, "cae_epochs": 3},
         "cae": {"epochs": 3},
+        "rae": {"epochs": 3},
         "magnet": {"epochs": 3},
+        "magnet_reformer": {"epochs": 3},
     },
 }
 
@@ -98,6 +102,17 @@ def write_config(workdir: Path, config: dict) -> Path:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module: tiny networks run faster, and the CPU is shared."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

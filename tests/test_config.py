@@ -25,7 +25,9 @@ def test_defaults_are_filled_in():
     assert ml["attacks"]["pattern_size"] == 5
     assert ml["finetune"]["variants"]["paper"]["lr_factor"] == 0.1
     assert cfg["resources"]["gpu_jobs"]["gpu"] == 1
-    assert cfg["sample_level"]["alpha"] == 0.66
+    assert cfg["sample_level"]["cae_plus"]["alpha"] == 0.66
+    assert cfg["sample_level"]["magnet_reformer"]["epochs"] == 300  # every detector has its block
+    assert cfg["sample_level"]["activation_clustering"] == {"n_components": 10, "max_size": 0.35}
 
 
 def test_shipped_config_is_valid():

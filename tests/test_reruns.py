@@ -22,6 +22,7 @@ REPORT = {"collect_model_level": 1, "model_level_tables": 1, "model_level_figure
 AE_DETECTORS = 2  # ae_mean and ae_class read the auto-encoder's errors
 N_SL_CELLS = 2  # attacks flip, optimal at 3 poisons
 N_TRAIN_ON = 2  # contaminated, clean
+N_DETECTORS = len(TINY_CONFIG["sample_level"]["detectors"])
 
 
 def _dry_run(run, tmp_path, change) -> dict[str, int]:
@@ -73,7 +74,7 @@ def test_figure_settings_rerun_only_the_report_jobs(tiny_run, tmp_path):
     assert jobs == {
         "model_level_figure": 1,
         "model_level_roc_figures": 1,
-        "sample_level_cae_figures": 1,
+        "sample_level_detector_figures": 1,
         "sample_level_accuracy_figure": 1,
         "sample_level_clean_vs_contaminated": 1,
         "all": 1,
@@ -83,12 +84,13 @@ def test_figure_settings_rerun_only_the_report_jobs(tiny_run, tmp_path):
 def test_sample_detector_change_reruns_no_attack(tiny_run, tmp_path):
     jobs = _dry_run(tiny_run, tmp_path, lambda c: c["sample_level"]["cae"].update(epochs=4))
     assert "poison_rounds" not in jobs and "make_rounds" not in jobs
-    assert jobs["fit_filter"] == N_SL_CELLS * N_TRAIN_ON  # only the CAE family's fits
+    assert jobs["fit_filter"] == N_SL_CELLS * N_TRAIN_ON  # only the CAE's fits
     assert set(jobs) == {
         "fit_filter",
         "collect_sample_level",
+        "analyse_filtering",  # not analyse_scores: it reads only CAE+'s scores
         "sample_level_tables",
-        "sample_level_cae_figures",
+        "sample_level_detector_figures",
         "sample_level_accuracy_figure",
         "sample_level_clean_vs_contaminated",
         "all",
@@ -99,7 +101,7 @@ def test_attack_change_reruns_the_attack_and_its_descendants_only(tiny_run, tmp_
     jobs = _dry_run(tiny_run, tmp_path, lambda c: c["sample_level"]["optimal"].update(max_iter=5))
     # the flipping attack does not use the optimiser's settings: only the optimal cell reruns
     assert jobs["poison_rounds"] == 1
-    assert jobs["fit_filter"] == 3 * N_TRAIN_ON  # cae, od, magnet families of that cell
+    assert jobs["fit_filter"] == N_DETECTORS * N_TRAIN_ON  # every detector of that cell
     assert "make_rounds" not in jobs and "train_genuine" not in jobs
 
 

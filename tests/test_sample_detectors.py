@@ -3,6 +3,8 @@ flipped labels on a small digits task, determinism, baselines."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -10,29 +12,18 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
 from poisondetect.detectors.baselines import OD, MagNet
-from poisondetect.detectors.cae import CAE, RAE, CAEPlus, combine, infer_image_shape
-from poisondetect.detectors.decision import gmm_decision, top_k_decision
-from poisondetect.detectors.nets import (
-    DenseAutoencoder,
-    evaluate_loss,
-    fit_loop,
-    mlp,
-    split_indices,
-)
+from poisondetect.detectors.cae import CAE, RAE, CAEPlus
+from poisondetect.detectors.decision import combine, gmm_decision, top_k_decision
+from poisondetect.detectors.nets import DenseAutoencoder, infer_image_shape, mlp
 from poisondetect.errors import PoisonDetectError
+from poisondetect.fitting import evaluate_loss, fit_loop, split_indices
 from poisondetect.metrics import filter_metrics
 
 # Small, fast settings for the 8x8 digits (the paper's 300 / 100 epochs at batch 256 are for 28x28).
 FAST = dict(batch_size=32, lr=1e-2, device="cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: tiny convolutions run faster, and the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +62,28 @@ def test_combine_hand_computed():
 
 def test_caeplus_score_is_weighted_sum_of_normalised_terms(caeplus, flipped_digits):
     x, y, _ = flipped_digits
-    re, ce = caeplus.score_terms(x, y)
+
+    def with_alpha(alpha):  # the fitted CAE+ with another alpha (a scoring-time parameter)
+        return copy.copy(caeplus).set_params(alpha=alpha)
+
+    sub = caeplus.sub_scores(x, y)
+    re, ce = sub["re"], sub["ce"]
     assert re.shape == ce.shape == (len(x),)
     assert np.all(re > 0) and np.all(ce >= 0)
     # RE is the L1 norm of x - x_hat of the RAE
-    x_hat = caeplus.rae.reconstruct(x)
+    x_hat = caeplus.rae_.reconstruct(x)
     np.testing.assert_allclose(re, np.abs(x - x_hat).sum(1), rtol=1e-4)
     for alpha in (0.66, 0.2):
         expected = alpha * re / np.linalg.norm(re) + (1 - alpha) * ce / np.linalg.norm(ce)
-        np.testing.assert_allclose(caeplus.score_samples(x, y, alpha=alpha), expected, rtol=1e-6)
+        np.testing.assert_allclose(with_alpha(alpha).score_samples(x, y), expected, rtol=1e-6)
     np.testing.assert_allclose(
-        caeplus.score_samples(x, y, alpha=1.0), re / np.linalg.norm(re), rtol=1e-6
+        with_alpha(1.0).score_samples(x, y), re / np.linalg.norm(re), rtol=1e-6
     )
     np.testing.assert_allclose(
-        caeplus.score_samples(x, y, alpha=0.0), ce / np.linalg.norm(ce), rtol=1e-6
+        with_alpha(0.0).score_samples(x, y), ce / np.linalg.norm(ce), rtol=1e-6
     )
+    # rescoring the stored sub-scores with another alpha gives the same scores (Fig. 4's sweep)
+    np.testing.assert_allclose(with_alpha(0.2).score_from(sub), with_alpha(0.2).score_samples(x, y))
     # default alpha is the constructor's (0.66), normalised over the batch being scored
     np.testing.assert_allclose(caeplus.score_samples(x, y), combine(re, ce, 0.66))
     sub = slice(0, 50)
@@ -96,10 +94,10 @@ def test_caeplus_score_is_weighted_sum_of_normalised_terms(caeplus, flipped_digi
 
 def test_cae_ce_is_cross_entropy_of_given_label(caeplus, flipped_digits):
     x, y, _ = flipped_digits
-    proba = caeplus.cae.predict_proba(x[:20])
-    _, ce = caeplus.cae.score_terms(x[:20], y[:20])
+    proba = caeplus.cae_.predict_proba(x[:20])
+    ce = caeplus.cae_.sub_scores(x[:20], y[:20])["ce"]
     np.testing.assert_allclose(ce, -np.log(proba[np.arange(20), y[:20]]), rtol=1e-4, atol=1e-6)
-    _, ce_flipped = caeplus.cae.score_terms(x[:20], 1 - y[:20])
+    ce_flipped = caeplus.cae_.sub_scores(x[:20], 1 - y[:20])["ce"]
     np.testing.assert_allclose(
         ce_flipped, -np.log(proba[np.arange(20), 1 - y[:20]]), rtol=1e-4, atol=1e-6
     )
@@ -138,12 +136,12 @@ def test_rae_reconstruction_error_falls(flipped_digits):
 
 def test_same_seed_same_scores(flipped_digits):
     x, y, _ = flipped_digits
-    a = CAE(epochs=3, seed=7, **FAST).fit(x, y).score_terms(x, y)
-    b = CAE(epochs=3, seed=7, **FAST).fit(x, y).score_terms(x, y)
-    c = CAE(epochs=3, seed=8, **FAST).fit(x, y).score_terms(x, y)
-    np.testing.assert_array_equal(a[0], b[0])
-    np.testing.assert_array_equal(a[1], b[1])
-    assert not np.array_equal(a[1], c[1])
+    a = CAE(epochs=3, seed=7, **FAST).fit(x, y).sub_scores(x, y)
+    b = CAE(epochs=3, seed=7, **FAST).fit(x, y).sub_scores(x, y)
+    c = CAE(epochs=3, seed=8, **FAST).fit(x, y).sub_scores(x, y)
+    np.testing.assert_array_equal(a["re"], b["re"])
+    np.testing.assert_array_equal(a["ce"], b["ce"])
+    assert not np.array_equal(a["ce"], c["ce"])
     m1 = MagNet(epochs=2, seed=3, **FAST).fit(x).score_samples(x)
     m2 = MagNet(epochs=2, seed=3, **FAST).fit(x).score_samples(x)
     np.testing.assert_array_equal(m1, m2)
@@ -174,7 +172,8 @@ def test_magnet_masks_reformer_and_distinct_autoencoders(flipped_digits):
     ae1, ae2 = mag.nets_
     assert ae1 is not ae2
     assert [p.shape for p in ae1.parameters()] != [p.shape for p in ae2.parameters()]
-    e1, e2 = mag.errors(x)
+    e = mag.sub_scores(x)
+    e1, e2 = e["e1"], e["e2"]
     assert not np.allclose(e1, e2)
     mask = mag.predict(x)
     assert mask.dtype == bool and mask.shape == (len(x),)
@@ -191,7 +190,7 @@ def test_magnet_masks_reformer_and_distinct_autoencoders(flipped_digits):
         p.shape for p in dense.nets_[1].parameters()
     ]
     with pytest.raises(PoisonDetectError):
-        MagNet(archs=("conv_nopool", "conv_nopool"))
+        MagNet(archs=("conv_nopool", "conv_nopool")).fit(x)
 
 
 # ----------------------------------------------------------------------------- decisions
@@ -307,4 +306,4 @@ def test_bad_input_raises(flipped_digits):
         with pytest.raises(PoisonDetectError):
             cae.fit(*args)
     with pytest.raises(PoisonDetectError):
-        CAEPlus(alpha=1.2)
+        CAEPlus(alpha=1.2).fit(x, y)

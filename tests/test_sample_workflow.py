@@ -64,13 +64,43 @@ def test_poisoned_rounds_are_cached_with_their_masks(tiny_run):
 
 def test_topk_flags_exactly_the_poison_count(tiny_run):
     scores = pd.read_parquet(
-        tiny_run / "results/sample_level/digits_1v7/flip/p3/seed0/filter/cae_contaminated.parquet"
+        tiny_run
+        / "results/sample_level/digits_1v7/flip/p3/seed0/filter/cae_plus_contaminated.parquet"
     )
-    assert set(scores["detector"]) == {"rae", "cae", "cae_plus"}
-    assert {"re", "ce", "score", "is_poison", "round"} <= set(scores.columns)
+    assert set(scores["detector"]) == {"cae_plus"}
+    assert {"re", "ce", "score", "flagged", "is_poison", "round"} <= set(scores.columns)
     assert set(scores["round"]) == set(
         range(SL["rounds"]["n_detector_rounds"], SL["rounds"]["n_rounds"])
     )
+
+
+def test_new_baselines_are_in_every_table(tiny_run):
+    out = tiny_run / "results/sample_level"
+    df = pd.read_csv(out / "filtering.csv")
+    for name in ("spectral_signatures", "activation_clustering"):
+        assert set(df.loc[df["detector"] == name, "attack"]) == set(SL["attacks"])
+    f1 = pd.read_csv(out / "digits_1v7_f1.csv", header=[0, 1], index_col=0)
+    assert {"Spectral signatures", "Activation clustering"} <= set(f1.index)
+    assert f1.loc["Spectral signatures"].notna().all()
+
+
+def test_analyses_are_tidy_tables(tiny_run):
+    out = tiny_run / "results/sample_level"
+    df = pd.read_csv(out / "filtering.csv")
+    abl = pd.read_csv(out / "analysis/digits_1v7_ablation.csv")
+    assert list(dict.fromkeys(abl["detector"])) == ["rae", "cae", "cae_plus"]
+    gmm = df[(df["decision"] == "gmm") & (df["train_on"] == "contaminated")]
+    for row in abl.itertuples():
+        want = gmm[(gmm["attack"] == row.attack) & (gmm["detector"] == row.detector)]["f1"]
+        assert row.F1 == want.item()
+    sweep = pd.read_csv(out / "analysis/digits_1v7_sweep.csv")
+    assert set(sweep["param"]) == {"alpha"} and sweep.loc[sweep["current"], "value"].eq(0.66).all()
+    # the sweep at the configured alpha is the stage's own CAE+ F1 (GMM decision)
+    at = sweep[sweep["current"]].set_index("attack")["F1"]
+    cae_plus = gmm[gmm["detector"] == "cae_plus"].set_index("attack")["f1"]
+    assert np.allclose(at.sort_index(), cae_plus.sort_index())
+    curve = pd.read_csv(out / "analysis/digits_1v7_f1_vs_k.csv")
+    assert curve["K"].max() == 6 and (curve.loc[curve["K"] == 0, "F1"] == 0).all()
 
 
 def test_figures_and_tables_exist(tiny_run):

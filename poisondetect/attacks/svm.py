@@ -9,6 +9,7 @@ y_poison)``. Labels are 0/1 outside this module; the SVM math uses -1/+1 (label 
   are moved to maximise the mean hinge loss of the retrained SVM on the validation set.
 - ``semi_optimal``: the same optimisation, started from a random validation point with its true
   label (the label is kept).
+  Both are ``gradient_attack`` with its two parameters, the source pool and the label rule.
 - ``mixed``: a third of each (flip, optimal, semi-optimal; the remainder goes to the kinds in that
   order). The parts are made in that order, each with the earlier poisons in the training set.
 
@@ -31,6 +32,7 @@ import logging
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ from scipy.spatial.distance import cdist
 from sklearn import config_context
 from sklearn.svm import SVC
 
+from poisondetect.checks import check_xy
 from poisondetect.errors import PoisonDetectError
 
 log = logging.getLogger(__name__)
@@ -83,27 +86,6 @@ class Kernel:
 def _pm(y01: np.ndarray) -> np.ndarray:
     """0/1 labels -> -1/+1 (float)."""
     return np.where(np.asarray(y01) == 1, 1.0, -1.0)
-
-
-def _check_labels(y: np.ndarray, name: str) -> np.ndarray:
-    y = np.asarray(y)
-    bad = ~np.isin(y, (0, 1))
-    if bad.any():
-        raise PoisonDetectError(
-            f"{name}: labels must be 0/1 (map the two classes first, e.g. with make_rounds), found"
-            f" {np.unique(y[bad])[:5].tolist()}"
-        )
-    return y.astype(np.int64)
-
-
-def _check_xy(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise PoisonDetectError(f"{name}: features must be 2-D (N, D), got shape {x.shape}")
-    y = _check_labels(y, name)
-    if y.shape != (x.shape[0],):
-        raise PoisonDetectError(f"{name}: {x.shape[0]} feature rows but labels shaped {y.shape}")
-    return x, y
 
 
 def resolve_svm(svm_params: Mapping[str, Any], x_tr: np.ndarray) -> tuple[Kernel, dict[str, Any]]:
@@ -215,8 +197,8 @@ def validation_hinge_gradient(
     ``svc_or_params`` is either an ``SVC`` already fitted on exactly ``(x_tr, y_tr)`` (linear or RBF
     kernel) or the ``SVC`` keyword arguments, in which case the SVM is fitted here.
     """
-    x_tr, y_tr = _check_xy(x_tr, y_tr, "training set")
-    x_val, y_val = _check_xy(x_val, y_val, "validation set")
+    x_tr, y_tr = check_xy(x_tr, y_tr, "training set")
+    x_val, y_val = check_xy(x_val, y_val, "validation set")
     x = np.asarray(x_tr, dtype=np.float64)
     xv = np.asarray(x_val, dtype=np.float64)
     if not 0 <= poison_index < len(x):
@@ -427,12 +409,16 @@ def flip_attack(
     x_tr: np.ndarray, y_tr: np.ndarray, n_poison: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Copies of ``n_poison`` random training points with flipped labels."""
-    x_tr, y_tr = _check_xy(x_tr, y_tr, "training set")
+    x_tr, y_tr = check_xy(x_tr, y_tr, "training set")
     src = _choose(len(x_tr), _check_n(n_poison), rng)
     return x_tr[src].astype(_out_dtype(x_tr)), 1 - y_tr[src]
 
 
-def optimal_attack(
+SOURCE_POOLS = ("training", "validation")
+LABEL_RULES = ("flip", "keep")
+
+
+def gradient_attack(
     x_tr: np.ndarray,
     y_tr: np.ndarray,
     x_val: np.ndarray,
@@ -441,92 +427,60 @@ def optimal_attack(
     svm_params: Mapping[str, Any],
     rng: np.random.Generator,
     *,
+    source: str = "training",
+    labels: str = "flip",
     step: float = 0.25,
     max_iter: int = 100,
     tol: float = 1e-6,
     box: tuple[float, float] = (0.0, 1.0),
     noise: float = 1e-3,
     sources: np.ndarray | None = None,
+    base: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Biggio et al. (2012) poisons: random training points, labels flipped, features optimised.
+    """The one gradient attack (Biggio et al., 2012): poisons start at points of the ``source``
+    pool (``"training"`` or ``"validation"``) with labels by the ``labels`` rule (``"flip"`` or
+    ``"keep"``), and their features are moved to maximise the validation hinge loss.
 
-    ``sources`` (optional) are the indices of the starting training points; drawn from ``rng``
-    (without replacement while there are enough points) when not given.
+    ``optimal_attack`` = training points, labels flipped; ``semi_optimal_attack`` = validation
+    points, true labels kept. ``sources`` (optional) are the indices of the starting points in the
+    pool; drawn from ``rng`` (without replacement while there are enough points) when not given.
+    ``base`` is the training set the poisons are optimised against (default ``(x_tr, y_tr)``; the
+    mixed attack passes the clean points plus the earlier poisons).
     """
-    opts = dict(step=step, max_iter=max_iter, tol=tol, box=box, noise=noise)
-    return _optimal(x_tr, y_tr, x_val, y_val, n_poison, svm_params, rng, x_tr, y_tr, opts, sources)
-
-
-def semi_optimal_attack(
-    x_tr: np.ndarray,
-    y_tr: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    n_poison: int,
-    svm_params: Mapping[str, Any],
-    rng: np.random.Generator,
-    *,
-    step: float = 0.25,
-    max_iter: int = 100,
-    tol: float = 1e-6,
-    box: tuple[float, float] = (0.0, 1.0),
-    noise: float = 1e-3,
-    sources: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Poisons started from random validation points with their TRUE labels; features optimised.
-
-    ``sources`` (optional) are the indices of the starting validation points.
-    """
-    opts = dict(step=step, max_iter=max_iter, tol=tol, box=box, noise=noise)
-    return _semi_optimal(
-        x_tr, y_tr, x_val, y_val, n_poison, svm_params, rng, x_tr, y_tr, opts, sources
-    )
-
-
-def _optimal(
-    x_tr, y_tr, x_val, y_val, n_poison, svm_params, rng, x_base, y_base, opts, sources=None
-):
-    """Optimal poisons drawn from the clean ``x_tr``, optimised against ``x_base`` (clean + earlier)."""
-    x_tr, y_tr = _check_xy(x_tr, y_tr, "training set")
-    x_val, y_val = _check_xy(x_val, y_val, "validation set")
-    src = _sources(sources, len(x_tr), _check_n(n_poison), rng, "training")
-    y_p = 1 - y_tr[src]
+    if source not in SOURCE_POOLS or labels not in LABEL_RULES:
+        raise PoisonDetectError(
+            f"source must be one of {SOURCE_POOLS} and labels one of {LABEL_RULES}, got"
+            f" {source!r}, {labels!r}"
+        )
+    x_tr, y_tr = check_xy(x_tr, y_tr, "training set")
+    x_val, y_val = check_xy(x_val, y_val, "validation set")
+    x_pool, y_pool = (x_tr, y_tr) if source == "training" else (x_val, y_val)
+    src = _sources(sources, len(x_pool), _check_n(n_poison), rng, source)
+    y_p = 1 - y_pool[src] if labels == "flip" else y_pool[src].copy()
+    x_base, y_base = base if base is not None else (x_tr, y_tr)
     x_p = _gradient_poisons(
         np.asarray(x_base, np.float64),
         y_base,
         x_val,
         y_val,
-        x_tr[src].astype(np.float64),
+        x_pool[src].astype(np.float64),
         y_p,
         svm_params,
         rng,
-        what="optimal",
-        **opts,
+        step=step,
+        max_iter=max_iter,
+        tol=tol,
+        box=box,
+        noise=noise,
+        what=f"{source}-point/{labels}-label",
     )
     return x_p.astype(_out_dtype(x_tr)), y_p
 
 
-def _semi_optimal(
-    x_tr, y_tr, x_val, y_val, n_poison, svm_params, rng, x_base, y_base, opts, sources=None
-):
-    """Semi-optimal poisons drawn from the validation set, optimised against ``x_base``."""
-    x_tr, y_tr = _check_xy(x_tr, y_tr, "training set")
-    x_val, y_val = _check_xy(x_val, y_val, "validation set")
-    src = _sources(sources, len(x_val), _check_n(n_poison), rng, "validation")
-    y_p = y_val[src].copy()
-    x_p = _gradient_poisons(
-        np.asarray(x_base, np.float64),
-        y_base,
-        x_val,
-        y_val,
-        x_val[src].astype(np.float64),
-        y_p,
-        svm_params,
-        rng,
-        what="semi-optimal",
-        **opts,
-    )
-    return x_p.astype(_out_dtype(x_tr)), y_p
+optimal_attack = partial(gradient_attack, source="training", labels="flip")
+optimal_attack.__doc__ = "Biggio et al. (2012) poisons: random training points, labels flipped."
+semi_optimal_attack = partial(gradient_attack, source="validation", labels="keep")
+semi_optimal_attack.__doc__ = "Poisons started from random validation points with TRUE labels."
 
 
 def mixed_split(n_poison: int) -> dict[str, int]:
@@ -550,19 +504,27 @@ def mixed_attack(
 
     The parts are made in that order; the optimised ones see the earlier poisons in the training set.
     """
-    x_tr, y_tr = _check_xy(x_tr, y_tr, "training set")
+    x_tr, y_tr = check_xy(x_tr, y_tr, "training set")
     opts = _attack_options(options)
     counts = mixed_split(n_poison)
     x_f, y_f = flip_attack(x_tr, y_tr, counts["flip"], rng)
     x_base = np.concatenate([x_tr, x_f]).astype(np.float64)
     y_base = np.concatenate([y_tr, y_f])
-    x_o, y_o = _optimal(
-        x_tr, y_tr, x_val, y_val, counts["optimal"], svm_params, rng, x_base, y_base, opts
+    x_o, y_o = optimal_attack(
+        x_tr, y_tr, x_val, y_val, counts["optimal"], svm_params, rng, base=(x_base, y_base), **opts
     )
     x_base = np.concatenate([x_base, x_o])
     y_base = np.concatenate([y_base, y_o])
-    x_s, y_s = _semi_optimal(
-        x_tr, y_tr, x_val, y_val, counts["semi_optimal"], svm_params, rng, x_base, y_base, opts
+    x_s, y_s = semi_optimal_attack(
+        x_tr,
+        y_tr,
+        x_val,
+        y_val,
+        counts["semi_optimal"],
+        svm_params,
+        rng,
+        base=(x_base, y_base),
+        **opts,
     )
     kinds = np.array(
         ["flip"] * counts["flip"]
@@ -604,8 +566,8 @@ def poison(
     """
     if kind not in KINDS:
         raise PoisonDetectError(f"unknown attack kind {kind!r}; choose one of {list(KINDS)}")
-    x_tr, y_tr = _check_xy(x_tr, y_tr, "training set")
-    x_val, y_val = _check_xy(x_val, y_val, "validation set")
+    x_tr, y_tr = check_xy(x_tr, y_tr, "training set")
+    x_val, y_val = check_xy(x_val, y_val, "validation set")
     n = _check_n(n_poison)
     opts = _attack_options(attack_options)
     rng = np.random.default_rng(seed)

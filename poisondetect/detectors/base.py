@@ -17,6 +17,8 @@ their (possibly poisoned) labels. Model-level detectors take ``fit(genuine, hone
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 from sklearn.base import BaseEstimator
 
@@ -52,3 +54,51 @@ def restore_fitted(det: Detector, arrays: dict[str, np.ndarray], plain: dict) ->
     for name, value in {**plain, **arrays}.items():
         setattr(det, name, value)
     return det
+
+
+def keyword_init(**defaults):
+    """An ``__init__`` taking exactly these keyword-only parameters (with these defaults) and storing
+    each as given, with a real signature, so ``get_params`` / ``clone`` see them. Lets detectors that
+    share groups of parameters declare them once as dicts (see ``detectors.cae``) instead of
+    repeating a long signature and its assignments per class."""
+
+    def __init__(self, **params) -> None:
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected parameter(s) {unknown}")
+        for name, default in defaults.items():
+            setattr(self, name, params.get(name, default))
+
+    kw = inspect.Parameter.KEYWORD_ONLY
+    __init__.__signature__ = inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(name, kw, default=value) for name, value in defaults.items()]
+    )
+    return __init__
+
+
+class SampleDetector(Detector):
+    """Sample-level detectors: ``fit(X, y)``, ``score_samples(X, y)``, ``sub_scores(X, y)``,
+    ``predict(X, y)``, ``repair(X)``, and optionally ``score_from(sub_scores)``.
+
+    ``X`` are the features the target model sees (``(N, D)`` in ``[0, 1]``, or images), ``y`` the
+    (possibly poisoned) labels; a detector that does not use the labels ignores them. The stage
+    filters a training set by ``predict`` (default: Razmi & Xiong's 2-component GMM on the scores,
+    seeded with the detector's ``seed``) and retrains the target model on ``repair`` of the kept
+    points (default: the points themselves; MagNet + reformer: their reconstructions).
+    """
+
+    def predict(self, X, y=None) -> np.ndarray:
+        """True = poisoned: the GMM decision on ``score_samples``."""
+        from poisondetect.detectors.decision import gmm_decision
+
+        return gmm_decision(self.score_samples(X, y), seed=getattr(self, "seed", 0))
+
+    def repair(self, X) -> np.ndarray:
+        """The points the target model is retrained on in place of the kept ``X``."""
+        return X
+
+    def score_from(self, sub_scores: dict[str, np.ndarray]) -> np.ndarray:
+        """The main score recomputed from stored sub-scores with the current parameters (so a
+        scoring-time parameter such as CAE+'s ``alpha`` can be swept without refitting)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot rescore from its sub-scores")

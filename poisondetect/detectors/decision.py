@@ -1,4 +1,4 @@
-"""Turn 1-D suspicion scores into a poisoned / clean mask.
+"""Combine 1-D suspicion scores (``combine``) and turn them into a poisoned / clean mask.
 
 ``gmm_decision``: Razmi & Xiong's rule, no threshold: a 2-component Gaussian mixture on the scores,
 the component with the higher mean is "poisoned". ``top_k_decision``: the K highest scores (the
@@ -10,21 +10,31 @@ from __future__ import annotations
 import numpy as np
 from sklearn.mixture import GaussianMixture
 
-from poisondetect.errors import PoisonDetectError, require_finite
+from poisondetect.checks import check_scores
+from poisondetect.errors import PoisonDetectError
 
 
-def check_scores(scores: np.ndarray, name: str = "scores") -> np.ndarray:
-    """``scores`` as a finite 1-D float64 array, else ``PoisonDetectError``."""
-    s = np.asarray(scores, dtype=np.float64)
-    if s.ndim != 1:
-        raise PoisonDetectError(f"{name} must be 1-D (one score per point), got shape {s.shape}")
-    # Fail closed: a NaN is never above (or below) any threshold, so it would pass as clean.
-    return require_finite(
-        s,
-        name,
-        "the detector's input or its training diverged; check the data and the detector settings",
-        "points",
-    )
+def check_alpha(alpha: float) -> float:
+    """A mixing weight in ``[0, 1]``."""
+    if not 0.0 <= alpha <= 1.0:
+        raise PoisonDetectError(f"alpha must be in [0, 1], got {alpha}")
+    return float(alpha)
+
+
+def combine(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
+    """``alpha * a/||a||_2 + (1-alpha) * b/||b||_2`` (a zero vector stays zero): the one score
+    combination (CAE's Eq. 3, CAE+'s Eq. 4, MagNet's ranking score), as the authors' code: each term
+    is normalised by its L2 norm over the points scored together."""
+    check_alpha(alpha)
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise PoisonDetectError(f"scores {a.shape} and {b.shape} must be 1-D of equal length")
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        norm = np.linalg.norm(v)
+        return v / norm if norm > 0 else v
+
+    return alpha * unit(a) + (1.0 - alpha) * unit(b)
 
 
 def gmm_decision(scores: np.ndarray, seed: int = 0) -> np.ndarray:

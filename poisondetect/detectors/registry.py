@@ -13,8 +13,19 @@ from poisondetect.errors import PoisonDetectError
 
 LEVELS = ("sample", "model")
 
+# name (a config key: sample_level.<name> / model_level.detectors.<name>, and the `detector` column
+# of the tables) -> class. At the sample level the order is the order of the stage's outputs.
 _REGISTRY: dict[str, dict[str, str | type]] = {
-    "sample": {},
+    "sample": {
+        "cae_plus": "poisondetect.detectors.cae:CAEPlus",
+        "cae": "poisondetect.detectors.cae:CAE",
+        "rae": "poisondetect.detectors.cae:RAE",
+        "od": "poisondetect.detectors.baselines:OD",
+        "magnet": "poisondetect.detectors.baselines:MagNet",
+        "magnet_reformer": "poisondetect.detectors.baselines:MagNetReformer",
+        "spectral_signatures": "poisondetect.detectors.spectral:SpectralSignatures",
+        "activation_clustering": "poisondetect.detectors.spectral:ActivationClustering",
+    },
     "model": {
         "ae_mean": "poisondetect.detectors.model_level:AEMean",
         "ae_class": "poisondetect.detectors.model_level:AEClass",
@@ -59,5 +70,10 @@ def get(level: str, name: str) -> type:
 
 def build(level: str, name: str, params: dict | None = None, **extra):
     """A new, unfitted detector from its config block (``params``) plus run settings (``extra``,
-    e.g. seed and device)."""
-    return get(level, name)(**(params or {}), **extra)
+    e.g. seed, device, shared settings); an ``extra`` goes only to a detector whose constructor
+    takes it, and the config block wins over an ``extra`` of the same name."""
+    cls = get(level, name)
+    if hasattr(cls, "_get_param_names"):  # scikit-learn style: the constructor's parameters
+        accepted = set(cls._get_param_names())
+        extra = {k: v for k, v in extra.items() if k in accepted}
+    return cls(**{**extra, **(params or {})})
