@@ -26,6 +26,7 @@ from poisondetect.population import (
     parse_model,
     split_of,
 )
+from poisondetect.seeds import derive_seed, stratified_subset
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +36,13 @@ BUNDLE_KIND = "poisondetect.model_level_detector"
 
 def stage_seed(seed: int, stage: str) -> int:
     """A seed for one cell-level stage, derived from the cell's seed."""
-    return int(np.random.SeedSequence([seed, _STAGE_CODES[stage], 0]).generate_state(1)[0])
-
-
-def _stratified_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        keep.append(rng.choice(idx, size=max(1, int(round(fraction * len(idx)))), replace=False))
-    return np.sort(np.concatenate(keep))
+    return derive_seed(seed, _STAGE_CODES[stage], 0)
 
 
 def genuine_share(y: np.ndarray, scenario: str, new_data_fraction: float, seed: int) -> np.ndarray:
     """Indices of the training images M is trained on (all of them in the standard scenario)."""
     if scenario == "new_data":
-        return _stratified_subset(y, new_data_fraction, stage_seed(seed, "new_data"))
+        return stratified_subset(y, new_data_fraction, stage_seed(seed, "new_data"))
     return np.arange(len(y))
 
 

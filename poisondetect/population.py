@@ -19,9 +19,8 @@ import re
 import zlib
 from dataclasses import dataclass
 
-import numpy as np
-
 from poisondetect.errors import PoisonDetectError
+from poisondetect.seeds import derive_seed
 
 ATTACK_KINDS = ("flip", "pattern")
 MODEL_PATTERN = r"genuine|honest_[A-Za-z0-9][A-Za-z0-9_-]*_r\d+|(flip|pattern)_f[0-9.]+_e\d+_r\d+"
@@ -113,7 +112,7 @@ def split_of(spec: ModelSpec, n_fit_replicates: int) -> str:
 
 def model_seed(cell_seed: int, name: str) -> int:
     """The seed of one model of a cell, from the cell's seed and the model's name."""
-    return int(np.random.SeedSequence([cell_seed, zlib.crc32(name.encode())]).generate_state(1)[0])
+    return derive_seed(cell_seed, zlib.crc32(name.encode()))
 
 
 def attack_strength(spec: ModelSpec) -> str:
