@@ -55,37 +55,82 @@ rule poison_rounds:
         "../scripts/poison_rounds.py"
 
 
-rule fit_filter:
-    input:
-        sl_path("poisoned.npz"),
-    output:
-        scores=sl_path("filter/{detector}_{train_on}.parquet"),
-        summary=sl_path("filter/{detector}_{train_on}.json"),
-    log:
-        sl_path("fit_{detector}_{train_on}.log", root="logs"),
-    benchmark:
-        sl_path("fit_{detector}_{train_on}.tsv", root="results/benchmarks")
-    wildcard_constraints:
-        attack=SL_ATTACKS,
-        n_poison=r"\d+",
-        detector="|".join(SL_DETECTORS) or "none",
-        train_on="contaminated|clean",
-    conda:
-        "../envs/gpu.yaml"
-    container:
-        config["containers"]["gpu"]
-    resources:
-        **gpu_resources(),
-    params:
-        params=lambda w: SL[w.detector],
-        shared=SL["autoencoders"],
-        n_detector_rounds=SL["rounds"]["n_detector_rounds"],
-        arch=lambda w: sl_task(w.task)["detector_arch"],
-        svm=lambda w: sl_svm_params(w.task),
-        n_train=SL["rounds"]["n_train"],
-        device=config["device"],
-    script:
-        "../scripts/fit_filter.py"
+# Fit the detectors on the first rounds of a cell, filter and retrain on the others: one job per
+# detector (sample_level.jobs: per_detector) or one job for every detector of a cell (per_cell).
+if SL["jobs"] == "per_detector":
+
+    rule fit_filter:
+        input:
+            sl_path("poisoned.npz"),
+        output:
+            scores=sl_path("filter/{detector}_{train_on}.parquet"),
+            summary=sl_path("filter/{detector}_{train_on}.json"),
+        log:
+            sl_path("fit_{detector}_{train_on}.log", root="logs"),
+        benchmark:
+            sl_path("fit_{detector}_{train_on}.tsv", root="results/benchmarks")
+        wildcard_constraints:
+            attack=SL_ATTACKS,
+            n_poison=r"\d+",
+            detector="|".join(SL_DETECTORS) or "none",
+            train_on="contaminated|clean",
+        conda:
+            "../envs/gpu.yaml"
+        container:
+            config["containers"]["gpu"]
+        resources:
+            **gpu_resources(),
+        params:
+            params=lambda w: SL[w.detector],
+            shared=SL["autoencoders"],
+            n_detector_rounds=SL["rounds"]["n_detector_rounds"],
+            arch=lambda w: sl_task(w.task)["detector_arch"],
+            svm=lambda w: sl_svm_params(w.task),
+            n_train=SL["rounds"]["n_train"],
+            device=config["device"],
+        script:
+            "../scripts/fit_filter.py"
+
+else:
+
+    rule fit_filters:
+        input:
+            sl_path("poisoned.npz"),
+        output:
+            scores=expand(
+                sl_path("filter/{detector}_{train_on}.parquet"),
+                detector=SL_DETECTORS,
+                allow_missing=True,
+            ),
+            summary=expand(
+                sl_path("filter/{detector}_{train_on}.json"),
+                detector=SL_DETECTORS,
+                allow_missing=True,
+            ),
+        log:
+            sl_path("fit_all_{train_on}.log", root="logs"),
+        benchmark:
+            sl_path("fit_all_{train_on}.tsv", root="results/benchmarks")
+        wildcard_constraints:
+            attack=SL_ATTACKS,
+            n_poison=r"\d+",
+            train_on="contaminated|clean",
+        conda:
+            "../envs/gpu.yaml"
+        container:
+            config["containers"]["gpu"]
+        resources:
+            **gpu_resources(),
+        params:
+            params={d: SL[d] for d in SL_DETECTORS},
+            shared=SL["autoencoders"],
+            n_detector_rounds=SL["rounds"]["n_detector_rounds"],
+            arch=lambda w: sl_task(w.task)["detector_arch"],
+            svm=lambda w: sl_svm_params(w.task),
+            n_train=SL["rounds"]["n_train"],
+            device=config["device"],
+        script:
+            "../scripts/fit_filter.py"
 
 
 rule collect_sample_level:
