@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from poisondetect.detectors.base import Detector
-from poisondetect.detectors.nets import DenseAutoencoder, fit_loop
+from poisondetect.detectors.nets import DenseAutoencoder
+from poisondetect.fitting import fit_loop
 from poisondetect.errors import PoisonDetectError
 from poisondetect.io import atomic_path
 from poisondetect.runtime import pick_device

@@ -20,8 +20,6 @@ from torch import nn
 
 from poisondetect.errors import PoisonDetectError
 
-# re-exported for code that still imports them from here (detectors/autoencoder.py); new code: fitting
-from poisondetect.fitting import batched_apply, fit_loop, seeded  # noqa: F401
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
