@@ -18,8 +18,8 @@ from torch import nn
 
 from poisondetect.detectors.base import Detector
 from poisondetect.detectors.nets import DenseAutoencoder
-from poisondetect.fitting import fit_loop
 from poisondetect.errors import PoisonDetectError
+from poisondetect.fitting import fit_loop
 from poisondetect.io import atomic_path
 from poisondetect.runtime import pick_device
 

@@ -20,7 +20,6 @@ from torch import nn
 
 from poisondetect.errors import PoisonDetectError
 
-
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
     "sigmoid": nn.Sigmoid,
