@@ -110,6 +110,25 @@ def ml_finetune_settings(w):
     return {"honest": None, "attack": atk}
 
 
+FINETUNE_OUTPUTS = {
+    "models": "models/{model}.safetensors",
+    "metrics": "eval/{model}.json",
+    "activations": "activations/{model}.parquet",
+}
+
+
+def finetune_outputs(name, replicates):
+    """The outputs of a population job: every replicate of the population ``name`` (a pattern)."""
+    return {
+        key: expand(
+            ml_path(rel.replace("{model}", f"{name}_r{{rep}}")),
+            rep=range(replicates),
+            allow_missing=True,
+        )
+        for key, rel in FINETUNE_OUTPUTS.items()
+    }
+
+
 def ml_detector_inputs(w):
     """What one detector reads: every model's dump; checkpoints and AE errors where it needs them."""
     from poisondetect.detectors import registry

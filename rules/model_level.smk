@@ -55,25 +55,6 @@ rule train_genuine:
 # Fine-tune M into the populations: each job fine-tunes (honestly or with an attack), evaluates
 # and dumps the penultimate activations on the trigger set of one model (jobs: per_model) or of
 # every replicate of one honest variant or attack (jobs: per_population).
-FINETUNE_OUTPUTS = {
-    "models": "models/{model}.safetensors",
-    "metrics": "eval/{model}.json",
-    "activations": "activations/{model}.parquet",
-}
-
-
-def finetune_outputs(name, replicates):
-    """The outputs of a population job: every replicate of the population ``name`` (a pattern)."""
-    return {
-        key: expand(
-            ml_path(rel.replace("{model}", name + "_r{rep}")),
-            rep=range(replicates),
-            allow_missing=True,
-        )
-        for key, rel in FINETUNE_OUTPUTS.items()
-    }
-
-
 if ML["jobs"] == "per_model":
 
     rule finetune:
