@@ -125,7 +125,7 @@ def _gpu_rules() -> dict[str, str]:
     for path in files:
         if not path.is_file():
             continue
-        parts = re.split(r"(?m)^(?:rule|checkpoint)\s+(\w+)\s*:", path.read_text())
+        parts = re.split(r"(?m)^[ \t]*(?:rule|checkpoint)\s+(\w+)\s*:", path.read_text())
         for name, body in zip(parts[1::2], parts[2::2], strict=True):
             if re.search(r"gpu_resources\(\)|\bgpu\s*=", body):
                 found[name] = path.name
