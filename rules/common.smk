@@ -58,10 +58,6 @@ def ml_models(scenario):
     return population.cell_models(ML, scenario)
 
 
-def ml_cell_models(w):
-    return ml_models(w.scenario)
-
-
 def ml_model_files(pattern):
     """Input function: ``pattern`` (relative to a cell, with {model}) for every model of the cell
     (the scripts key them by file name: the model's name)."""
