@@ -60,14 +60,26 @@ def trigger_set(
     return idx, ds.x_test[idx], ds.y_test[idx]
 
 
-def _dump(net, ds, out: str, *, trigger: dict, seed: int, device, metadata: dict) -> None:
-    """Penultimate activations of one model on the cell's trigger set, to Parquet."""
+def _save_and_dump(
+    net, ds, meta: dict, model_out: str, activations_out: str, *, trigger: dict, seed: int, device
+) -> None:
+    """Save one model's checkpoint and dump its penultimate activations on the cell's trigger set
+    to Parquet (the dump records the checkpoint's metadata and hash)."""
     from poisondetect.activations import dump_activations
+    from poisondetect.checkpoints import save_checkpoint
 
+    save_checkpoint(net, model_out, meta)
     idx, x, y = trigger_set(ds, trigger["max_samples"], seed)
     t0 = time.perf_counter()
-    md = {**metadata, "trigger_indices_sha256": sha256_array(idx)}
-    n = dump_activations(net, x, y, out, md, batch_size=trigger["batch_size"], device=device)
+    md = {
+        **meta,
+        "checkpoint": meta,
+        "model_sha256": sha256_file(model_out),
+        "trigger_indices_sha256": sha256_array(idx),
+    }
+    n = dump_activations(
+        net, x, y, activations_out, md, batch_size=trigger["batch_size"], device=device
+    )
     log.info("dumped %d activation rows in %.1fs", n, time.perf_counter() - t0)
 
 
@@ -108,7 +120,6 @@ def train_genuine(
     """Train the genuine model M (on a share of the training set in the new-data scenario)."""
     import torch
 
-    from poisondetect.checkpoints import save_checkpoint
     from poisondetect.data import load_prepared
     from poisondetect.models import build_model
     from poisondetect.runtime import pick_device
@@ -136,15 +147,8 @@ def train_genuine(
     acc = accuracy(model, ds.x_test, ds.y_test, device=dev)
     log.info("genuine %s on %s: test accuracy %.4f (%.1fs on %s)", arch, dataset, acc, seconds, dev)
     meta = {**spec, "dataset": dataset, "model": "genuine", "seed": seed, "scenario": scenario}
-    save_checkpoint(model, model_out, meta)
-    _dump(
-        model,
-        ds,
-        activations_out,
-        trigger=trigger,
-        seed=seed,
-        device=dev,
-        metadata={**meta, "model_sha256": sha256_file(model_out), "checkpoint": meta},
+    _save_and_dump(
+        model, ds, meta, model_out, activations_out, trigger=trigger, seed=seed, device=dev
     )
     write_json(
         metrics_out,
@@ -198,7 +202,7 @@ def _finetune_one(
     """Fine-tune M into one model: an honest variant (``honest``: epochs, lr_factor, data,
     augment) or an attack (``attack``; the kind, fraction and epochs come from the name)."""
     from poisondetect.attacks.labels import apply_attack, paste_pattern
-    from poisondetect.checkpoints import load_checkpoint, save_checkpoint
+    from poisondetect.checkpoints import load_checkpoint
     from poisondetect.training import accuracy, predict, train_model
 
     spec = parse_model(model)
@@ -275,15 +279,8 @@ def _finetune_one(
         success_test = float((predict(net, xt, device=dev) == target).mean()) if len(xt) else None
     log.info("%s: test accuracy %.4f, attack success %s (%.1fs)", model, acc, success, seconds)
     meta = {**meta, "model": model, "seed": seed}
-    save_checkpoint(net, out["model"], meta)
-    _dump(
-        net,
-        ds,
-        out["activations"],
-        trigger=trigger,
-        seed=seed,
-        device=dev,
-        metadata={**meta, "model_sha256": sha256_file(out["model"]), "checkpoint": meta},
+    _save_and_dump(
+        net, ds, meta, out["model"], out["activations"], trigger=trigger, seed=seed, device=dev
     )
     write_json(
         out["metrics"],
@@ -458,16 +455,21 @@ def _save_safetensors(path: str, arrays: dict[str, np.ndarray], meta: dict) -> N
 
 
 # -- calibration --------------------------------------------------------------------------------
-def calibrate_scores(df: pd.DataFrame, fpr: float) -> pd.DataFrame:
+def calibrate_scores(df: pd.DataFrame, fpr: float) -> tuple[pd.DataFrame, dict]:
     """Thresholds per (detector, statistic) from the honest fitting replicates; flags and
     empirical p-values of every model. ``df`` has columns model, split, detector, statistic,
-    value."""
+    value. Returns the scored table and, per "detector:statistic", the threshold and the honest
+    scores it came from (what the audit bundle stores)."""
     from poisondetect.metrics import calibrated_threshold, empirical_pvalue
 
-    out = []
-    for (_det, _stat), g in df.groupby(["detector", "statistic"], sort=False):
+    out, thresholds = [], {}
+    for (det, stat), g in df.groupby(["detector", "statistic"], sort=False):
         ref = g[g["split"] == "fit"]
         thr = calibrated_threshold(ref["value"], fpr)
+        thresholds[f"{det}:{stat}"] = {
+            "threshold": thr,
+            "honest_scores": [float(v) for v in ref["value"]],
+        }
         g = g.assign(threshold=thr, flagged=g["value"] > thr)
         # rank among the honest fitting replicates (a fitting replicate among the others)
         g["pvalue"] = [
@@ -477,7 +479,7 @@ def calibrate_scores(df: pd.DataFrame, fpr: float) -> pd.DataFrame:
             for m, v in zip(g["model"], g["value"], strict=True)
         ]
         out.append(g)
-    return pd.concat(out, ignore_index=True)
+    return pd.concat(out, ignore_index=True), thresholds
 
 
 def calibrate(
@@ -510,7 +512,7 @@ def calibrate(
     df = pd.concat(frames, ignore_index=True)
     specs = {m: parse_model(m) for m in df["model"].unique()}
     df["split"] = df["model"].map(lambda m: split_of(specs[m], n_fit_replicates))
-    df = calibrate_scores(df, calibration["fpr"])
+    df, thresholds = calibrate_scores(df, calibration["fpr"])
     for key in ("role", "variant", "replicate", "fraction", "epochs"):
         df[key] = df["model"].map(lambda m, k=key: getattr(specs[m], k))
     df[["replicate", "epochs"]] = df[["replicate", "epochs"]].astype("Int64")
@@ -524,7 +526,7 @@ def calibrate(
     rows = []
     for m, path in metrics.items():
         ev = read_json(path)
-        s = specs[m] if m in specs else parse_model(m)
+        s = specs[m]
         row = {
             **cell,
             "model": m,
@@ -558,13 +560,6 @@ def calibrate(
     for det, (arr, meta) in fitted.items():
         arrays.update(arr)
         detectors[det] = {"params": meta["params"], "fitted": meta["fitted"]}
-    thresholds = {}
-    for (det, stat), g in df.groupby(["detector", "statistic"], sort=False):
-        ref = g[g["split"] == "fit"]
-        thresholds[f"{det}:{stat}"] = {
-            "threshold": float(g["threshold"].iloc[0]),
-            "honest_scores": [float(v) for v in ref["value"]],
-        }
     ds = load_prepared(data)
     idx, x, y = trigger_set(ds, trigger["max_samples"], cell["seed"])
     genuine_md = read_activations(genuine_activations).metadata
