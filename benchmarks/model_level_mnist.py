@@ -295,7 +295,7 @@ def main(argv=None) -> None:
     roc = pd.read_csv(work / "results" / "model_level" / "roc.csv")
     roc_report(roc, log)
     det = pd.read_csv(work / "results" / "model_level" / "detection.csv")
-    acc = det.groupby(["role", "variant", "fraction"], dropna=False)[
+    acc = det.groupby(["role", "variant", "attack", "fraction"], dropna=False)[
         ["accuracy", "attack_success"]
     ].mean()
     log("Mean test accuracy and attack success per population:")

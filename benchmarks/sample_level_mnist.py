@@ -191,7 +191,7 @@ def attack_tables(df: pd.DataFrame, log: Report) -> dict:
         log("  " + "-" * (len(head) - 2))
         rows = {}
         for d in DETECTORS:
-            g = a[(a["detector"] == d) & (a["decision"] == "gmm")]
+            g = a[(a["detector"] == d) & (a["decision"] == "own")]
             k = a[(a["detector"] == d) & (a["decision"] == "topk")]
             if g.empty:
                 continue

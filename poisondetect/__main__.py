@@ -2,8 +2,8 @@
 
 ``audit``: prints every detector's score of a suspicious checkpoint on the bundle's trigger set, its
 calibrated threshold, its rank among the honest fine-tunes (an empirical p-value) and the verdict,
-naming the detectors the verdict comes from; and the paper's rule (mean reconstruction error
-against Tr). Exit status: 0 not poisoned, 1 POISONED, 2 bad input. Checkpoints are read as
+naming the detectors the verdict comes from; and, on a line of its own, the paper's rule (mean
+reconstruction error against its own threshold Tr). Exit status: 0 not poisoned, 1 POISONED, 2 bad input. Checkpoints are read as
 safetensors or weights-only state dicts; pickled code is refused.
 
 ``filter`` fits a sample-level detector (CAE+ by default, any registered one by name, with the
@@ -18,6 +18,7 @@ import json
 import sys
 
 from poisondetect.errors import PoisonDetectError
+from poisondetect.names import SAMPLE_DETECTOR_ARCHS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--arch",
         default=None,
-        choices=["conv", "conv_nopool", "dense"],
+        choices=SAMPLE_DETECTOR_ARCHS,
         help="auto-encoder architecture (default: the task's, else conv for images, dense otherwise)",
     )
     f.add_argument("--seed", type=int, default=0)
@@ -81,10 +82,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def format_audit(r: dict) -> str:
-    """The audit result as a table, one detector statistic a line, then the verdict."""
+    """The audit result: the bundle's digest, one line per detector statistic with its calibrated
+    threshold, the calibrated verdict, and the paper's rule on a line of its own."""
+    guaranteed = r["guaranteed_fpr"] * 100
     lines = [
-        f"model {r['model']}: {r['n_trigger']} trigger images; thresholds at a "
-        f"{r['fpr'] * 100:g}% false-alarm rate of the honest fine-tunes",
+        f"model {r['model']}: {r['n_trigger']} trigger images",
+        f"detector bundle digest {r['bundle_digest']} (compare with the one the workflow logged)",
+        f"calibrated thresholds: requested false-alarm rate {r['fpr'] * 100:g}%; the honest "
+        f"models they were set on can guarantee at most {guaranteed:.3g}% per threshold",
         f"  {'detector':<32}{'score':>12}{'threshold':>12}{'p-value':>9}  flagged",
     ]
     for d in r["detectors"]:
@@ -93,15 +98,18 @@ def format_audit(r: dict) -> str:
             f"{mark} {d['detector']:<32}{d['score']:>12.5g}{d['threshold']:>12.5g}"
             f"{d['pvalue']:>9.3f}  {'yes' if d['flagged'] else 'no'}"
         )
+    by = ", ".join(r["flagged_by"]) or "none of them flags"
+    lines.append(
+        f"calibrated verdict: {r['verdict']} (from the detectors marked *: "
+        f"{', '.join(r['verdict_from'])}; flagged by: {by})"
+    )
     if "paper" in r:
         p = r["paper"]
         lines.append(
-            f"paper's rule: mean reconstruction error {p['mean_error']:.6g} "
-            f"{'>' if p['flagged'] else '<='} Tr {p['threshold']:.6g} -> "
+            f"paper's rule ({p['statistic']}, its own threshold Tr, not calibrated): score "
+            f"{p['score']:.6g} {'>' if p['flagged'] else '<='} Tr {p['threshold']:.6g} -> "
             f"{'poisoned' if p['flagged'] else 'not poisoned'}"
         )
-    by = ", ".join(r["flagged_by"]) or "none of them flags"
-    lines.append(f"{r['verdict']} (verdict from {', '.join(r['verdict_from'])}, marked *: {by})")
     return "\n".join(lines)
 
 
@@ -111,7 +119,7 @@ def _device_and_json(p: argparse.ArgumentParser) -> None:
 
 
 def _audit(args: argparse.Namespace) -> tuple[dict, str, int]:
-    from poisondetect.model_level import audit
+    from poisondetect.model_level.audit import audit
 
     result = audit(args.bundle, args.model, args.data, args.device, arch=args.arch)
     return result, format_audit(result), 1 if result["flagged"] else 0

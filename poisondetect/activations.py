@@ -59,8 +59,10 @@ def iter_penultimate(
 
     The activations are the input of ``model.classifier``, captured by a forward pre-hook that is
     removed afterwards. The model runs in eval mode (its previous mode is restored at the end) on
-    ``device``; only one batch of ``x`` is on the device at a time.
+    ``device``, through the one batched inference (``fitting.iter_batches``).
     """
+    from poisondetect.fitting import iter_batches
+
     x = _check_images(x)
     if batch_size < 1:
         raise PoisonDetectError(f"batch_size must be at least 1, got {batch_size}")
@@ -70,30 +72,52 @@ def iter_penultimate(
     def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         captured.append(inputs[0].detach())
 
+    def forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(batch)
+        if len(captured) != 1:
+            raise PoisonDetectError(
+                f"{type(model).__name__}.classifier ran {len(captured)} times in one forward "
+                "pass; expected once"
+            )
+        return captured.pop().float().reshape(len(batch), -1), logits.float()
+
     was_training = model.training
     model.to(device).eval()
     handle = model.classifier.register_forward_pre_hook(hook)
     try:
-        for start in range(0, len(x), batch_size):
-            batch = torch.from_numpy(
-                np.ascontiguousarray(x[start : start + batch_size], np.float32)
-            )
-            with torch.inference_mode():
-                logits = model(batch.to(device))
-            if len(captured) != 1:
-                raise PoisonDetectError(
-                    f"{type(model).__name__}.classifier ran {len(captured)} times in one forward "
-                    "pass; expected once"
-                )
-            acts = captured.pop()
-            yield (
-                start,
-                acts.float().cpu().numpy().reshape(len(batch), -1),
-                logits.float().cpu().numpy(),
-            )
+        images = np.asarray(x, dtype=np.float32)
+        for start, (acts, logits) in iter_batches(
+            forward, [images], batch_size=batch_size, device=device
+        ):
+            yield start, acts.numpy(), logits.numpy()
     finally:
         handle.remove()
         model.train(was_training)
+
+
+def penultimate_outputs(
+    model: nn.Module,
+    x: np.ndarray,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    what: str = "model",
+) -> tuple[np.ndarray, np.ndarray]:
+    """All penultimate activations of ``x`` as one float32 ``(N, d)`` array, and the predicted
+    classes ``(N,)``.
+
+    A NaN or an infinity in any image's activations is an error naming ``what`` (the model) and
+    how many of the images were affected: such activations would read as a clean verdict.
+    """
+    acts, preds = [], []
+    for _, a, logits in iter_penultimate(model, x, batch_size, device):
+        acts.append(a)
+        preds.append(logits.argmax(1))
+    if not acts:
+        return np.zeros((0, feature_dim(model)), np.float32), np.zeros(0, np.int64)
+    checked = require_finite(
+        np.concatenate(acts), f"{what}: penultimate activations", NONFINITE_HINT, "trigger images"
+    )
+    return checked, np.concatenate(preds).astype(np.int64)
 
 
 def penultimate_activations(
@@ -103,18 +127,8 @@ def penultimate_activations(
     device: str | torch.device = "cpu",
     what: str = "model",
 ) -> np.ndarray:
-    """All penultimate activations of ``x`` as one float32 ``(N, d)`` array.
-
-    A NaN or an infinity in any image's activations is an error naming ``what`` (the model) and
-    how many of the images were affected: such activations would read as a clean verdict.
-    """
-    parts = [acts for _, acts, _ in iter_penultimate(model, x, batch_size, device)]
-    if not parts:
-        return np.zeros((0, feature_dim(model)), np.float32)
-    acts = np.concatenate(parts)
-    return require_finite(
-        acts, f"{what}: penultimate activations", NONFINITE_HINT, "trigger images"
-    )
+    """The activations of ``penultimate_outputs`` alone."""
+    return penultimate_outputs(model, x, batch_size, device, what)[0]
 
 
 def _schema(dim: int, metadata: dict[str, Any]) -> pa.Schema:

@@ -16,16 +16,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-import safetensors
-import safetensors.torch
 import torch
 from torch import nn
 
+from poisondetect.bundles import read_safetensors, verify_digest, write_bundle
 from poisondetect.errors import PoisonDetectError, count_nonfinite
-from poisondetect.io import atomic_path, json_default
 from poisondetect.models import build_model, image_hw
 
-METADATA_KEY = "poisondetect"
+CHECKPOINT_KIND = "poisondetect.checkpoint"
 SPEC_KEYS = ("arch", "in_channels", "num_classes", "image_size", "width")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
 
@@ -47,15 +45,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: dict[st
             f"checkpoint metadata for {path} lacks {', '.join(missing)}; pass the model spec "
             f"({', '.join(SPEC_KEYS)}) in the metadata"
         )
-    try:
-        meta_json = json.dumps(metadata, sort_keys=True, default=json_default)
-    except (TypeError, ValueError) as e:
-        raise PoisonDetectError(
-            f"checkpoint metadata for {path} is not JSON serialisable: {e}"
-        ) from e
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        safetensors.torch.save_file(state, str(tmp), metadata={METADATA_KEY: meta_json})
+    write_bundle(path, model.state_dict(), {**metadata, "kind": CHECKPOINT_KIND})
 
 
 def _refuse(path: Path, reason: str) -> PoisonDetectError:
@@ -82,15 +72,13 @@ def _parse_metadata(path: Path, raw: Any) -> dict[str, Any]:
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
-        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
-            raw = (f.metadata() or {}).get(METADATA_KEY)
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except (safetensors.SafetensorError, OSError, ValueError) as e:
-        raise PoisonDetectError(
-            f"{path}: not a readable safetensors file, truncated or corrupt ({_first_line(e)}); "
-            f"{GET_INTACT_COPY}"
-        ) from e
-    return state, _parse_metadata(path, raw)
+        state, raw = read_safetensors(path, framework="pt")
+        metadata = _parse_metadata(path, raw)
+        verify_digest(path, state, metadata)
+    except PoisonDetectError as e:
+        raise PoisonDetectError(f"{e}; {GET_INTACT_COPY}") from e
+    # the file's own bookkeeping (kind, digest) is not the model's metadata
+    return state, {k: v for k, v in metadata.items() if k not in ("kind", "digest")}
 
 
 GET_INTACT_COPY = (

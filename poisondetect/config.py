@@ -53,6 +53,17 @@ def _key(error: jsonschema.ValidationError) -> str:
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
+    if error.validator == "oneOf" and error.context:
+        # `all` or a list / blocks: describe what is wrong inside the form the value has
+        inner = [
+            e for e in error.context if e.relative_path or e.validator not in ("const", "type")
+        ]
+        if inner:
+            return _describe(jsonschema.exceptions.best_match(inner))
+        forms = [b.get("const", b.get("type")) for b in error.validator_value]
+        return f"config key '{_key(error)}' = {error.instance!r}: expected " + " or ".join(
+            f"'{f}'" if f == "all" else f"an {f}" for f in forms
+        )
     key = _key(error)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
@@ -76,6 +87,14 @@ def validate_config(config: Mapping[str, Any], schema: dict | None = None) -> di
     """
     schema = load_schema() if schema is None else schema
     cfg = copy.deepcopy(dict(config))
+    _validate(cfg, schema)
+    if expand_all(cfg):  # the blocks of the detectors `all` named get their defaults
+        _validate(cfg, schema)
+    _check_consistency(cfg)
+    return canonical(cfg)
+
+
+def _validate(cfg: dict, schema: dict) -> None:
     errors = sorted(_Validator(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
         lines = "\n".join(f"  - {_describe(e)}" for e in errors)
@@ -84,8 +103,20 @@ def validate_config(config: Mapping[str, Any], schema: dict | None = None) -> di
             "Fix these keys in your config file (or --config overrides); "
             "schemas/config.schema.yaml documents every key."
         )
-    _check_consistency(cfg)
-    return canonical(cfg)
+
+
+def expand_all(cfg: dict) -> bool:
+    """Replace ``detectors: all`` of either level by every registered detector of that level
+    (model level: a block with the defaults for each); True when something was expanded."""
+    from poisondetect.detectors.registry import names
+
+    expanded = False
+    sl, ml = cfg.get("sample_level", {}), cfg.get("model_level", {})
+    if sl.get("detectors") == "all":
+        sl["detectors"], expanded = names("sample"), True
+    if ml.get("detectors") == "all":
+        ml["detectors"], expanded = {name: {} for name in names("model")}, True
+    return expanded
 
 
 def canonical(obj: Any) -> Any:
@@ -96,6 +127,13 @@ def canonical(obj: Any) -> Any:
     if isinstance(obj, list):
         return [canonical(v) for v in obj]
     return obj
+
+
+def _uses_reference(detectors: dict) -> bool:
+    """Whether a configured model-level detector needs the reference honest fine-tune."""
+    from poisondetect.detectors import registry
+
+    return any(registry.get("model", d).uses_reference for d in detectors)
 
 
 def _check_consistency(cfg: dict, data_dir: Path | None = DATA_DIR) -> None:
@@ -112,12 +150,11 @@ def _check_consistency(cfg: dict, data_dir: Path | None = DATA_DIR) -> None:
                 )
     if ml:
         variants = ml["finetune"]["variants"]
-        ae_mean = ml["detectors"].get("ae_mean")
-        if ae_mean is not None and ae_mean["threshold_variant"] not in variants:
+        reference = ml["finetune"]["reference_variant"]
+        if reference not in variants and _uses_reference(ml["detectors"]):
             problems.append(
-                f"model_level.detectors.ae_mean.threshold_variant = "
-                f"'{ae_mean['threshold_variant']}' must name one of model_level.finetune.variants "
-                f"({', '.join(variants)})"
+                f"model_level.finetune.reference_variant = '{reference}' must name one of "
+                f"model_level.finetune.variants ({', '.join(variants)})"
             )
         for name, v in variants.items():
             if v["data"] == "unseen" and "new_data" not in ml["scenarios"]:

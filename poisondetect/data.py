@@ -709,3 +709,23 @@ def _read_image_folder(path: Path, channels: int | None, image_size: int | None)
         classes=classes,
         pixel_max=255,
     )
+
+
+def prepare(fmt: str, path: str | None, out: str, options: dict) -> None:
+    """The workflow's ``prepare_data`` stage (both parts read its cache): read a data set once and
+    write it to ``out`` with ``prepare_dataset``."""
+    import logging
+    import time
+
+    t0 = time.perf_counter()
+    ds = prepare_dataset(fmt, path, out, **options)
+    logging.getLogger(__name__).info(
+        "prepared %s (%s): %d train / %d test images of shape %s, %d classes in %.1fs",
+        ds.name,
+        fmt,
+        len(ds.y_train),
+        len(ds.y_test),
+        ds.x_train.shape[1:],
+        len(ds.classes),
+        time.perf_counter() - t0,
+    )

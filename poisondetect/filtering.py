@@ -93,7 +93,7 @@ def run_filter(
     from poisondetect.detectors.nets import infer_image_shape
     from poisondetect.detectors.registry import names
     from poisondetect.metrics import filter_metrics
-    from poisondetect.sample_level import filter_points
+    from poisondetect.sample_level.stages import filter_points
 
     cfg = _load_config(config)["sample_level"]
     if detector not in names("sample"):

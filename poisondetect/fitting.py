@@ -6,7 +6,8 @@
   early stopping, one history record and one log line per epoch, a tqdm bar only on a terminal.
 - ``fit_loop``: the auto-encoders' preset (Adam, seeded hold-out split); ``training.train_model`` is
   the classifiers' preset (SGD / Adam, step schedule, augmentation) of the same loop.
-- ``batched_apply``: inference in batches, results back as numpy.
+- ``iter_batches`` / ``batched_apply``: the one batched inference (per batch, or concatenated as
+  numpy); classifiers' ``predict``, the auto-encoders' scores and the activation dumps use it.
 """
 
 from __future__ import annotations
@@ -251,28 +252,49 @@ def evaluate_loss(
     return {k: v / max(len(idx), 1) for k, v in sums.items()}
 
 
-@torch.no_grad()
+def iter_batches(
+    fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
+    tensors: Sequence[np.ndarray | torch.Tensor],
+    *,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+) -> Iterator[tuple[int, tuple[torch.Tensor, ...]]]:
+    """The one batched inference: ``fn(*batch)`` on consecutive batches of rows of ``tensors``
+    (only one batch on ``device`` at a time), without gradients; yields ``(start_row, outputs on
+    the CPU)``, ``outputs`` a tuple of tensors. Put the model in eval mode first (dropout off).
+    ``channels_last`` passes image batches in channels-last layout (as the training loop does)."""
+    if batch_size < 1:
+        raise PoisonDetectError(f"batch_size must be at least 1, got {batch_size}")
+    device = torch.device(device)
+    arrays = [torch.as_tensor(t) for t in tensors]
+    layout = _channels_last if channels_last else (lambda t: t)
+    for start in range(0, len(arrays[0]), batch_size):
+        with torch.inference_mode():
+            res = fn(*(layout(a[start : start + batch_size].to(device)) for a in arrays))
+        yield start, tuple(r.cpu() for r in res) if isinstance(res, tuple) else (res.cpu(),)
+
+
 def batched_apply(
     fn: Callable[..., torch.Tensor | tuple[torch.Tensor, ...]],
     tensors: Sequence[np.ndarray | torch.Tensor],
     *,
     batch_size: int = 1024,
     device: torch.device | str = "cpu",
+    channels_last: bool = True,
 ) -> np.ndarray | tuple[np.ndarray, ...]:
-    """Apply ``fn(*batch)`` to consecutive batches and concatenate the outputs along axis 0.
-
-    ``fn`` returns one tensor or a tuple of tensors; the result has the same structure as numpy.
-    Put the model in eval mode before calling (dropout off).
-    """
-    device = torch.device(device)
-    arrays = [torch.as_tensor(t) for t in tensors]
-    n = len(arrays[0])
-    outs: list[tuple[torch.Tensor, ...]] = []
-    for start in range(0, n, batch_size):
-        res = fn(*(_channels_last(a[start : start + batch_size].to(device)) for a in arrays))
-        outs.append(tuple(r.cpu() for r in res) if isinstance(res, tuple) else (res.cpu(),))
+    """``iter_batches`` with the outputs concatenated along axis 0, as numpy (one array, or a tuple
+    when ``fn`` returns a tuple). ``channels_last`` defaults to the training loop's layout."""
+    kw = dict(batch_size=batch_size, device=device, channels_last=channels_last)
+    outs = [out for _, out in iter_batches(fn, tensors, **kw)]
     if not outs:  # empty input: run on an empty batch for the right trailing shapes
-        res = fn(*(_channels_last(a[:0].to(device)) for a in arrays))
-        outs.append(tuple(r.cpu() for r in res) if isinstance(res, tuple) else (res.cpu(),))
+        outs = [_empty_outputs(fn, tensors, device=device, channels_last=channels_last)]
     cat = tuple(torch.cat([o[i] for o in outs]).contiguous().numpy() for i in range(len(outs[0])))
     return cat if len(cat) > 1 else cat[0]
+
+
+def _empty_outputs(fn, tensors, *, device, channels_last) -> tuple[torch.Tensor, ...]:
+    layout = _channels_last if channels_last else (lambda t: t)
+    with torch.inference_mode():
+        res = fn(*(layout(torch.as_tensor(t)[:0].to(device)) for t in tensors))
+    return tuple(r.cpu() for r in res) if isinstance(res, tuple) else (res.cpu(),)

@@ -6,6 +6,7 @@ import errno
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from poisondetect.errors import PoisonDetectError
@@ -51,7 +52,12 @@ def run_logged(log_files: Any, func: Callable[..., Any], *args: Any, **kwargs: A
     setup_logging(log_file)
     log = logging.getLogger("poisondetect")
     job = os.environ.get("SLURM_JOB_ID")
-    log.info("running on %s%s", socket.gethostname(), f" in SLURM job {job}" if job else "")
+    log.info(
+        "running on %s%s; poisondetect from %s",
+        socket.gethostname(),
+        f" in SLURM job {job}" if job else "",
+        Path(__file__).resolve().parent,
+    )
     try:
         log.info("%s", device_report(kwargs.get("device")))
         return func(*args, **kwargs)

@@ -171,6 +171,17 @@ def calibrated_threshold(honest_scores, fpr: float) -> float:
     return float(s[min(k, s.size) - 1])
 
 
+def guaranteed_fpr(n_honest: int, fpr: float) -> float:
+    """The false-alarm rate that ``calibrated_threshold`` can guarantee from ``n_honest`` honest
+    scores at the requested ``fpr``: (n + 1 - k) / (n + 1) for the k-th order statistic it takes,
+    which is ``fpr`` or less once n >= ceil(1 / fpr) - 1, and 1 / (n + 1) below that (8 honest
+    models cannot promise 5 %: at best 1 / 9 = 11.1 %)."""
+    if n_honest < 1:
+        raise PoisonDetectError("no honest scores: no false-alarm rate can be guaranteed")
+    k = min(math.ceil((n_honest + 1) * (1 - fpr)), n_honest)
+    return (n_honest + 1 - k) / (n_honest + 1)
+
+
 def empirical_pvalue(score: float, honest_scores) -> float:
     """Rank of a score among honest ones: (1 + #honest >= score) / (1 + n). Small = unusual."""
     s = _population(honest_scores, "honest")

@@ -20,22 +20,37 @@ import zlib
 from dataclasses import dataclass
 
 from poisondetect.errors import PoisonDetectError
+from poisondetect.names import MODEL_ATTACKS, attack_label, regex
 from poisondetect.seeds import derive_seed
 
-ATTACK_KINDS = ("flip", "pattern")
-MODEL_PATTERN = r"genuine|honest_[A-Za-z0-9][A-Za-z0-9_-]*_r\d+|(flip|pattern)_f[0-9.]+_e\d+_r\d+"
-_HONEST = re.compile(r"^honest_(?P<variant>[A-Za-z0-9][A-Za-z0-9_-]*)_r(?P<rep>\d+)$")
-_ATTACK = re.compile(r"^(?P<kind>flip|pattern)_f(?P<pct>[0-9.]+)_e(?P<epochs>\d+)_r(?P<rep>\d+)$")
+# the workflow's wildcard constraints ({model}, {honest}, {attack_population}) come from these
+VARIANT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*"  # an honest variant's name
+HONEST_PATTERN = rf"honest_{VARIANT_PATTERN}"  # an honest population
+ATTACK_PATTERN = rf"(?:{regex(MODEL_ATTACKS)})_f[0-9.]+_e\d+"  # an attack population
+FINETUNE_PATTERN = rf"{HONEST_PATTERN}_r\d+|{ATTACK_PATTERN}_r\d+"  # a fine-tuned model
+MODEL_PATTERN = rf"genuine|{FINETUNE_PATTERN}"
+# the files of one model in its cell's directory (the rules declare the same paths)
+MODEL_FILES = {
+    "model": "models/{model}.safetensors",
+    "metrics": "eval/{model}.json",
+    "activations": "activations/{model}.parquet",
+}
+_HONEST = re.compile(rf"^honest_(?P<variant>{VARIANT_PATTERN})_r(?P<rep>\d+)$")
+_ATTACK = re.compile(
+    rf"^(?P<kind>{regex(MODEL_ATTACKS)})_f(?P<pct>[0-9.]+)_e(?P<epochs>\d+)_r(?P<rep>\d+)$"
+)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a model name says: role (genuine / honest / attack), variant (the honest variant's
-    name, or the attack kind), replicate, and for attacks the fraction and epochs."""
+    """What a model name says: role (genuine / honest / attack), the honest variant (honest models
+    only), the attack kind (attacked models only), the replicate, and for attacks the fraction and
+    epochs."""
 
     name: str
     role: str
-    variant: str
+    variant: str | None = None
+    attack: str | None = None
     replicate: int | None = None
     fraction: float | None = None
     epochs: int | None = None
@@ -50,22 +65,32 @@ def honest_name(variant: str, replicate: int) -> str:
     return f"honest_{variant}_r{replicate}"
 
 
+def attack_population(kind: str, fraction: float, epochs: int) -> str:
+    """The name of an attack population: flip_f50_e10."""
+    return f"{kind}_f{percent(fraction)}_e{epochs}"
+
+
 def attack_name(kind: str, fraction: float, epochs: int, replicate: int) -> str:
-    return f"{kind}_f{percent(fraction)}_e{epochs}_r{replicate}"
+    return f"{attack_population(kind, fraction, epochs)}_r{replicate}"
 
 
 def parse_model(name: str) -> ModelSpec:
     if name == "genuine":
-        return ModelSpec("genuine", "genuine", "genuine")
+        return ModelSpec("genuine", "genuine")
     if m := _HONEST.match(name):
-        return ModelSpec(name, "honest", m["variant"], int(m["rep"]))
+        return ModelSpec(name, "honest", variant=m["variant"], replicate=int(m["rep"]))
     if m := _ATTACK.match(name):
         return ModelSpec(
-            name, "attack", m["kind"], int(m["rep"]), float(m["pct"]) / 100, int(m["epochs"])
+            name,
+            "attack",
+            attack=m["kind"],
+            replicate=int(m["rep"]),
+            fraction=float(m["pct"]) / 100,
+            epochs=int(m["epochs"]),
         )
     raise PoisonDetectError(
         f"bad model name {name!r}: expected genuine, honest_<variant>_r<N> or "
-        "<flip|pattern>_f<percent>_e<epochs>_r<N>"
+        f"<{'|'.join(MODEL_ATTACKS)}>_f<percent>_e<epochs>_r<N>"
     )
 
 
@@ -78,6 +103,17 @@ def honest_variants(ml: dict, scenario: str) -> list[str]:
     ]
 
 
+def attack_populations(ml: dict) -> list[str]:
+    """Every attack population's name (kind x fraction x epochs), in the config's order."""
+    atk = ml["attacks"]
+    return [
+        attack_population(k, f, e)
+        for k in atk["kinds"]
+        for f in atk["fraction"]
+        for e in atk["epochs"]
+    ]
+
+
 def cell_models(ml: dict, scenario: str) -> list[str]:
     """Every model name of a cell, genuine first, then the honest and the attacked populations."""
     names = ["genuine"]
@@ -86,13 +122,8 @@ def cell_models(ml: dict, scenario: str) -> list[str]:
         for v in honest_variants(ml, scenario)
         for r in range(ml["finetune"]["replicates"])
     ]
-    atk = ml["attacks"]
     names += [
-        attack_name(k, f, e, r)
-        for k in atk["kinds"]
-        for f in atk["fraction"]
-        for e in atk["epochs"]
-        for r in range(atk["replicates"])
+        f"{pop}_r{r}" for pop in attack_populations(ml) for r in range(ml["attacks"]["replicates"])
     ]
     return names
 
@@ -115,7 +146,11 @@ def model_seed(cell_seed: int, name: str) -> int:
     return derive_seed(cell_seed, zlib.crc32(name.encode()))
 
 
-def attack_strength(spec: ModelSpec) -> str:
-    """A short label of an attack population: "FA 50% e10", "PAA 5% e5"."""
-    label = {"flip": "FA", "pattern": "PAA"}[spec.variant]
-    return f"{label} {percent(spec.fraction)}% e{spec.epochs}"
+def population_label(spec: ModelSpec) -> str:
+    """The label of a model's population in tables, figures and the console: "Genuine",
+    "Honest paper", "FA 50% e10", "PAA 5% e5"."""
+    if spec.role == "genuine":
+        return "Genuine"
+    if spec.role == "honest":
+        return f"Honest {spec.variant}"
+    return f"{attack_label(spec.attack)} {percent(spec.fraction)}% e{spec.epochs}"

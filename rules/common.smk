@@ -1,10 +1,37 @@
-# Shared set-up: config validation (with defaults), the grid, path patterns and resources.
+# Shared set-up: the package, config validation (with defaults), the grid, path patterns, wildcard
+# constraints (from poisondetect.names) and resources.
+import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, workflow.basedir)
+# The package beside this workflow (a checkout, or a module from a local path) comes first; a
+# module from a git URL needs the package installed (pip install, see the README).
+_ROOT = Path(str(workflow.current_basedir)).parent
+if (_ROOT / "poisondetect" / "__init__.py").is_file():
+    sys.path.insert(0, str(_ROOT))
+    # the jobs' own Python processes (script:) find it too (set here, not read from the user)
+    os.environ.update(
+        PYTHONPATH=os.pathsep.join(
+            [str(_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+    )
+try:
+    import poisondetect  # noqa: F401
+except ImportError as e:
+    raise WorkflowError(
+        "the poisondetect package is not importable; install it where Snakemake runs: "
+        "pip install 'poisondetect @ git+<this workflow's repository URL>@<the same tag>'"
+    ) from e
 
-from poisondetect.config import validate_config, load_schema  # noqa: E402
-from poisondetect import population  # noqa: E402
+from poisondetect import names, population  # noqa: E402
+from poisondetect.config import (
+    configured_classes,
+    load_schema,
+    validate_config,
+)  # noqa: E402
+from poisondetect.detectors import registry  # noqa: E402
+from poisondetect.errors import PoisonDetectError  # noqa: E402
+from poisondetect.sample_level.stages import FILTER_FILES  # noqa: E402
 
 _validated = validate_config(
     config, load_schema(workflow.source_path("../schemas/config.schema.yaml"))
@@ -18,22 +45,34 @@ GPU = config["resources"]["gpu_jobs"]
 
 # One directory per model-level grid cell.
 ML_CELL = "results/model_level/{dataset}/{arch}/{scenario}/seed{seed}"
+# One directory per sample-level cell.
+SL_CELL = "results/sample_level/{task}/{attack}/p{n_poison}/seed{seed}"
 
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9][A-Za-z0-9_-]*",
-    arch=r"cnn|resnet18|resnet152|wrn28_10|vgg16|vgg19",
-    scenario=r"standard|new_data",
+    arch=names.regex(names.ARCHS),
+    scenario=names.regex(names.SCENARIOS),
     seed=r"\d+",
-    epochs=r"\d+",
     model=population.MODEL_PATTERN,
+    honest=population.HONEST_PATTERN,
+    attack_population=population.ATTACK_PATTERN,
     detector=r"[a-z][a-z0-9_]*",
+    attack=names.regex(names.SAMPLE_ATTACKS),
+    n_poison=r"\d+",
+    train_on=names.regex(names.TRAIN_ON),
 
 
+# -- model level ----------------------------------------------------------------------------------
 def ml_path(rel, root="results"):
     """Path of a model-level cell's file (a pattern with the cell's wildcards); root = results,
     logs or results/benchmarks."""
     return f"{root}/{ML_CELL.removeprefix('results/')}/{rel}"
+
+
+def ml_cell_dir(w):
+    """The directory of a job's model-level cell."""
+    return ML_CELL.format(**{k: w[k] for k in ("dataset", "arch", "scenario", "seed")})
 
 
 def dataset_spec(name):
@@ -53,27 +92,21 @@ def ml_cells():
     ]
 
 
-def ml_models(scenario):
-    """Model names of a cell: genuine, the honest and the attacked populations."""
-    return population.cell_models(ML, scenario)
-
-
-def ml_model_files(pattern):
-    """Input function: ``pattern`` (relative to a cell, with {model}) for every model of the cell
-    (the scripts key them by file name: the model's name)."""
+def ml_model_files(kind):
+    """Input function: the ``kind`` file (population.MODEL_FILES) of every model of the cell."""
 
     def files(w):
         return [
-            ml_path(pattern).format(model=m, **dict(w.items()))
-            for m in ml_models(w.scenario)
+            ml_path(population.MODEL_FILES[kind]).format(model=m, **dict(w.items()))
+            for m in population.cell_models(ML, w.scenario)
         ]
 
     return files
 
 
-def ml_cell_files(pattern):
-    """``pattern`` (relative to a cell) expanded over the whole grid."""
-    return [ml_path(pattern).format(**cell) for cell in ml_cells()]
+def ml_cell_files(rel):
+    """``rel`` (relative to a cell) expanded over the whole grid."""
+    return [ml_path(rel).format(**cell) for cell in ml_cells()]
 
 
 def ml_n_fit():
@@ -82,60 +115,64 @@ def ml_n_fit():
     )
 
 
-def ml_finetune_model(w):
-    """The (first) model of a fine-tune job: its {model}, or replicate 0 of its population."""
+def ml_job_models(w):
+    """The models one fine-tune job makes: its {model}, or every replicate of its population."""
     keys = list(w.keys())
     if "model" in keys:
-        return w.model
-    return f"honest_{w.variant}_r0" if "variant" in keys else f"{w.attack}_r0"
+        return [w.model]
+    if "honest" in keys:
+        return [f"{w.honest}_r{r}" for r in range(ML["finetune"]["replicates"])]
+    return [f"{w.attack_population}_r{r}" for r in range(ML["attacks"]["replicates"])]
 
 
 def ml_finetune_settings(w):
     """The settings one fine-tune job uses (only those, so changing another variant reruns
     nothing here): the honest variant's, or the attack's (pattern keys only for the pattern
     attack)."""
-    spec = population.parse_model(ml_finetune_model(w))
+    spec = population.parse_model(ml_job_models(w)[0])
     if spec.role == "honest":
         return {"honest": ML["finetune"]["variants"][spec.variant], "attack": None}
     atk = {
         k: v
         for k, v in ML["attacks"].items()
         if k not in ("kinds", "epochs", "fraction", "replicates")
-        and (spec.variant == "pattern" or not k.startswith("pattern_"))
+        and (spec.attack == "pattern" or not k.startswith("pattern_"))
     }
     return {"honest": None, "attack": atk}
 
 
-FINETUNE_OUTPUTS = {
-    "models": "models/{model}.safetensors",
-    "metrics": "eval/{model}.json",
-    "activations": "activations/{model}.parquet",
-}
-
-
-def finetune_outputs(name, replicates):
-    """The outputs of a population job: every replicate of the population ``name`` (a pattern)."""
+def finetune_outputs(population_name, replicates):
+    """The outputs of a population job: every replicate of ``population_name`` (a pattern)."""
     return {
         key: expand(
-            ml_path(rel.replace("{model}", f"{name}_r{{rep}}")),
+            ml_path(rel.replace("{model}", f"{population_name}_r{{rep}}")),
             rep=range(replicates),
             allow_missing=True,
         )
-        for key, rel in FINETUNE_OUTPUTS.items()
+        for key, rel in population.MODEL_FILES.items()
     }
+
+
+def ml_detector(name):
+    return registry.get("model", name)
 
 
 def ml_detector_inputs(w):
     """What one detector reads: every model's dump; checkpoints and AE errors where it needs them."""
-    from poisondetect.detectors import registry
-
-    needs = registry.get("model", w.detector).needs
-    inputs = {"activations": ml_model_files("activations/{model}.parquet")(w)}
+    needs = ml_detector(w.detector).needs
+    inputs = {"activations": ml_model_files("activations")(w)}
     if "weights" in needs:
-        inputs["checkpoints"] = ml_model_files("models/{model}.safetensors")(w)
+        inputs["checkpoints"] = ml_model_files("model")(w)
     if "errors" in needs:
         inputs["errors"] = ml_path("scores/ae_errors.parquet").format(**dict(w.items()))
     return inputs
+
+
+def ml_reference(w):
+    """The reference honest fine-tune's name, for the detectors that use one (else None)."""
+    if not ml_detector(w.detector).uses_reference:
+        return None
+    return population.honest_name(ML["finetune"]["reference_variant"], 0)
 
 
 def ml_group_cells():
@@ -153,28 +190,32 @@ def gpu_resources():
     )
 
 
-# -- sample level and report helpers ----------------------------------------------------------
-# Planning imports no stage module: only the registry's names (plain strings, no torch).
-
-from poisondetect.detectors.registry import names as _detector_names  # noqa: E402
-from poisondetect.errors import PoisonDetectError  # noqa: E402
-
-SL_DETECTORS = [d for d in _detector_names("sample") if d in SL["detectors"]]
+# -- sample level ---------------------------------------------------------------------------------
+SL_DETECTORS = [d for d in registry.names("sample") if d in SL["detectors"]]
 SL_FIG = SL["figures"]
 _unknown = sorted(
-    {SL_FIG["detector"], *SL_FIG["ablation"]} - set(_detector_names("sample"))
+    {SL_FIG["detector"], *SL_FIG["ablation"]} - set(registry.names("sample"))
 )
 if _unknown:
     raise PoisonDetectError(
         f"sample_level.figures names unregistered detector(s) {_unknown}; "
-        f"use names of sample_level.detectors' enum ({', '.join(_detector_names('sample'))})"
+        f"use names of sample_level.detectors' enum ({', '.join(registry.names('sample'))})"
     )
 
 
 def sl_path(rel, root="results"):
     """A file of a sample-level cell (a pattern with task, attack, poisons, seed); root = results,
     logs or results/benchmarks."""
-    return f"{root}/sample_level/{{task}}/{{attack}}/p{{n_poison}}/seed{{seed}}/{rel}"
+    return f"{root}/{SL_CELL.removeprefix('results/')}/{rel}"
+
+
+def sl_cell_dir(w):
+    return SL_CELL.format(**{k: w[k] for k in ("task", "attack", "n_poison", "seed")})
+
+
+def sl_filter_files(key, detectors):
+    """The ``key`` file (FILTER_FILES) of each of ``detectors`` in a cell (train_on a wildcard)."""
+    return expand(sl_path(FILTER_FILES[key]), detector=detectors, allow_missing=True)
 
 
 def sl_task_path(rel, root="results"):
@@ -212,7 +253,7 @@ def sl_svm_params(task):
 
 def sl_summaries():
     return [
-        sl_path("filter/{detector}_{train_on}.json").format(detector=d, train_on=t, **c)
+        sl_path(FILTER_FILES["summary"]).format(detector=d, train_on=t, **c)
         for c in sl_cells()
         for d in SL_DETECTORS
         for t in SL["train_on"]
@@ -232,13 +273,11 @@ def sl_analysis(name):
 def sl_figure_scores(w):
     """The per-point scores of the figures' detector at the largest poison count, first seed,
     trained on contaminated data, for every attack of the task."""
-    n = max(SL["n_poison"])
-    seed = SL["seeds"][0]
-    d = SL_FIG["detector"]
-    return {
-        a: f"results/sample_level/{w.task}/{a}/p{n}/seed{seed}/filter/{d}_contaminated.parquet"
-        for a in SL["attacks"]
-    }
+    cell = dict(task=w.task, n_poison=max(SL["n_poison"]), seed=SL["seeds"][0])
+    rel = FILTER_FILES["scores"].format(
+        detector=SL_FIG["detector"], train_on="contaminated"
+    )
+    return {a: sl_path(rel).format(attack=a, **cell) for a in SL["attacks"]}
 
 
 def sample_level_targets():

@@ -1,5 +1,6 @@
 # Model-level detection (El Moadine et al.): train M, fine-tune it honestly and with attacks,
-# dump penultimate activations on the trigger set, fit the auto-encoder, score every model.
+# dump penultimate activations on the trigger set, fit the auto-encoder, score every model,
+# calibrate, collect.
 
 
 rule prepare_data:
@@ -21,6 +22,7 @@ rule prepare_data:
             for k, v in dataset_spec(w.dataset).items()
             if k not in ("format", "path", "label")
         },
+        require_classes=lambda w: configured_classes(config, w.dataset),
     script:
         "../scripts/prepare_data.py"
 
@@ -54,91 +56,62 @@ rule train_genuine:
 
 # Fine-tune M into the populations: each job fine-tunes (honestly or with an attack), evaluates
 # and dumps the penultimate activations on the trigger set of one model (jobs: per_model) or of
-# every replicate of one honest variant or attack (jobs: per_population).
-if ML["jobs"] == "per_model":
+# every replicate of one honest variant or attack (jobs: per_population: the same rule, used
+# with the outputs of a whole population).
+rule finetune:
+    input:
+        data="results/data/{dataset}.npz",
+        genuine=ml_path("models/genuine.safetensors"),
+    output:
+        **{key: ml_path(rel) for key, rel in population.MODEL_FILES.items()},
+    log:
+        ml_path("finetune_{model}.log", "logs"),
+    benchmark:
+        ml_path("finetune_{model}.tsv", "results/benchmarks")
+    wildcard_constraints:
+        model=population.FINETUNE_PATTERN,
+    conda:
+        "../envs/gpu.yaml"
+    container:
+        config["containers"]["gpu"]
+    resources:
+        **gpu_resources(),
+    params:
+        cell_dir=ml_cell_dir,
+        models=ml_job_models,
+        train=ML["train"],
+        settings=ml_finetune_settings,
+        new_data_fraction=ML["new_data_fraction"],
+        trigger=ML["trigger_set"],
+        device=config["device"],
+    script:
+        "../scripts/finetune.py"
 
-    rule finetune:
-        input:
-            data="results/data/{dataset}.npz",
-            genuine=ml_path("models/genuine.safetensors"),
+
+if ML["jobs"] == "per_population":
+
+    use rule finetune as finetune_honest with:
         output:
-            **{key: ml_path(rel) for key, rel in FINETUNE_OUTPUTS.items()},
+            **finetune_outputs("{honest}", ML["finetune"]["replicates"]),
         log:
-            ml_path("finetune_{model}.log", "logs"),
+            ml_path("finetune_{honest}.log", "logs"),
         benchmark:
-            ml_path("finetune_{model}.tsv", "results/benchmarks")
+            ml_path("finetune_{honest}.tsv", "results/benchmarks")
         wildcard_constraints:
-            model=r"(honest|flip|pattern)_.+",
-        conda:
-            "../envs/gpu.yaml"
-        container:
-            config["containers"]["gpu"]
-        resources:
-            **gpu_resources(),
-        params:
-            train=ML["train"],
-            settings=ml_finetune_settings,
-            new_data_fraction=ML["new_data_fraction"],
-            trigger=ML["trigger_set"],
-            device=config["device"],
-        script:
-            "../scripts/finetune.py"
+            honest=population.HONEST_PATTERN,
 
-else:
-
-    rule finetune_honest:
-        input:
-            data="results/data/{dataset}.npz",
-            genuine=ml_path("models/genuine.safetensors"),
+    use rule finetune as finetune_attack with:
         output:
-            **finetune_outputs("honest_{variant}", ML["finetune"]["replicates"]),
+            **finetune_outputs("{attack_population}", ML["attacks"]["replicates"]),
         log:
-            ml_path("finetune_honest_{variant}.log", "logs"),
+            ml_path("finetune_{attack_population}.log", "logs"),
         benchmark:
-            ml_path("finetune_honest_{variant}.tsv", "results/benchmarks")
+            ml_path("finetune_{attack_population}.tsv", "results/benchmarks")
         wildcard_constraints:
-            variant=r"[A-Za-z0-9][A-Za-z0-9_-]*",
-        conda:
-            "../envs/gpu.yaml"
-        container:
-            config["containers"]["gpu"]
-        resources:
-            **gpu_resources(),
-        params:
-            train=ML["train"],
-            settings=ml_finetune_settings,
-            new_data_fraction=ML["new_data_fraction"],
-            trigger=ML["trigger_set"],
-            device=config["device"],
-        script:
-            "../scripts/finetune.py"
+            attack_population=population.ATTACK_PATTERN,
 
-    rule finetune_attack:
-        input:
-            data="results/data/{dataset}.npz",
-            genuine=ml_path("models/genuine.safetensors"),
-        output:
-            **finetune_outputs("{attack}", ML["attacks"]["replicates"]),
-        log:
-            ml_path("finetune_{attack}.log", "logs"),
-        benchmark:
-            ml_path("finetune_{attack}.tsv", "results/benchmarks")
-        wildcard_constraints:
-            attack=r"(flip|pattern)_f[0-9.]+_e\d+",
-        conda:
-            "../envs/gpu.yaml"
-        container:
-            config["containers"]["gpu"]
-        resources:
-            **gpu_resources(),
-        params:
-            train=ML["train"],
-            settings=ml_finetune_settings,
-            new_data_fraction=ML["new_data_fraction"],
-            trigger=ML["trigger_set"],
-            device=config["device"],
-        script:
-            "../scripts/finetune.py"
+    ruleorder: finetune_honest > finetune
+    ruleorder: finetune_attack > finetune
 
 
 rule fit_autoencoder:
@@ -166,7 +139,7 @@ rule fit_autoencoder:
 rule ae_errors:
     input:
         autoencoder=ml_path("autoencoder.safetensors"),
-        activations=ml_model_files("activations/{model}.parquet"),
+        activations=ml_model_files("activations"),
     output:
         ml_path("scores/ae_errors.parquet"),
     log:
@@ -199,6 +172,7 @@ rule score_detector:
     params:
         detector_params=lambda w: ML["detectors"][w.detector],
         n_fit=ml_n_fit(),
+        reference=ml_reference,
     script:
         "../scripts/score_detector.py"
 
@@ -215,12 +189,12 @@ rule calibrate:
             detector=ML["detectors"],
             allow_missing=True,
         ),
-        metrics=ml_model_files("eval/{model}.json"),
+        metrics=ml_model_files("metrics"),
         autoencoder=ml_path("autoencoder.safetensors"),
         genuine=ml_path("activations/genuine.parquet"),
         data="results/data/{dataset}.npz",
     output:
-        population=ml_path("population.csv"),
+        scores=ml_path("scores.csv"),
         detection=ml_path("detection.csv"),
         bundle=ml_path("detector.safetensors"),
     log:
@@ -232,8 +206,9 @@ rule calibrate:
     container:
         config["containers"]["cpu"]
     params:
-        detectors=list(ML["detectors"]),
-        calibration=ML["calibration"],
+        fpr=ML["calibration"]["fpr"],
+        verdict=ML["calibration"]["verdict"],
+        paper_rule=ML["calibration"]["paper_rule"],
         n_fit=ml_n_fit(),
         trigger=ML["trigger_set"],
     script:
@@ -242,13 +217,14 @@ rule calibrate:
 
 rule collect_model_level:
     input:
-        populations=ml_cell_files("population.csv"),
+        scores=ml_cell_files("scores.csv"),
         detections=ml_cell_files("detection.csv"),
     output:
         scores="results/model_level/scores.csv",
         detection="results/model_level/detection.csv",
         roc="results/model_level/roc.csv",
         curves="results/model_level/roc_curves.csv",
+        conclusions="results/model_level/conclusions.txt",
     log:
         "logs/model_level/collect.log",
     benchmark:
@@ -258,6 +234,8 @@ rule collect_model_level:
     container:
         config["containers"]["cpu"]
     params:
-        calibration=ML["calibration"],
+        fpr=ML["calibration"]["fpr"],
+        bootstrap=ML["calibration"]["bootstrap"],
+        level=ML["calibration"]["level"],
     script:
         "../scripts/collect_model_level.py"

@@ -194,12 +194,13 @@ rule sample_level_accuracy_figure:
     container:
         config["containers"]["cpu"]
     params:
+        figure="accuracy",
         style=config["report"],
     script:
         "../scripts/sample_level_figure.py"
 
 
-rule sample_level_clean_vs_contaminated:
+use rule sample_level_accuracy_figure as sample_level_clean_vs_contaminated with:
     input:
         sl_analysis("clean_vs_contaminated"),
     output:
@@ -212,11 +213,5 @@ rule sample_level_clean_vs_contaminated:
         pdf=sl_fig("fig7.pdf"),
     log:
         "logs/sample_level/{task}_fig7.log",
-    conda:
-        "../envs/cpu.yaml"
-    container:
-        config["containers"]["cpu"]
     params:
-        style=config["report"],
-    script:
-        "../scripts/sample_level_figure.py"
+        figure="clean_vs_contaminated",

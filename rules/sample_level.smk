@@ -2,8 +2,6 @@
 # cached poisoned rounds per attack, each registered detector fitted on the pooled first rounds,
 # and the analyses (tidy CSVs) the report draws.
 
-SL_ATTACKS = "flip|optimal|semi_optimal|mixed"
-
 
 localrules:
     analyse_filtering,
@@ -41,9 +39,6 @@ rule poison_rounds:
         sl_path("poison_rounds.log", root="logs"),
     benchmark:
         sl_path("poison_rounds.tsv", root="results/benchmarks")
-    wildcard_constraints:
-        attack=SL_ATTACKS,
-        n_poison=r"\d+",
     conda:
         "../envs/cpu.yaml"
     container:
@@ -56,81 +51,55 @@ rule poison_rounds:
 
 
 # Fit the detectors on the first rounds of a cell, filter and retrain on the others: one job per
-# detector (sample_level.jobs: per_detector) or one job for every detector of a cell (per_cell).
-if SL["jobs"] == "per_detector":
+# detector (sample_level.jobs: per_detector) or one job for every detector of a cell (per_cell:
+# the same rule, used with the outputs of every detector).
+rule fit_filter:
+    input:
+        sl_path("poisoned.npz"),
+    output:
+        scores=sl_path(FILTER_FILES["scores"]),
+        summary=sl_path(FILTER_FILES["summary"]),
+    log:
+        sl_path("fit_{detector}_{train_on}.log", root="logs"),
+    benchmark:
+        sl_path("fit_{detector}_{train_on}.tsv", root="results/benchmarks")
+    wildcard_constraints:
+        detector=names.regex(SL_DETECTORS) or "none",
+    conda:
+        "../envs/gpu.yaml"
+    container:
+        config["containers"]["gpu"]
+    resources:
+        **gpu_resources(),
+    params:
+        cell_dir=sl_cell_dir,
+        detectors=lambda w: {w.detector: SL[w.detector]},
+        shared=SL["autoencoders"],
+        n_detector_rounds=SL["rounds"]["n_detector_rounds"],
+        arch=lambda w: sl_task(w.task)["detector_arch"],
+        svm=lambda w: sl_svm_params(w.task),
+        poison_rate=lambda w: int(w.n_poison) / SL["rounds"]["n_train"],
+        device=config["device"],
+    script:
+        "../scripts/fit_filter.py"
 
-    rule fit_filter:
-        input:
-            sl_path("poisoned.npz"),
+
+if SL["jobs"] == "per_cell":
+
+    use rule fit_filter as fit_filters with:
         output:
-            scores=sl_path("filter/{detector}_{train_on}.parquet"),
-            summary=sl_path("filter/{detector}_{train_on}.json"),
-        log:
-            sl_path("fit_{detector}_{train_on}.log", root="logs"),
-        benchmark:
-            sl_path("fit_{detector}_{train_on}.tsv", root="results/benchmarks")
-        wildcard_constraints:
-            attack=SL_ATTACKS,
-            n_poison=r"\d+",
-            detector="|".join(SL_DETECTORS) or "none",
-            train_on="contaminated|clean",
-        conda:
-            "../envs/gpu.yaml"
-        container:
-            config["containers"]["gpu"]
-        resources:
-            **gpu_resources(),
-        params:
-            params=lambda w: SL[w.detector],
-            shared=SL["autoencoders"],
-            n_detector_rounds=SL["rounds"]["n_detector_rounds"],
-            arch=lambda w: sl_task(w.task)["detector_arch"],
-            svm=lambda w: sl_svm_params(w.task),
-            n_train=SL["rounds"]["n_train"],
-            device=config["device"],
-        script:
-            "../scripts/fit_filter.py"
-
-else:
-
-    rule fit_filters:
-        input:
-            sl_path("poisoned.npz"),
-        output:
-            scores=expand(
-                sl_path("filter/{detector}_{train_on}.parquet"),
-                detector=SL_DETECTORS,
-                allow_missing=True,
-            ),
-            summary=expand(
-                sl_path("filter/{detector}_{train_on}.json"),
-                detector=SL_DETECTORS,
-                allow_missing=True,
-            ),
+            scores=sl_filter_files("scores", SL_DETECTORS),
+            summary=sl_filter_files("summary", SL_DETECTORS),
         log:
             sl_path("fit_all_{train_on}.log", root="logs"),
         benchmark:
             sl_path("fit_all_{train_on}.tsv", root="results/benchmarks")
         wildcard_constraints:
-            attack=SL_ATTACKS,
-            n_poison=r"\d+",
-            train_on="contaminated|clean",
-        conda:
-            "../envs/gpu.yaml"
-        container:
-            config["containers"]["gpu"]
-        resources:
-            **gpu_resources(),
+            train_on=names.regex(names.TRAIN_ON),
         params:
-            params={d: SL[d] for d in SL_DETECTORS},
-            shared=SL["autoencoders"],
-            n_detector_rounds=SL["rounds"]["n_detector_rounds"],
-            arch=lambda w: sl_task(w.task)["detector_arch"],
-            svm=lambda w: sl_svm_params(w.task),
-            n_train=SL["rounds"]["n_train"],
-            device=config["device"],
-        script:
-            "../scripts/fit_filter.py"
+            detectors={d: SL[d] for d in SL_DETECTORS},
+
+    ruleorder: fit_filters > fit_filter
 
 
 rule collect_sample_level:

@@ -1,6 +1,5 @@
-from _common import run_logged
-
-from poisondetect.sample_level import analyse_scores
+from poisondetect.logs import run_logged
+from poisondetect.sample_level.analyses import analyse_scores
 
 sm = snakemake  # noqa: F821
 run_logged(

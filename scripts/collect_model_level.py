@@ -1,19 +1,18 @@
-from _common import run_logged
-
-from poisondetect.model_level import collect
+from poisondetect.logs import run_logged
+from poisondetect.model_level.collection import collect
 
 sm = snakemake  # noqa: F821
-cal = sm.params.calibration
 run_logged(
     sm.log,
     collect,
-    list(sm.input.populations),
+    list(sm.input.scores),
     list(sm.input.detections),
     sm.output.scores,
     sm.output.detection,
     sm.output.roc,
     sm.output.curves,
-    fpr=cal["fpr"],
-    bootstrap=cal["bootstrap"],
-    level=cal["level"],
+    sm.output.conclusions,
+    fpr=sm.params.fpr,
+    bootstrap=sm.params.bootstrap,
+    level=sm.params.level,
 )

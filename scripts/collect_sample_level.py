@@ -1,6 +1,5 @@
-from _common import run_logged
-
-from poisondetect.sample_level import collect
+from poisondetect.logs import run_logged
+from poisondetect.sample_level.stages import collect
 
 sm = snakemake  # noqa: F821
 run_logged(sm.log, collect, list(sm.input), sm.output[0])

@@ -1,6 +1,6 @@
-from _common import cell_of, run_logged
-
-from poisondetect.model_level import fit_autoencoder
+from poisondetect.logs import run_logged
+from poisondetect.model_level.cell import cell_of
+from poisondetect.model_level.scoring import fit_autoencoder
 
 sm = snakemake  # noqa: F821
 run_logged(

@@ -1,6 +1,5 @@
-from _common import run_logged
-
-from poisondetect.sample_level import build_rounds
+from poisondetect.logs import run_logged
+from poisondetect.sample_level.stages import build_rounds
 
 sm = snakemake  # noqa: F821
 run_logged(

@@ -1,6 +1,5 @@
-from _common import run_logged
-
-from poisondetect.report import model_level_figure
+from poisondetect.logs import run_logged
+from poisondetect.report.model_level import model_level_figure
 
 sm = snakemake  # noqa: F821
 w = sm.wildcards

@@ -1,6 +1,5 @@
-from _common import run_logged
-
-from poisondetect.report import model_level_roc_figures
+from poisondetect.logs import run_logged
+from poisondetect.report.model_level import model_level_roc_figures
 
 sm = snakemake  # noqa: F821
 w = sm.wildcards

@@ -1,6 +1,5 @@
-from _common import run_logged
-
-from poisondetect.sample_level import poison_all
+from poisondetect.logs import run_logged
+from poisondetect.sample_level.stages import poison_all
 
 sm = snakemake  # noqa: F821
 run_logged(

@@ -1,6 +1,5 @@
-from _common import run_logged
-
-from poisondetect.report import sample_level_detector_figures
+from poisondetect.logs import run_logged
+from poisondetect.report.sample_level import sample_level_detector_figures
 
 sm = snakemake  # noqa: F821
 style = sm.params.style

@@ -1,6 +1,6 @@
-from _common import cell_of, run_logged
-
-from poisondetect.model_level import train_genuine
+from poisondetect.logs import run_logged
+from poisondetect.model_level.cell import cell_of
+from poisondetect.model_level.finetunes import train_genuine
 
 sm = snakemake  # noqa: F821
 cell = cell_of(sm.wildcards)

@@ -28,15 +28,19 @@ def _audit(run, model, *extra):
     )  # fmt: skip
 
 
-def _tampered(run, tmp_path, change, name="tampered.safetensors"):
-    """A copy of the honest fine-tune's checkpoint (metadata kept) with ``change`` applied."""
+def _tampered(run, tmp_path, change, name="tampered.safetensors", keep_digest=False):
+    """A copy of the honest fine-tune's checkpoint with ``change`` applied, as someone else's tool
+    would write it: its metadata kept, but without the content digest the workflow wrote (unless
+    ``keep_digest``: the same file altered after the workflow wrote it)."""
     src = run / CELL / "models/honest_paper_r0.safetensors"
     with safe_open(str(src), framework="pt") as f:
-        meta = f.metadata()
+        meta = json.loads(f.metadata()["poisondetect"])
         state = {k: f.get_tensor(k) for k in f.keys()}
     change(state)
+    if not keep_digest:
+        meta.pop("digest")
     out = tmp_path / name
-    save_file(state, str(out), metadata=meta)
+    save_file(state, str(out), metadata={"poisondetect": json.dumps(meta)})
     return out
 
 
@@ -54,6 +58,16 @@ def test_audit_of_the_intact_copy_gives_a_verdict(tiny_run, tmp_path):
     """Control: the copy machinery itself does not break the audit."""
     proc = _audit(tiny_run, _tampered(tiny_run, tmp_path, lambda s: None))
     assert proc.returncode in (0, 1), proc.stderr
+
+
+def test_audit_of_a_checkpoint_altered_after_it_was_written_exits_2(tiny_run, tmp_path):
+    """A byte of the weights changed, the workflow's digest kept: the file no longer matches."""
+
+    def nudge(state):
+        state["fc.1.weight"][0, 0] += 1.0
+
+    path = _tampered(tiny_run, tmp_path, nudge, keep_digest=True)
+    _bad_input(_audit(tiny_run, path), "does not match the digest")
 
 
 def test_audit_of_nan_weights_exits_2(tiny_run, tmp_path):

@@ -46,7 +46,7 @@ def test_wrong_width_and_bad_bundle_are_explained(tmp_path):
         det.score_samples(np.zeros((3, 10), np.float32))
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 20)
-    with pytest.raises(PoisonDetectError, match="not a readable poisondetect file"):
+    with pytest.raises(PoisonDetectError, match="not a readable safetensors file"):
         ActivationAutoencoder.load(bad)
 
 

@@ -59,8 +59,18 @@ def test_every_bad_key_is_listed():
 
 
 def test_population_cross_checks():
-    with pytest.raises(PoisonDetectError, match="threshold_variant = 'other'"):
-        validate_config({"model_level": {"detectors": {"ae_mean": {"threshold_variant": "other"}}}})
+    with pytest.raises(PoisonDetectError, match="reference_variant = 'other'"):
+        validate_config({"model_level": {"finetune": {"reference_variant": "other"}}})
+    # no detector that needs a reference: any reference is fine
+    validate_config(
+        {
+            "model_level": {
+                "finetune": {"reference_variant": "other"},
+                "detectors": {"ae_class": {}},
+                "calibration": {"verdict": ["ae_class"]},
+            }
+        }
+    )
     with pytest.raises(PoisonDetectError, match="data = unseen needs the new_data"):
         validate_config(
             {"model_level": {"finetune": {"variants": {"paper": {}, "u": {"data": "unseen"}}}}}

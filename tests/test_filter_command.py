@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from poisondetect.__main__ import main
 from poisondetect.attacks.svm import poison
 from poisondetect.rounds import make_rounds
-from poisondetect.sample_level import fit_filter
+from poisondetect.sample_level.stages import fit_filter
 
 SETTINGS = {
     "autoencoders": {"batch_size": 32, "lr": 0.01},
@@ -80,7 +80,7 @@ def test_filter_reproduces_the_stage_f1(digits_round, capsys):
             "seed": 0,
         },
     )
-    stage = next(r for r in json.loads((tmp / "stage.json").read_text()) if r["decision"] == "gmm")
+    stage = next(r for r in json.loads((tmp / "stage.json").read_text()) if r["decision"] == "own")
     argv = ["filter", "--data", str(tmp / "train.npz"), "--out", str(tmp / "points.csv")]
     argv += ["--config", str(tmp / "config.yaml"), "--task", "digits_1v7", "--seed", "0"]
     assert main([*argv, "--device", "cpu", "--json"]) == 0

@@ -130,14 +130,18 @@ def test_ae_class_picks_out_the_shifted_class(population):
     assert det.score_samples([calm])[0] < scores[-1] / 5
 
 
-def test_ae_mean_keeps_the_paper_threshold(population):
+def test_ae_mean_emits_the_papers_rule_as_a_margin(population):
     genuine, honest, _ = population
-    det = registry.build("model", "ae_mean").fit(genuine, honest)
+    det = registry.build("model", "ae_mean").fit(genuine, honest, reference=honest[0])
     e = honest[0].errors
-    assert det.paper_threshold_ == pytest.approx(e.mean() + e.std())
-    assert det.score_samples([honest[1]])[0] == pytest.approx(honest[1].errors.mean())
-    with pytest.raises(PoisonDetectError, match="threshold_variant"):
-        registry.build("model", "ae_mean", {"threshold_variant": "other"}).fit(genuine, honest)
+    tr = e.mean() + e.std()
+    stats = det.statistics([honest[1], honest[0]])
+    assert stats["score"][0] == pytest.approx(honest[1].errors.mean())
+    # the paper's rule: mean error against Tr = mean + std of the reference fine-tune's errors
+    assert stats["paper_margin"] == pytest.approx(stats["score"] - tr)
+    assert stats["paper_margin"][1] < 0  # the reference itself is below its own mean + std
+    with pytest.raises(PoisonDetectError, match="reference honest fine-tune"):
+        registry.build("model", "ae_mean").fit(genuine, honest)
 
 
 @pytest.mark.parametrize("name", ["activation_drift", "mahalanobis"])
@@ -198,7 +202,7 @@ def test_every_detector_clones_and_round_trips_its_fitted_state(population, name
     det = registry.build("model", name)
     copy = clone(det)
     assert copy.get_params() == det.get_params() and copy is not det
-    det.fit(genuine, honest)
+    det.fit(genuine, honest, reference=honest[0])
     assert not [k for k in vars(clone(det)) if k.endswith("_")]  # clone is unfitted
     arrays, plain = fitted_state(det)
     restored = restore_fitted(registry.build("model", name, det.get_params()), arrays, plain)
@@ -228,7 +232,16 @@ def test_names_parse_back():
         s = parse_model(name)
         assert s.name == name
     s = parse_model(attack_name("flip", 0.125, 5, 3))
-    assert (s.role, s.variant, s.fraction, s.epochs, s.replicate) == ("attack", "flip", 0.125, 5, 3)
+    assert (s.role, s.attack, s.variant, s.fraction, s.epochs, s.replicate) == (
+        "attack",
+        "flip",
+        None,
+        0.125,
+        5,
+        3,
+    )
+    s = parse_model(honest_name("lr_3x", 2))
+    assert (s.role, s.variant, s.attack, s.replicate) == ("honest", "lr_3x", None, 2)
     with pytest.raises(PoisonDetectError, match="bad model name"):
         parse_model("flip_e5")
 

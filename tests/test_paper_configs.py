@@ -7,6 +7,8 @@ import shutil
 import pytest
 from conftest import REPO, planned_jobs, snakemake
 
+from poisondetect.detectors import registry
+
 
 @pytest.fixture
 def workdir(tmp_path):
@@ -16,7 +18,7 @@ def workdir(tmp_path):
 
 def test_paper_cifar10_grid(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", configfile=REPO / "configs/paper-cifar10.yaml"))
-    archs, scenarios, detectors = 5, 2, 7
+    archs, scenarios, detectors = 5, 2, len(registry.names("model"))
     cells = archs * scenarios
     honest = 5 * (3 + 4)  # 3 variants in the standard scenario, 4 with unseen data in new_data
     attacked = 2 * 2 * 2 * 5  # kinds x fractions x epochs x replicates, per cell
@@ -31,7 +33,14 @@ def test_paper_cifar10_grid(workdir):
 
 def test_paper_cae_grid(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", configfile=REPO / "configs/paper-cae.yaml"))
-    tasks, attacks, counts, seeds, detectors, train_on = 5, 4, 3, 3, 8, 2
+    tasks, attacks, counts, seeds, detectors, train_on = (
+        5,
+        4,
+        3,
+        3,
+        len(registry.names("sample")),
+        2,
+    )
     assert jobs["prepare_data"] == 3  # MNIST, Fashion-MNIST, CIFAR-10
     assert jobs["make_rounds"] == tasks * seeds
     assert jobs["poison_rounds"] == tasks * attacks * counts * seeds

@@ -67,6 +67,15 @@ def test_calibration_change_reruns_calibration_and_report_only(tiny_run, tmp_pat
     assert jobs == {"calibrate": 1, **REPORT}
 
 
+def test_summary_settings_rerun_only_the_collection_and_report(tiny_run, tmp_path):
+    """The bootstrap and the interval level are read by the collection only: no calibration."""
+    jobs = _dry_run(
+        tiny_run, tmp_path, lambda c: c["model_level"]["calibration"].update(bootstrap=150)
+    )
+    # Fig. 5 draws the cell's own tables, which the collection does not touch
+    assert jobs == {k: v for k, v in REPORT.items() if k != "model_level_figure"}
+
+
 def test_figure_settings_rerun_only_the_report_jobs(tiny_run, tmp_path):
     jobs = _dry_run(
         tiny_run, tmp_path, lambda c: c.setdefault("report", {}).update(dpi=90, bins=20)

@@ -140,23 +140,42 @@ def test_full_disk_is_one_line_not_a_traceback(tmp_path, no_gpu_env):
 
 
 @needs_no_cuda
-def test_workflow_gpu_job_without_cuda_fails_loudly_instead_of_training(tmp_path, monkeypatch):
-    """The real train_genuine job, under faked SLURM GPU variables: it stops at start, no model."""
+@pytest.mark.parametrize(
+    "part, target, log",
+    [
+        (
+            "model_level",
+            "results/model_level/digits/cnn/standard/seed0/models/genuine.safetensors",
+            "logs/model_level/digits/cnn/standard/seed0/train_genuine.log",
+        ),
+        (
+            "sample_level",
+            "results/sample_level/digits_1v7/flip/p3/seed0/filter/cae_contaminated.json",
+            "logs/sample_level/digits_1v7/flip/p3/seed0/fit_cae_contaminated.log",
+        ),
+    ],
+)
+def test_workflow_gpu_job_without_cuda_fails_loudly_instead_of_training(
+    tmp_path, monkeypatch, part, target, log
+):
+    """A real GPU job of each part (training M; a sample-level detector fit), under faked SLURM
+    GPU variables: it stops at start and writes nothing."""
     for var in GPU_ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SLURM_JOB_GPUS", "0")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     cfg = copy.deepcopy(TINY_CONFIG)
-    cfg["sample_level"]["enabled"] = False
+    other = "sample_level" if part == "model_level" else "model_level"
+    cfg[other]["enabled"] = False
+    cfg["sample_level"]["attacks"] = ["flip"]
     write_config(tmp_path, cfg)
-    model = "results/model_level/digits/cnn/standard/seed0/models/genuine.safetensors"
-    proc = snakemake(tmp_path, model, check=False)
+    proc = snakemake(tmp_path, target, check=False)
     assert proc.returncode != 0
-    assert not (tmp_path / model).exists()
-    log = (tmp_path / "logs/model_level/digits/cnn/standard/seed0/train_genuine.log").read_text()
+    assert not (tmp_path / target).exists()
+    text = (tmp_path / log).read_text()
     # (Snakemake's local executor passes CUDA_VISIBLE_DEVICES on; SLURM sets its own variables in
     # a real job)
-    assert "given a GPU (" in log and "CUDA_VISIBLE_DEVICES=0" in log
-    assert "epoch" not in log  # no training started
+    assert "given a GPU (" in text and "CUDA_VISIBLE_DEVICES=0" in text
+    assert "epoch" not in text  # no training started
     # the CPU job before it (no device parameter) ran and said so
     assert "device: cpu (CPU job)" in (tmp_path / "logs/prepare_data/digits.log").read_text()

@@ -32,7 +32,7 @@ def test_filtering_table_covers_the_grid(tiny_run):
         (a, d, dec, t)
         for a in SL["attacks"]
         for d in SL["detectors"]
-        for dec in ("gmm", "topk")
+        for dec in ("own", "topk")
         for t in SL["train_on"]
     }
     assert (
@@ -53,7 +53,7 @@ def test_filtering_table_covers_the_grid(tiny_run):
 
 
 def test_poisoned_rounds_are_cached_with_their_masks(tiny_run):
-    from poisondetect.sample_level import load_poisoned
+    from poisondetect.sample_level.stages import load_poisoned
 
     p = load_poisoned(tiny_run / "results/sample_level/digits_1v7/optimal/p3/seed0/poisoned.npz")
     n_rounds, n_train = SL["rounds"]["n_rounds"], SL["rounds"]["n_train"]
@@ -89,15 +89,15 @@ def test_analyses_are_tidy_tables(tiny_run):
     df = pd.read_csv(out / "filtering.csv")
     abl = pd.read_csv(out / "analysis/digits_1v7_ablation.csv")
     assert list(dict.fromkeys(abl["detector"])) == ["rae", "cae", "cae_plus"]
-    gmm = df[(df["decision"] == "gmm") & (df["train_on"] == "contaminated")]
+    own = df[(df["decision"] == "own") & (df["train_on"] == "contaminated")]
     for row in abl.itertuples():
-        want = gmm[(gmm["attack"] == row.attack) & (gmm["detector"] == row.detector)]["f1"]
+        want = own[(own["attack"] == row.attack) & (own["detector"] == row.detector)]["f1"]
         assert row.F1 == want.item()
     sweep = pd.read_csv(out / "analysis/digits_1v7_sweep.csv")
     assert set(sweep["param"]) == {"alpha"} and sweep.loc[sweep["current"], "value"].eq(0.66).all()
-    # the sweep at the configured alpha is the stage's own CAE+ F1 (GMM decision)
+    # the sweep at the configured alpha is the stage's own CAE+ F1 (its own decision, the GMM)
     at = sweep[sweep["current"]].set_index("attack")["F1"]
-    cae_plus = gmm[gmm["detector"] == "cae_plus"].set_index("attack")["f1"]
+    cae_plus = own[own["detector"] == "cae_plus"].set_index("attack")["f1"]
     assert np.allclose(at.sort_index(), cae_plus.sort_index())
     curve = pd.read_csv(out / "analysis/digits_1v7_f1_vs_k.csv")
     assert curve["K"].max() == 6 and (curve.loc[curve["K"] == 0, "F1"] == 0).all()

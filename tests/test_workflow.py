@@ -24,16 +24,19 @@ def test_detection_table_has_one_row_per_model(tiny_run):
     df = pd.read_csv(tiny_run / "results/model_level/detection.csv")
     assert sorted(df["model"]) == sorted(MODELS)
     assert len(MODELS) == 1 + 2 + 2 * 2  # genuine, 2 honest, 2 replicates of flip and pattern
-    assert (df["threshold"] == df["threshold"].iloc[0]).all()
-    assert (df["flagged"] == (df["mean_error"] > df["threshold"])).all()
+    # the paper's rule and the calibrated verdict, in separate columns
+    assert (df["paper_threshold"] == df["paper_threshold"].iloc[0]).all()
+    assert (df["paper_flagged"] == (df["paper_score"] > df["paper_threshold"])).all()
+    assert df["verdict_flagged"].dtype == bool
     assert df["accuracy"].min() > 0.5  # the tiny models did learn
     attacks = df[df["role"] == "attack"]
     assert attacks["attack_success"].between(0, 1).all()
     assert set(df["split"]) == {"genuine", "fit", "heldout", "attack"}
     # replicates differ: their own seeds give different models
-    assert attacks.groupby("variant")["accuracy"].nunique().min() > 1 or (
-        attacks.groupby("variant")["attack_success"].nunique().min() > 1
+    assert attacks.groupby("attack")["accuracy"].nunique().min() > 1 or (
+        attacks.groupby("attack")["attack_success"].nunique().min() > 1
     )
+    assert attacks["variant"].isna().all() and df.loc[df["role"] == "honest", "attack"].isna().all()
 
 
 def test_scores_and_roc_tables(tiny_run):
@@ -41,10 +44,15 @@ def test_scores_and_roc_tables(tiny_run):
     scores = pd.read_csv(ml / "scores.csv")
     assert set(scores["detector"]) == set(ML_CONFIG["detectors"])
     assert len(scores[scores["statistic"] == "score"]) == len(MODELS) * len(ML_CONFIG["detectors"])
-    assert (scores["flagged"] == (scores["value"] > scores["threshold"])).all()
+    assert (
+        scores["calibrated_flagged"] == (scores["value"] > scores["calibrated_threshold"])
+    ).all()
     # thresholds come from the honest fitting replicate(s) only
     for _, g in scores.groupby(["detector", "statistic"]):
-        assert g["threshold"].iloc[0] == g.loc[g["split"] == "fit", "value"].max()
+        assert g["calibrated_threshold"].iloc[0] == g.loc[g["split"] == "fit", "value"].max()
+    # the per-cell table is the collected table's part (the same name, the same rows)
+    cell = pd.read_csv(tiny_run / CELL / "scores.csv")
+    pd.testing.assert_frame_equal(cell, scores[scores["seed"] == 0].reset_index(drop=True))
     roc = pd.read_csv(ml / "roc.csv")
     for col in ["auroc", "auroc_lo", "auroc_hi", "tpr_at_fpr", "false_alarm_rate",
                 "detection_rate", "n_honest", "n_attacked", "honest_variant"]:  # fmt: skip
@@ -117,14 +125,15 @@ def test_audit_reproduces_the_workflow_scores(tiny_run):
             det, _, stat = d["detector"].partition(":")
             row = mine[(mine["detector"] == det) & (mine["statistic"] == (stat or "score"))]
             assert d["score"] == pytest.approx(row["value"].iloc[0], rel=1e-5, abs=1e-9)
-            assert d["threshold"] == pytest.approx(row["threshold"].iloc[0])
+            assert d["threshold"] == pytest.approx(row["calibrated_threshold"].iloc[0])
         expected = [
             v for v in verdict if next(d for d in out["detectors"] if d["detector"] == v)["flagged"]
         ]
         assert out["flagged_by"] == expected
         assert proc.returncode == (1 if expected else 0)
         text = _audit(tiny_run, tiny_run / CELL / f"models/{model}.safetensors").stdout
-        assert "verdict from" in text and "paper's rule" in text and "p-value" in text
+        assert "calibrated verdict:" in text and "paper's rule" in text and "p-value" in text
+        assert out["bundle_digest"] in text
 
 
 def test_audit_flags_a_model_whose_last_layer_alone_was_altered(tiny_run, tmp_path):
@@ -143,7 +152,7 @@ def test_audit_flags_a_model_whose_last_layer_alone_was_altered(tiny_run, tmp_pa
     out = json.loads(proc.stdout)
     assert "prediction_change:worst_class" in out["flagged_by"]
     # the auto-encoder alone is blind to it: the same activations, the same mean error
-    assert out["paper"]["mean_error"] == pytest.approx(genuine["paper"]["mean_error"])
+    assert out["paper"]["score"] == pytest.approx(genuine["paper"]["score"])
 
 
 def test_audit_refuses_another_architecture(tiny_run):

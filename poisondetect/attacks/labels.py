@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from poisondetect.errors import PoisonDetectError
+from poisondetect.names import MODEL_ATTACKS
 
 
 @dataclass
@@ -118,4 +119,6 @@ def apply_attack(kind: str, x: np.ndarray, y: np.ndarray, **params) -> AttackedS
             pattern_value=params["pattern_value"],
             **common,
         )
-    raise PoisonDetectError(f"unknown model-level attack {kind!r}; known: flip, pattern")
+    raise PoisonDetectError(
+        f"unknown model-level attack {kind!r}; known: {', '.join(MODEL_ATTACKS)}"
+    )

@@ -42,10 +42,11 @@ from sklearn.svm import SVC
 
 from poisondetect.checks import check_xy
 from poisondetect.errors import PoisonDetectError
+from poisondetect.names import SAMPLE_ATTACKS
 
 log = logging.getLogger(__name__)
 
-KINDS = ("flip", "optimal", "semi_optimal", "mixed")
+KINDS = SAMPLE_ATTACKS
 ATTACK_OPTIONS = ("step", "max_iter", "tol", "box", "noise")
 # SVC arguments that may be passed through to the precomputed-kernel SVM used during the attack.
 _PASS_THROUGH = ("C", "tol", "max_iter", "shrinking", "cache_size", "random_state")

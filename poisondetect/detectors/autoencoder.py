@@ -8,7 +8,6 @@ errors (``poisondetect.detectors.model_level``).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -16,16 +15,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from poisondetect.bundles import read_bundle, write_bundle
 from poisondetect.detectors.base import Detector
 from poisondetect.detectors.nets import DenseAutoencoder
 from poisondetect.errors import PoisonDetectError
-from poisondetect.fitting import fit_loop
-from poisondetect.io import atomic_path
+from poisondetect.fitting import batched_apply, fit_loop
 from poisondetect.runtime import pick_device
 
 log = logging.getLogger(__name__)
 
 
+AUTOENCODER_KIND = "poisondetect.activation_autoencoder"
 STD_FLOOR = 1.0  # per-unit std floor, as a share of the median std of the units that fire
 
 
@@ -110,15 +110,12 @@ class ActivationAutoencoder(Detector):
         return self
 
     # -- scoring -----------------------------------------------------------------------------
-    @torch.inference_mode()
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         """Per-row reconstruction MSE (higher = further from the genuine model's activations)."""
-        data = self._prep(X)
-        out = []
-        for start in range(0, len(data), 4096):
-            xb = data[start : start + 4096]
-            out.append(((self.net_(xb) - xb) ** 2).mean(1).numpy())
-        return np.concatenate(out).astype(np.float64)
+        errors = batched_apply(
+            lambda xb: ((self.net_(xb) - xb) ** 2).mean(1), [self._prep(X)], batch_size=4096
+        )
+        return errors.astype(np.float64)
 
     # -- the detector bundle -----------------------------------------------------------------
     def tensors(self) -> dict[str, np.ndarray]:
@@ -177,38 +174,9 @@ class ActivationAutoencoder(Detector):
 
     def save(self, path: str | Path) -> None:
         """One safetensors file with the weights, the scaler and the parameters (no pickle)."""
-        from safetensors.numpy import save_file
-
-        meta = {"kind": "poisondetect.activation_autoencoder", **self.metadata()}
-        tensors = {k: np.ascontiguousarray(v) for k, v in self.tensors().items()}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"poisondetect": json.dumps(meta)})
+        write_bundle(path, self.tensors(), {"kind": AUTOENCODER_KIND, **self.metadata()})
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> ActivationAutoencoder:
-        tensors, meta = read_bundle(path, "poisondetect.activation_autoencoder")
+        tensors, meta = read_bundle(path, AUTOENCODER_KIND)
         return cls.from_tensors(tensors, meta, device=device)
-
-
-def read_bundle(path: str | Path, kind: str) -> tuple[dict[str, np.ndarray], dict]:
-    """Arrays and JSON metadata of a poisondetect safetensors file of the given ``kind``; a clear
-    error when the file is missing, truncated or of another kind."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise PoisonDetectError(f"{path} not found")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = json.loads((f.metadata() or {})["poisondetect"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises several types for a damaged header or body
-        raise PoisonDetectError(
-            f"{path} is not a readable poisondetect file ({type(e).__name__}: {e}); it may be "
-            "truncated or from another program: rebuild it with the workflow"
-        ) from e
-    if meta.get("kind") != kind:
-        raise PoisonDetectError(
-            f"{path} holds a {meta.get('kind', 'unknown kind of')} file, not a {kind}"
-        )
-    return tensors, meta

@@ -31,6 +31,18 @@ class Detector(BaseEstimator):
         return {}
 
 
+def statistic_name(detector: str, statistic: str) -> str:
+    """How tables and the audit name a detector's statistic: the detector's name for its main
+    score, ``detector:statistic`` for the others."""
+    return detector if statistic == "score" else f"{detector}:{statistic}"
+
+
+def parse_statistic(name: str) -> tuple[str, str]:
+    """``"ae_class"`` -> ``("ae_class", "score")``; ``"x:worst_class"`` -> ``("x", "worst_class")``."""
+    detector, _, statistic = name.partition(":")
+    return detector, statistic or "score"
+
+
 def fitted_state(det: Detector) -> tuple[dict[str, np.ndarray], dict]:
     """A fitted detector's learnt attributes (names ending in ``_``): arrays apart, for safetensors;
     numbers, strings and lists as JSON. Anything else is refused (no pickle anywhere)."""

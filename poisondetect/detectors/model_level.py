@@ -1,16 +1,17 @@
 """Model-level detectors: each scores a suspicious model against the genuine model M.
 
 Every detector follows the protocol of ``poisondetect.detectors.base``: parameters stored as given,
-``fit(genuine, honest=())`` learns from M (and, where a detector needs it, from the honest
-fine-tunes set aside for fitting), ``score_samples(records)`` returns one score per suspicious
+``fit(genuine, honest=(), reference=None)`` learns from M (and, where a detector needs it, from
+the honest fine-tunes set aside for fitting, or from the reference honest fine-tune), ``score_samples(records)`` returns one score per suspicious
 model (higher = more suspicious) and ``sub_scores(records)`` the named extra statistics. Inputs
 are ``ModelRecord``s built from what the workflow already wrote (activation dumps, checkpoints, the
 auto-encoder's per-image errors); nothing here imports torch.
 
 Detectors (config names in the registry):
 
-- ``ae_mean``: the paper's statistic, the mean auto-encoder error over the trigger set; it also
-  keeps the paper's threshold Tr = mean + std of one honest fine-tune's per-image errors.
+- ``ae_mean``: the paper's statistic, the mean auto-encoder error over the trigger set, and the
+  paper's rule as the statistic ``paper_margin`` (mean error minus Tr = mean + std of the reference
+  honest fine-tune's per-image errors; positive = the paper says poisoned).
 - ``ae_class``: the auto-encoder's mean error per class of the trigger set, as a shift from the
   honest population in units of its spread; the score is the largest shift over the classes.
 - ``activation_drift``: paired per-image distance between the suspicious model's and M's
@@ -73,6 +74,7 @@ class ModelDetector(Detector):
 
     uses_honest = False  # True: fit learns from the honest fine-tunes (calibration then holds
     # each of them out of the fit that scores it)
+    uses_reference = False  # True: fit needs the reference honest fine-tune (``reference``)
     needs: tuple[str, ...] = ()  # the ModelRecord fields this detector reads
 
     def _fit_common(self, genuine: ModelRecord) -> None:
@@ -108,35 +110,34 @@ class ModelDetector(Detector):
 
 
 class AEMean(ModelDetector):
-    """The paper's detector: mean auto-encoder error over the trigger set.
-
-    ``threshold_variant`` names the honest variant whose first replicate sets the paper's
-    threshold Tr = mean + std of its per-image errors (``paper_threshold_``); the paper's verdict
-    is ``score > paper_threshold_``.
-    """
+    """The paper's detector: mean auto-encoder error over the trigger set (``score``), and the
+    paper's rule as a statistic of its own: ``paper_margin`` = score - Tr, with Tr = mean + std of
+    the reference honest fine-tune's per-image errors (Eq. 4); the paper's verdict is
+    ``paper_margin > 0``."""
 
     needs = ("errors",)
+    uses_reference = True
 
-    def __init__(self, threshold_variant: str = "paper"):
-        self.threshold_variant = threshold_variant
-
-    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> AEMean:
+    def fit(
+        self,
+        genuine: ModelRecord,
+        honest: Sequence[ModelRecord] = (),
+        reference: ModelRecord | None = None,
+    ) -> AEMean:
         self._fit_common(genuine)
-        name = f"honest_{self.threshold_variant}_r0"
-        ref = [h for h in honest if h.name == name]
-        if not ref:
+        if reference is None:
             raise PoisonDetectError(
-                f"ae_mean: the paper's threshold comes from the honest fine-tune {name!r}, which "
-                f"is not among the fitting replicates ({', '.join(h.name for h in honest) or '-'}); "
-                "set model_level.detectors.ae_mean.threshold_variant to a configured honest variant"
+                "ae_mean: the paper's threshold Tr comes from a reference honest fine-tune, and "
+                "none was given; set model_level.finetune.reference_variant to a configured "
+                "honest variant"
             )
-        e = np.asarray(ref[0].need("errors"), dtype=np.float64)
+        e = np.asarray(reference.need("errors"), dtype=np.float64)
         self.paper_threshold_ = float(e.mean() + e.std())
-        self.genuine_score_ = float(np.mean(genuine.need("errors")))
         return self
 
     def _one(self, rec: ModelRecord) -> dict[str, float]:
-        return {"score": float(np.mean(rec.need("errors")))}
+        score = float(np.mean(rec.need("errors")))
+        return {"score": score, "paper_margin": score - self.paper_threshold_}
 
 
 class AEClass(ModelDetector):
@@ -149,7 +150,12 @@ class AEClass(ModelDetector):
     def __init__(self, min_spread: float = 1e-6):
         self.min_spread = min_spread
 
-    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> AEClass:
+    def fit(
+        self,
+        genuine: ModelRecord,
+        honest: Sequence[ModelRecord] = (),
+        reference: ModelRecord | None = None,
+    ) -> AEClass:
         if not self.min_spread > 0:
             raise PoisonDetectError("ae_class: min_spread must be > 0")
         self._fit_common(genuine)
@@ -183,7 +189,12 @@ class ActivationDrift(ModelDetector):
 
     needs = ("activations",)
 
-    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> ActivationDrift:
+    def fit(
+        self,
+        genuine: ModelRecord,
+        honest: Sequence[ModelRecord] = (),
+        reference: ModelRecord | None = None,
+    ) -> ActivationDrift:
         self._fit_common(genuine)
         self.activations_ = np.asarray(genuine.need("activations"), dtype=np.float32)
         self.scale_ = max(float(np.linalg.norm(self.activations_, axis=1).mean()), 1e-12)
@@ -211,7 +222,12 @@ class WeightDistance(ModelDetector):
     def __init__(self, last_layer_prefix: str = "classifier."):
         self.last_layer_prefix = last_layer_prefix
 
-    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> WeightDistance:
+    def fit(
+        self,
+        genuine: ModelRecord,
+        honest: Sequence[ModelRecord] = (),
+        reference: ModelRecord | None = None,
+    ) -> WeightDistance:
         self._fit_common(genuine)
         w = genuine.need("weights")
         self.names_ = sorted(k for k, v in w.items() if np.issubdtype(v.dtype, np.floating))
@@ -243,7 +259,12 @@ class WeightDistance(ModelDetector):
 class AccuracyDrop(ModelDetector):
     """M's accuracy on the trigger set minus the suspicious model's."""
 
-    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> AccuracyDrop:
+    def fit(
+        self,
+        genuine: ModelRecord,
+        honest: Sequence[ModelRecord] = (),
+        reference: ModelRecord | None = None,
+    ) -> AccuracyDrop:
         self._fit_common(genuine)
         self.accuracy_ = float(np.mean(genuine.preds == self.labels_))
         return self
@@ -256,7 +277,12 @@ class PredictionChange(ModelDetector):
     """Share of trigger images whose predicted class differs from M's; also the worst class (by
     true label), so a change confined to one class or to the last layer stands out."""
 
-    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> PredictionChange:
+    def fit(
+        self,
+        genuine: ModelRecord,
+        honest: Sequence[ModelRecord] = (),
+        reference: ModelRecord | None = None,
+    ) -> PredictionChange:
         self._fit_common(genuine)
         self.preds_ = np.asarray(genuine.preds)
         return self
@@ -276,7 +302,12 @@ class Mahalanobis(ModelDetector):
 
     needs = ("activations",)
 
-    def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> Mahalanobis:
+    def fit(
+        self,
+        genuine: ModelRecord,
+        honest: Sequence[ModelRecord] = (),
+        reference: ModelRecord | None = None,
+    ) -> Mahalanobis:
         from sklearn.covariance import LedoitWolf
 
         self._fit_common(genuine)

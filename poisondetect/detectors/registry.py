@@ -14,35 +14,49 @@ from poisondetect.errors import PoisonDetectError
 LEVELS = ("sample", "model")
 
 # name (a config key: sample_level.<name> / model_level.detectors.<name>, and the `detector` column
-# of the tables) -> class. At the sample level the order is the order of the stage's outputs.
-_REGISTRY: dict[str, dict[str, str | type]] = {
+# of the tables) -> (class, label in tables and figures). At the sample level the order is the
+# order of the stage's outputs.
+_REGISTRY: dict[str, dict[str, tuple[str | type, str]]] = {
     "sample": {
-        "cae_plus": "poisondetect.detectors.cae:CAEPlus",
-        "cae": "poisondetect.detectors.cae:CAE",
-        "rae": "poisondetect.detectors.cae:RAE",
-        "od": "poisondetect.detectors.baselines:OD",
-        "magnet": "poisondetect.detectors.baselines:MagNet",
-        "magnet_reformer": "poisondetect.detectors.baselines:MagNetReformer",
-        "spectral_signatures": "poisondetect.detectors.spectral:SpectralSignatures",
-        "activation_clustering": "poisondetect.detectors.spectral:ActivationClustering",
+        "cae_plus": ("poisondetect.detectors.cae:CAEPlus", "CAE+"),
+        "cae": ("poisondetect.detectors.cae:CAE", "CAE"),
+        "rae": ("poisondetect.detectors.cae:RAE", "RAE"),
+        "od": ("poisondetect.detectors.baselines:OD", "OD"),
+        "magnet": ("poisondetect.detectors.baselines:MagNet", "MagNet"),
+        "magnet_reformer": ("poisondetect.detectors.baselines:MagNetReformer", "MagNet+reformer"),
+        "spectral_signatures": (
+            "poisondetect.detectors.spectral:SpectralSignatures",
+            "Spectral signatures",
+        ),
+        "activation_clustering": (
+            "poisondetect.detectors.spectral:ActivationClustering",
+            "Activation clustering",
+        ),
     },
     "model": {
-        "ae_mean": "poisondetect.detectors.model_level:AEMean",
-        "ae_class": "poisondetect.detectors.model_level:AEClass",
-        "activation_drift": "poisondetect.detectors.model_level:ActivationDrift",
-        "weight_distance": "poisondetect.detectors.model_level:WeightDistance",
-        "accuracy_drop": "poisondetect.detectors.model_level:AccuracyDrop",
-        "prediction_change": "poisondetect.detectors.model_level:PredictionChange",
-        "mahalanobis": "poisondetect.detectors.model_level:Mahalanobis",
+        "ae_mean": ("poisondetect.detectors.model_level:AEMean", "ae_mean"),
+        "ae_class": ("poisondetect.detectors.model_level:AEClass", "ae_class"),
+        "activation_drift": (
+            "poisondetect.detectors.model_level:ActivationDrift",
+            "activation_drift",
+        ),
+        "weight_distance": ("poisondetect.detectors.model_level:WeightDistance", "weight_distance"),
+        "accuracy_drop": ("poisondetect.detectors.model_level:AccuracyDrop", "accuracy_drop"),
+        "prediction_change": (
+            "poisondetect.detectors.model_level:PredictionChange",
+            "prediction_change",
+        ),
+        "mahalanobis": ("poisondetect.detectors.model_level:Mahalanobis", "mahalanobis"),
     },
 }
 
 
-def register(level: str, name: str, cls: str | type) -> None:
-    """Add (or replace) a detector under ``name``; ``cls`` is a class or a "module:Class" string."""
+def register(level: str, name: str, cls: str | type, label: str | None = None) -> None:
+    """Add (or replace) a detector under ``name``; ``cls`` is a class or a "module:Class" string;
+    ``label`` names it in tables and figures (default: ``name``)."""
     if level not in LEVELS:
         raise PoisonDetectError(f"unknown detector level {level!r}; expected one of {LEVELS}")
-    _REGISTRY[level][name] = cls
+    _REGISTRY[level][name] = (cls, label or name)
 
 
 def unregister(level: str, name: str) -> None:
@@ -54,10 +68,16 @@ def names(level: str) -> list[str]:
     return list(_REGISTRY[level])
 
 
+def label(level: str, name: str) -> str:
+    """How tables and figures name a detector (its name when it is not registered)."""
+    entry = _REGISTRY[level].get(name)
+    return entry[1] if entry else name
+
+
 def get(level: str, name: str) -> type:
     """The detector class registered under ``name``."""
     try:
-        entry = _REGISTRY[level][name]
+        entry = _REGISTRY[level][name][0]
     except KeyError:
         raise PoisonDetectError(
             f"unknown {level}-level detector {name!r}; known: {', '.join(names(level))}"

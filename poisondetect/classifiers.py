@@ -1,5 +1,5 @@
-"""Training / fine-tuning of image classifiers (the classifiers' preset of the one loop in
-``fitting``), prediction and accuracy."""
+"""Image classifiers: training and fine-tuning (the classifiers' preset of the one loop in
+``fitting``), prediction and accuracy (through the one batched inference, ``fitting.batched_apply``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from poisondetect.errors import PoisonDetectError
-from poisondetect.fitting import train_epochs
+from poisondetect.fitting import batched_apply, train_epochs
 
 
 def _augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -103,18 +103,20 @@ def train_model(
     )
 
 
-@torch.inference_mode()
 def predict(
     model: nn.Module, x: np.ndarray, batch_size: int = 512, device: torch.device | str = "cpu"
 ) -> np.ndarray:
     """Predicted class of every image, in batches (only one batch on the device at a time)."""
-    device = torch.device(device)
     model.to(device).eval()
-    preds = []
-    for start in range(0, len(x), batch_size):
-        xb = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32, device=device)
-        preds.append(model(xb).argmax(1).cpu().numpy())
-    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+    if not len(x):
+        return np.zeros(0, dtype=np.int64)
+    return batched_apply(
+        lambda xb: model(xb).argmax(1),
+        [np.asarray(x, dtype=np.float32)],
+        batch_size=batch_size,
+        device=device,
+        channels_last=False,
+    )
 
 
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, **kw) -> float:

@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
+from poisondetect.classifiers import accuracy, train_model
 from poisondetect.models import build_model
 from poisondetect.runtime import pick_device
-from poisondetect.training import accuracy, train_model
 
 
 def _toy(seed=0):

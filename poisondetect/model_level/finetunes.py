@@ -1,0 +1,269 @@
+"""Model stages: train the genuine model M, fine-tune it into the honest and attacked populations.
+
+Each model is evaluated (test accuracy; for attacks, attack success on the attacked training
+images and on held-out test images) and its penultimate activations on the cell's trigger set are
+dumped to Parquet next to its checkpoint. Result files hold no wall times (those are in the jobs'
+``benchmark:`` files), so a rerun on the same machine writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from poisondetect.errors import PoisonDetectError
+from poisondetect.io import sha256_array, sha256_file, write_json
+from poisondetect.model_level.cell import genuine_share, stage_seed, trigger_set
+from poisondetect.population import MODEL_FILES, ModelSpec, model_seed, parse_model
+
+log = logging.getLogger(__name__)
+
+
+def _save_and_dump(
+    net, ds, meta: dict, model_out: str, activations_out: str, *, trigger: dict, seed: int, device
+) -> None:
+    """Save one model's checkpoint and dump its penultimate activations on the cell's trigger set
+    to Parquet (the dump records the checkpoint's metadata and hash)."""
+    from poisondetect.activations import dump_activations
+    from poisondetect.checkpoints import save_checkpoint
+
+    save_checkpoint(net, model_out, meta)
+    idx, x, y = trigger_set(ds, trigger["max_samples"], seed)
+    t0 = time.perf_counter()
+    md = {
+        **meta,
+        "checkpoint": meta,
+        "model_sha256": sha256_file(model_out),
+        "trigger_indices_sha256": sha256_array(idx),
+    }
+    n = dump_activations(
+        net, x, y, activations_out, md, batch_size=trigger["batch_size"], device=device
+    )
+    log.info("dumped %d activation rows in %.1fs", n, time.perf_counter() - t0)
+
+
+def _write_metrics(path: str, model: str, history: list[dict], **values) -> None:
+    """A model's evaluation JSON: its values and the per-epoch history, without wall times."""
+    history = [{k: v for k, v in rec.items() if k != "seconds"} for rec in history]
+    write_json(path, {"model": model, **values, "history": history})
+
+
+def train_genuine(
+    data: str,
+    model_out: str,
+    metrics_out: str,
+    activations_out: str,
+    *,
+    dataset: str,
+    arch: str,
+    width: float,
+    train: dict,
+    scenario: str,
+    new_data_fraction: float,
+    trigger: dict,
+    seed: int,
+    device: str,
+) -> None:
+    """Train the genuine model M (on a share of the training set in the new-data scenario)."""
+    import torch
+
+    from poisondetect.classifiers import accuracy, train_model
+    from poisondetect.data import load_prepared
+    from poisondetect.models import build_model
+    from poisondetect.runtime import pick_device
+
+    ds = load_prepared(data)
+    keep = genuine_share(ds.y_train, scenario, new_data_fraction, seed)
+    x, y = ds.x_train[keep], ds.y_train[keep]
+    if len(keep) < len(ds.y_train):
+        log.info("%s scenario: M trained on %d of %d images", scenario, len(y), len(ds.y_train))
+    dev = pick_device(device)
+    s = stage_seed(seed, "genuine")
+    torch.manual_seed(s)
+    spec = {
+        "arch": arch,
+        "in_channels": ds.in_channels,
+        "num_classes": ds.num_classes,
+        "image_size": ds.image_size,
+        "width": width,
+    }
+    model = build_model(**spec)
+    t0 = time.perf_counter()
+    history = train_model(model, x, y, seed=s, device=dev, desc=f"{arch} genuine", **train)
+    acc = accuracy(model, ds.x_test, ds.y_test, device=dev)
+    log.info(
+        "genuine %s on %s: test accuracy %.4f (%.1fs on %s)",
+        arch,
+        dataset,
+        acc,
+        time.perf_counter() - t0,
+        dev,
+    )
+    meta = {**spec, "dataset": dataset, "model": "genuine", "seed": seed, "scenario": scenario}
+    _save_and_dump(
+        model, ds, meta, model_out, activations_out, trigger=trigger, seed=seed, device=dev
+    )
+    _write_metrics(
+        metrics_out,
+        "genuine",
+        history,
+        epochs=train["epochs"],
+        accuracy=acc,
+        attack_success=None,
+        attack_success_test=None,
+        n_train=len(y),
+        device=str(dev),
+    )
+
+
+def finetune(
+    data: str, genuine: str, cell_dir: str, models: list[str], *, device: str, **settings
+) -> None:
+    """Fine-tune M into ``models`` (of one population), one after the other, writing each one's
+    files (``population.MODEL_FILES``) in ``cell_dir``; ``settings`` are those of
+    ``_finetune_one`` (train, the honest variant's or the attack's settings, scenario,
+    new_data_fraction, trigger, seed)."""
+    from poisondetect.data import load_prepared
+    from poisondetect.runtime import pick_device
+
+    ds = load_prepared(data)
+    dev = pick_device(device)
+    for i, model in enumerate(models, 1):
+        if len(models) > 1:
+            log.info("model %d of %d: %s", i, len(models), model)
+        out = {k: str(Path(cell_dir) / rel.format(model=model)) for k, rel in MODEL_FILES.items()}
+        _finetune_one(ds, genuine, model, out, device=dev, **settings)
+
+
+def _honest_set(ds, spec: ModelSpec, honest: dict, *, scenario, new_data_fraction, seed):
+    """The images an honest fine-tune trains on (``honest["data"]``: all, seen or unseen)."""
+    x, y = ds.x_train, ds.y_train
+    seen = genuine_share(y, scenario, new_data_fraction, seed)
+    if honest["data"] == "seen":
+        return x[seen], y[seen]
+    if honest["data"] == "unseen":
+        unseen = np.setdiff1d(np.arange(len(y)), seen)
+        if not len(unseen):
+            raise PoisonDetectError(
+                f"{spec.name}: data: unseen, but M saw every training image (scenario {scenario})"
+            )
+        return x[unseen], y[unseen]
+    return x, y
+
+
+def _attack_success(net, ds, x, attacked, spec: ModelSpec, attack: dict, seed: int, device):
+    """Attack success on the attacked training images (Table 2 of the paper: the share classified
+    as the attacker wants) and on held-out images (the target class's test images, with the
+    pattern pasted for the pattern attack)."""
+    from poisondetect.attacks.labels import paste_pattern
+    from poisondetect.classifiers import predict
+
+    target = attack["attacker_class"]
+    success = float((predict(net, x[attacked], device=device) == target).mean())
+    xt = ds.x_test[ds.y_test == attack["target_class"]]
+    if spec.attack == "pattern":
+        rng = np.random.default_rng(seed + 1)
+        xt = paste_pattern(xt, attack["pattern_size"], attack["pattern_value"], rng)
+    success_test = float((predict(net, xt, device=device) == target).mean()) if len(xt) else None
+    return success, success_test
+
+
+def _finetune_one(
+    ds,
+    genuine: str,
+    model: str,
+    out: dict[str, str],
+    *,
+    train: dict,
+    honest: dict | None,
+    attack: dict | None,
+    scenario: str,
+    new_data_fraction: float,
+    trigger: dict,
+    seed: int,
+    device,
+) -> None:
+    """Fine-tune M into one model: an honest variant (``honest``: epochs, lr_factor, data,
+    augment) or an attack (``attack``; the kind, fraction and epochs come from the name)."""
+    from poisondetect.attacks.labels import apply_attack
+    from poisondetect.checkpoints import load_checkpoint
+    from poisondetect.classifiers import accuracy, train_model
+
+    spec = parse_model(model)
+    s = model_seed(seed, model)
+    net, meta = load_checkpoint(genuine, device="cpu")
+    opts = dict(train, lr_milestones=[])
+    attacked = None
+    if spec.role == "honest" and honest is not None:
+        x, y = _honest_set(
+            ds, spec, honest, scenario=scenario, new_data_fraction=new_data_fraction, seed=seed
+        )
+        opts.update(
+            epochs=honest["epochs"],
+            lr=train["lr"] * honest["lr_factor"],
+            augment=honest["augment"],
+        )
+        log.info(
+            "honest fine-tune %s: %d images (%s), %d epochs at lr x %g%s",
+            model,
+            len(y),
+            honest["data"],
+            honest["epochs"],
+            honest["lr_factor"],
+            ", augmented" if honest["augment"] else "",
+        )
+    elif spec.role == "attack" and attack is not None:
+        atk = apply_attack(
+            spec.attack,
+            ds.x_train,
+            ds.y_train,
+            seed=s,
+            fraction=spec.fraction,
+            num_classes=ds.num_classes,
+            **{k: v for k, v in attack.items() if k != "lr_factor"},
+        )
+        x, y, attacked = atk.x, atk.y, atk.attacked
+        opts.update(epochs=spec.epochs, lr=train["lr"] * attack["lr_factor"], augment=False)
+        log.info(
+            "%s: %d images of class %d relabelled %d",
+            model,
+            len(attacked),
+            attack["target_class"],
+            attack["attacker_class"],
+        )
+    else:
+        raise PoisonDetectError(
+            f"{model}: a fine-tune needs its honest variant's or its attack's settings"
+        )
+    t0 = time.perf_counter()
+    history = train_model(net, x, y, seed=s, device=device, desc=f"{meta['arch']} {model}", **opts)
+    acc = accuracy(net, ds.x_test, ds.y_test, device=device)
+    success = success_test = None
+    if attacked is not None:
+        success, success_test = _attack_success(net, ds, x, attacked, spec, attack, s, device)
+    log.info(
+        "%s: test accuracy %.4f, attack success %s (%.1fs)",
+        model,
+        acc,
+        success,
+        time.perf_counter() - t0,
+    )
+    meta = {**meta, "model": model, "seed": seed}
+    _save_and_dump(
+        net, ds, meta, out["model"], out["activations"], trigger=trigger, seed=seed, device=device
+    )
+    _write_metrics(
+        out["metrics"],
+        model,
+        history,
+        epochs=opts["epochs"],
+        accuracy=acc,
+        attack_success=success,
+        attack_success_test=success_test,
+        n_train=len(y),
+        n_attacked=None if attacked is None else len(attacked),
+        device=str(device),
+    )

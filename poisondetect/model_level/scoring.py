@@ -1,0 +1,199 @@
+"""Scoring stages: the auto-encoder on M's activations, its per-image errors for every model, and
+each configured detector fitted on M (and the honest fitting replicates) and scored over the cell.
+
+Every per-model file says which model it belongs to (the activation dumps and checkpoints in their
+metadata, the errors in their ``model`` column), so the stages key models by what the files say,
+never by file names or positions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from poisondetect.errors import NONFINITE_HINT, PoisonDetectError, require_finite
+from poisondetect.io import atomic_path
+from poisondetect.model_level.cell import STATE_KIND
+from poisondetect.population import parse_model, split_of
+
+log = logging.getLogger(__name__)
+
+
+def fit_autoencoder(genuine: str, out: str, *, autoencoder: dict, seed: int, device: str) -> None:
+    """Fit the auto-encoder on M's activations over the trigger set."""
+    from poisondetect.activations import read_activations
+    from poisondetect.detectors.autoencoder import ActivationAutoencoder
+
+    g = read_activations(genuine)
+    ae = ActivationAutoencoder(seed=seed, device=device, **autoencoder).fit(g.activations)
+    ae.save(out)
+    log.info(
+        "auto-encoder fitted on %d activation rows (final mse %.5f)", len(g), ae.loss_history_[-1]
+    )
+
+
+def read_dumps(paths: list[str]) -> dict:
+    """The activation dumps of a cell keyed by the model each says it holds (its metadata)."""
+    from poisondetect.activations import read_activations
+
+    dumps = {}
+    for path in paths:
+        a = read_activations(path)
+        name = a.metadata.get("model")
+        if name is None or name in dumps:
+            raise PoisonDetectError(
+                f"{path}: its metadata names {'no model' if name is None else 'model ' + repr(name)}"
+                f"{'' if name is None else ', already read from another dump'}; rerun its fine-tune"
+            )
+        dumps[name] = a
+    return dumps
+
+
+def ae_errors(autoencoder: str, activations: list[str], out: str) -> None:
+    """Per-image reconstruction errors of every model of the cell (long format)."""
+    from poisondetect.detectors.autoencoder import ActivationAutoencoder
+
+    ae = ActivationAutoencoder.load(autoencoder, device="cpu")
+    frames = []
+    for name, a in read_dumps(activations).items():
+        e = ae.score_samples(a.activations)
+        frames.append(
+            pd.DataFrame(
+                {"model": name, "index": a.index, "label": a.label, "pred": a.pred, "error": e}
+            )
+        )
+    with atomic_path(out) as tmp:
+        pd.concat(frames, ignore_index=True).to_parquet(tmp, index=False)
+    log.info("reconstruction errors of %d models", len(frames))
+
+
+def model_weights(net) -> dict[str, np.ndarray]:
+    """A model's parameters and buffers as float arrays (what weight_distance compares)."""
+    return {
+        k: v.detach().cpu().numpy() for k, v in net.state_dict().items() if v.is_floating_point()
+    }
+
+
+def _networks(checkpoints: list[str]) -> dict:
+    """The networks of a cell keyed by the model each checkpoint says it holds."""
+    from poisondetect.checkpoints import load_checkpoint
+
+    nets = {}
+    for path in checkpoints:
+        net, meta = load_checkpoint(path, device="cpu")
+        nets[meta.get("model", path)] = net
+    return nets
+
+
+def load_records(
+    activations: list[str],
+    *,
+    needs: tuple[str, ...] = (),
+    checkpoints: list[str] | None = None,
+    errors: str | None = None,
+) -> dict:
+    """ModelRecords of a cell's models, with only the fields a detector needs."""
+    from poisondetect.detectors.model_level import ModelRecord
+
+    err = pd.read_parquet(errors) if errors and "errors" in needs else None
+    nets = _networks(checkpoints or []) if "weights" in needs else {}
+    records = {}
+    for name, a in read_dumps(activations).items():
+        rec = ModelRecord(name, a.label, a.pred)
+        if "activations" in needs:
+            rec.activations = a.activations
+        if err is not None:
+            e = err[err["model"] == name]
+            if not np.array_equal(e["index"].to_numpy(), a.index):
+                raise PoisonDetectError(
+                    f"{errors}: the errors of {name} do not match its activation dump; rerun ae_errors"
+                )
+            rec.errors = e["error"].to_numpy()
+        if "weights" in needs:
+            if name not in nets:
+                raise PoisonDetectError(f"no checkpoint of model {name!r} among the inputs")
+            rec.weights = model_weights(nets[name])
+        records[name] = rec
+    return records
+
+
+def fit_and_score(
+    name: str,
+    params: dict,
+    records: dict,
+    n_fit_replicates: int,
+    reference: str | None = None,
+) -> tuple[object, pd.DataFrame]:
+    """Fit one detector on M, the honest fitting replicates and (where it uses one) the reference
+    honest fine-tune ``reference``; score every model.
+
+    A detector that learns from the honest population scores each of its fitting replicates with a
+    copy fitted without it (leave one out), so every honest score is out of sample.
+    """
+    from sklearn.base import clone
+
+    from poisondetect.detectors import registry
+
+    genuine = records["genuine"]
+    fit_names = [m for m in records if split_of(parse_model(m), n_fit_replicates) == "fit"]
+    det = registry.build("model", name, params)
+    ref = None
+    if det.uses_reference and reference is not None:
+        if reference not in records:
+            raise PoisonDetectError(
+                f"detector {name}: the reference fine-tune {reference!r} is not in the cell"
+            )
+        ref = records[reference]
+    det.fit(genuine, [records[m] for m in fit_names], reference=ref)
+    names = list(records)
+    stats = det.statistics([records[m] for m in names])
+    if det.uses_honest:
+        for m in fit_names:
+            rest = [records[o] for o in fit_names if o != m]
+            one = clone(det).fit(genuine, rest, reference=ref).statistics([records[m]])
+            for k in stats:
+                stats[k][names.index(m)] = one[k][0]
+    rows = [
+        {"model": m, "detector": name, "statistic": k, "value": float(v[i])}
+        for k, v in stats.items()
+        for i, m in enumerate(names)
+    ]
+    df = pd.DataFrame(rows)
+    require_finite(df["value"].to_numpy(), f"detector {name}: scores", NONFINITE_HINT, "scores")
+    return det, df
+
+
+def score_detector(
+    activations: list[str],
+    scores_out: str,
+    state_out: str,
+    *,
+    detector: str,
+    params: dict,
+    checkpoints: list[str] | None = None,
+    errors: str | None = None,
+    n_fit_replicates: int,
+    reference: str | None = None,
+) -> None:
+    """One detector over the whole population of a cell: its scores (a table that names the
+    detector) and its fitted state (a bundle that names it too)."""
+    from poisondetect.bundles import write_bundle
+    from poisondetect.detectors import registry
+    from poisondetect.detectors.base import fitted_state
+
+    cls = registry.get("model", detector)
+    t0 = time.perf_counter()
+    records = load_records(activations, needs=cls.needs, checkpoints=checkpoints, errors=errors)
+    det, df = fit_and_score(detector, params, records, n_fit_replicates, reference)
+    with atomic_path(scores_out) as tmp:
+        df.to_csv(tmp, index=False)
+    arrays, plain = fitted_state(det)
+    write_bundle(
+        state_out,
+        {f"det.{detector}.{k}": v for k, v in arrays.items()},
+        {"kind": STATE_KIND, "detector": detector, "params": params, "fitted": plain},
+    )
+    log.info("%s: %d models scored in %.1fs", detector, len(records), time.perf_counter() - t0)

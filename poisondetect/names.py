@@ -1,0 +1,43 @@
+"""Every list of names the workflow knows, in one place.
+
+The Snakemake rules build their wildcard constraints from these lists (``regex``), the command
+line takes its choices from them, the report its labels, and ``tests/test_names.py`` checks that
+the config schema's enums, the model registry, the data readers and the attacks agree with them.
+Adding an architecture, a data format or an attack starts here. Detector names live in
+``poisondetect.detectors.registry`` (the registry is their list). Nothing heavy is imported: the
+workflow plans with this module.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+# -- data -----------------------------------------------------------------------------------------
+DATA_FORMATS = ("digits", "mnist", "fashion_mnist", "cifar10", "image_folder")
+
+# -- model level ----------------------------------------------------------------------------------
+ARCHS = ("cnn", "resnet18", "resnet152", "wrn28_10", "vgg16", "vgg19")
+SCENARIOS = ("standard", "new_data")
+HONEST_DATA = ("all", "seen", "unseen")  # what an honest fine-tune trains on
+# model-level attack kind -> the paper's abbreviation (FA = flipping, PAA = pattern addition)
+MODEL_ATTACKS = {"flip": "FA", "pattern": "PAA"}
+MODEL_JOB_MODES = ("per_model", "per_population")
+
+# -- sample level ---------------------------------------------------------------------------------
+SAMPLE_ATTACKS = ("flip", "optimal", "semi_optimal", "mixed")
+SAMPLE_DETECTOR_ARCHS = ("conv", "conv_nopool", "dense")  # the task's detector_arch
+TRAIN_ON = ("contaminated", "clean")  # what the sample-level detectors are fitted on
+SAMPLE_JOB_MODES = ("per_detector", "per_cell")
+# a sample-level decision: the detector's own (its predict) or top-K, K = the round's poisons
+DECISIONS = ("own", "topk")
+
+
+def regex(names: Iterable[str]) -> str:
+    """A regular expression matching exactly one of ``names`` (a Snakemake wildcard constraint)."""
+    return "|".join(re.escape(n) for n in names)
+
+
+def attack_label(kind: str) -> str:
+    """The paper's abbreviation of a model-level attack kind: flip -> FA, pattern -> PAA."""
+    return MODEL_ATTACKS[kind]

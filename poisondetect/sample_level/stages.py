@@ -1,0 +1,365 @@
+"""Stages of the sample-level part (Razmi & Xiong, CAE / CAE+); each is called by one script.
+
+1. ``build_rounds``: class-balanced train / validation / test points for every periodic-update round.
+2. ``poison_all``: the attack's poisons added to every round's training set (cached, so that a
+   change of detector never recomputes an attack), with the undefended and clean SVM accuracies.
+3. ``fit_filters``: registered detectors (``detectors.registry``, level "sample"), each fitted on
+   the first rounds' pooled training data (contaminated or clean) and then used to filter each
+   evaluation round before the SVM is retrained. Nothing here depends on which detector it is.
+4. ``collect``: the tidy ``filtering.csv``.
+
+``filter_points`` is the ``filter`` command's path through the same detector code. The tidy tables
+behind the figures are ``sample_level.analyses``. Result files hold no wall times (the jobs'
+``benchmark:`` files do), so a rerun on the same machine writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from poisondetect.errors import PoisonDetectError
+from poisondetect.io import atomic_path, read_json, write_json
+from poisondetect.names import TRAIN_ON
+from poisondetect.seeds import derive_seed
+
+log = logging.getLogger(__name__)
+
+# the files one detector writes in a cell's directory (the rules declare the same paths)
+FILTER_FILES = {
+    "scores": "filter/{detector}_{train_on}.parquet",
+    "summary": "filter/{detector}_{train_on}.json",
+}
+
+
+def svm_accuracy(x_tr, y_tr, x_te, y_te, params: dict) -> float:
+    """Test accuracy of an SVC retrained on (x_tr, y_tr); a one-class training set predicts that
+    class (filtering may remove every point of a class)."""
+    from sklearn.svm import SVC
+
+    if len(np.unique(y_tr)) < 2:
+        pred = np.full(len(y_te), y_tr[0] if len(y_tr) else 0)
+    else:
+        pred = SVC(**params).fit(x_tr, y_tr).predict(x_te)
+    return float((pred == y_te).mean())
+
+
+# -- stages -----------------------------------------------------------------------------------
+def build_rounds(data: str, out: str, *, classes: list[int], rounds: dict, seed: int) -> None:
+    from poisondetect.data import load_prepared
+    from poisondetect.rounds import make_rounds
+
+    ds = load_prepared(data)
+    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
+    r = make_rounds(
+        flat(ds.x_train),
+        ds.y_train,
+        flat(ds.x_test),
+        ds.y_test,
+        classes=tuple(classes),
+        n_rounds=rounds["n_rounds"],
+        n_train=rounds["n_train"],
+        n_val=rounds["n_val"],
+        n_test=rounds["n_test"],
+        seed=seed,
+    )
+    r.save(out)
+    log.info(
+        "%d rounds of %d train / %d val / %d test points, classes %s of %s",
+        rounds["n_rounds"],
+        rounds["n_train"],
+        rounds["n_val"],
+        rounds["n_test"],
+        classes,
+        ds.name,
+    )
+
+
+def poison_all(
+    rounds: str, out: str, *, attack: str, n_poison: int, svm: dict, optimal: dict, seed: int
+) -> None:
+    """Poison every round's training set; store it with the undefended and clean accuracies."""
+    from poisondetect.attacks.svm import poison
+    from poisondetect.rounds import Rounds
+
+    r = Rounds.load(rounds)
+    xs, ys, masks, kinds, acc_poisoned, acc_clean = [], [], [], [], [], []
+    t0 = time.perf_counter()
+    for i in range(r.n_rounds):
+        x, y, m, k = poison(
+            attack,
+            r.x_train[i],
+            r.y_train[i],
+            r.x_val[i],
+            r.y_val[i],
+            n_poison,
+            svm,
+            seed=derive_seed(seed, i),
+            **optimal,
+        )
+        xs.append(x), ys.append(y), masks.append(m), kinds.append(k)
+        acc_poisoned.append(svm_accuracy(x, y, r.x_test[i], r.y_test[i], svm))
+        acc_clean.append(svm_accuracy(r.x_train[i], r.y_train[i], r.x_test[i], r.y_test[i], svm))
+        if (i + 1) % max(1, r.n_rounds // 10) == 0 or i + 1 == r.n_rounds:
+            log.info(
+                "round %d/%d poisoned (%s, %d poisons): SVM accuracy %.3f (clean %.3f), %.1fs",
+                i + 1,
+                r.n_rounds,
+                attack,
+                n_poison,
+                acc_poisoned[-1],
+                acc_clean[-1],
+                time.perf_counter() - t0,
+            )
+    with atomic_path(out) as tmp:
+        np.savez(
+            tmp,
+            x=np.stack(xs),
+            y=np.stack(ys),
+            is_poison=np.stack(masks),
+            poison_kind=np.stack(kinds),
+            acc_undefended=np.array(acc_poisoned),
+            acc_clean=np.array(acc_clean),
+            x_test=r.x_test,
+            y_test=r.y_test,
+            x_clean=r.x_train,
+            y_clean=r.y_train,
+        )
+
+
+def load_poisoned(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except FileNotFoundError as e:
+        raise PoisonDetectError(f"{path} not found") from e
+    except Exception as e:  # truncated zip, bad header
+        raise PoisonDetectError(
+            f"{path} is corrupt or incomplete ({e}); delete it and rerun the poison_rounds job"
+        ) from e
+
+
+def make_detector(detector: str, params: dict, shared: dict, *, arch: str, seed: int, device: str):
+    """A new sample-level detector from the registry: its config block ``params``, plus the shared
+    auto-encoder settings, ``arch``, ``seed`` and ``device`` where its constructor takes them."""
+    from poisondetect.detectors.registry import build
+
+    return build("sample", detector, params, **shared, arch=arch, seed=seed, device=device)
+
+
+def apply_detector(det, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+    """One training set through a fitted sample-level detector: ``score``, ``flagged`` (its
+    ``predict``) and its named sub-scores, one value per point."""
+    return {
+        "score": det.score_samples(x, y),
+        "flagged": np.asarray(det.predict(x, y), dtype=bool),
+        **det.sub_scores(x, y),
+    }
+
+
+def _fitting_set(P: dict, train_on: str, nd: int) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled points of the first ``nd`` rounds the detectors learn from."""
+    if nd >= len(P["x"]):
+        raise PoisonDetectError(
+            f"n_detector_rounds = {nd} leaves no evaluation round of {len(P['x'])}"
+        )
+    if train_on not in TRAIN_ON:
+        raise PoisonDetectError(f"train_on must be one of {TRAIN_ON}, got {train_on!r}")
+    key = "" if train_on == "contaminated" else "_clean"
+    x, y = P[f"x{key}"][:nd], P[f"y{key}"][:nd]
+    return x.reshape(-1, x.shape[-1]), y.reshape(-1)
+
+
+def _filter_round(det, P: dict, i: int, svm: dict) -> tuple[pd.DataFrame, list[dict]]:
+    """One evaluation round through a fitted detector: its per-point table, and the metrics of its
+    own decision (``own``: its ``predict``) and of top-K (K = the round's poison count), each with
+    the SVM retrained on ``det.repair`` of the kept points."""
+    from poisondetect.detectors.decision import top_k_decision
+    from poisondetect.metrics import filter_metrics
+
+    x, y, mask, kind = P["x"][i], P["y"][i], P["is_poison"][i], P["poison_kind"][i]
+    out = apply_detector(det, x, y)
+    points = pd.DataFrame(
+        {
+            "round": i,
+            "point": np.arange(len(y)),
+            "label": y,
+            "is_poison": mask,
+            "poison_kind": kind,
+            **out,
+        }
+    )
+    metrics = []
+    for decision, flags in (
+        ("own", out["flagged"]),
+        ("topk", top_k_decision(out["score"], int(mask.sum()))),
+    ):
+        keep = ~flags
+        acc = svm_accuracy(det.repair(x[keep]), y[keep], P["x_test"][i], P["y_test"][i], svm)
+        metrics.append(
+            {
+                "decision": decision,
+                "round": i,
+                **filter_metrics(mask, flags, out["score"]),
+                "svm_accuracy": acc,
+            }
+        )
+    return points, metrics
+
+
+def fit_filter(
+    poisoned: str,
+    scores_out: str,
+    summary_out: str,
+    *,
+    detector: str,
+    params: dict,
+    shared: dict,
+    train_on: str,
+    n_detector_rounds: int,
+    arch: str,
+    svm: dict,
+    seed: int,
+    device: str,
+    cell: dict,
+) -> None:
+    """Fit one registered detector on the pooled first rounds; filter and retrain on the others.
+
+    ``params`` is the detector's config block (its constructor's keyword arguments); ``shared``
+    (the auto-encoders' settings), ``arch``, ``seed`` and ``device`` go to the detectors whose
+    constructors take them. Writes the per-point scores (Parquet) and the summary over the
+    evaluation rounds, one row per decision (JSON).
+    """
+    P = load_poisoned(poisoned)
+    nd, n_rounds = n_detector_rounds, len(P["x"])
+    x_fit, y_fit = _fitting_set(P, train_on, nd)
+    t0 = time.perf_counter()
+    det = make_detector(detector, params, shared, arch=arch, seed=seed, device=device)
+    det.fit(x_fit, y_fit)
+    log.info(
+        "%s fitted on %d %s points in %.1fs",
+        detector,
+        len(y_fit),
+        train_on,
+        time.perf_counter() - t0,
+    )
+    points, metrics = [], []
+    for i in range(nd, n_rounds):
+        p, m = _filter_round(det, P, i, svm)
+        p.insert(2, "detector", detector)
+        points.append(p)
+        metrics += m
+    with atomic_path(scores_out) as tmp:
+        pd.concat(points, ignore_index=True).to_parquet(tmp, index=False)
+    rounds = slice(nd, n_rounds)
+    summary = [
+        {
+            **cell,
+            "detector": detector,
+            "decision": decision,
+            "train_on": train_on,
+            **{k: g[k].mean() for k in ("precision", "recall", "f1", "auroc", "svm_accuracy")},
+            "undefended_accuracy": float(P["acc_undefended"][rounds].mean()),
+            "clean_accuracy": float(P["acc_clean"][rounds].mean()),
+            "n_eval_rounds": n_rounds - nd,
+        }
+        for decision, g in pd.DataFrame(metrics).groupby("decision", sort=False)
+    ]
+    own = summary[0]
+    log.info(
+        "%-16s F1 %.3f  AUROC %.3f  SVM accuracy %.3f (undefended %.3f, clean %.3f)",
+        detector,
+        own["f1"],
+        own["auroc"],
+        own["svm_accuracy"],
+        own["undefended_accuracy"],
+        own["clean_accuracy"],
+    )
+    write_json(summary_out, summary)
+
+
+def fit_filters(
+    poisoned: str, cell_dir: str, *, detectors: dict[str, dict], train_on: str, **settings
+) -> None:
+    """``fit_filter`` for each of ``detectors`` (name -> its config block) in turn, writing each
+    one's files in ``cell_dir`` (``FILTER_FILES``); ``settings`` as for ``fit_filter``."""
+    for i, (name, params) in enumerate(detectors.items(), 1):
+        if len(detectors) > 1:
+            log.info("detector %d of %d: %s", i, len(detectors), name)
+        files = {
+            k: str(Path(cell_dir) / rel.format(detector=name, train_on=train_on))
+            for k, rel in FILTER_FILES.items()
+        }
+        fit_filter(
+            poisoned,
+            files["scores"],
+            files["summary"],
+            detector=name,
+            params=params,
+            train_on=train_on,
+            **settings,
+        )
+
+
+def filter_points(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    detector: str,
+    params: dict,
+    shared: dict,
+    arch: str,
+    seed: int,
+    device: str,
+) -> pd.DataFrame:
+    """Fit a detector on a user's training set and score the same points (``filter`` command):
+    one row per point with ``index``, ``label``, ``score``, the sub-scores and ``flagged``."""
+    det = make_detector(detector, params, shared, arch=arch, seed=seed, device=device)
+    out = apply_detector(det.fit(x, y), x, y)
+    flagged = out.pop("flagged")
+    return pd.DataFrame({"index": np.arange(len(y)), "label": y, **out, "flagged": flagged})
+
+
+FILTERING_COLUMNS = [
+    "task",
+    "attack",
+    "n_poison",
+    "poison_rate",
+    "detector",
+    "decision",
+    "train_on",
+    "seed",
+    "precision",
+    "recall",
+    "f1",
+    "auroc",
+    "svm_accuracy",
+    "undefended_accuracy",
+    "clean_accuracy",
+    "n_eval_rounds",
+]
+
+
+def collect(summaries: list[str], out: str) -> pd.DataFrame:
+    """The tidy filtering table, with one no-defence row per (task, attack, poisons, seed)."""
+    rows = [r for p in summaries for r in read_json(p)]
+    df = pd.DataFrame(rows)
+    keys = ["task", "attack", "n_poison", "poison_rate", "seed"]
+    none = df.drop_duplicates(keys)[
+        keys + ["undefended_accuracy", "clean_accuracy", "n_eval_rounds"]
+    ].copy()
+    none["detector"], none["decision"], none["train_on"] = "none", "none", "none"
+    none["svm_accuracy"] = none["undefended_accuracy"]
+    df = pd.concat([df, none], ignore_index=True)
+    df = (
+        df.reindex(columns=FILTERING_COLUMNS)
+        .sort_values(["task", "attack", "n_poison", "seed", "detector", "decision", "train_on"])
+        .reset_index(drop=True)
+    )
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+    return df
