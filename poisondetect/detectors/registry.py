@@ -25,6 +25,8 @@ _REGISTRY: dict[str, dict[str, str | type]] = {
         "magnet_reformer": "poisondetect.detectors.baselines:MagNetReformer",
         "spectral_signatures": "poisondetect.detectors.spectral:SpectralSignatures",
         "activation_clustering": "poisondetect.detectors.spectral:ActivationClustering",
+        "knn_sanitization": "poisondetect.detectors.sanitization:KNNLabelSanitization",
+        "loss_filter": "poisondetect.detectors.sanitization:LossFilter",
     },
     "model": {
         "ae_mean": "poisondetect.detectors.model_level:AEMean",
