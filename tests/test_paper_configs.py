@@ -31,7 +31,7 @@ def test_paper_cifar10_grid(workdir):
 
 def test_paper_cae_grid(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", configfile=REPO / "configs/paper-cae.yaml"))
-    tasks, attacks, counts, seeds, detectors, train_on = 5, 4, 3, 3, 8, 2
+    tasks, attacks, counts, seeds, detectors, train_on = 5, 4, 3, 3, 10, 2
     assert jobs["prepare_data"] == 3  # MNIST, Fashion-MNIST, CIFAR-10
     assert jobs["make_rounds"] == tasks * seeds
     assert jobs["poison_rounds"] == tasks * attacks * counts * seeds
