@@ -27,16 +27,23 @@ def check_features(X: np.ndarray, name: str = "X") -> np.ndarray:
     return x
 
 
-def check_labels(
-    y: np.ndarray | None, n: int | None = None, n_classes: int = 2, name: str = "y"
-) -> np.ndarray:
-    """``y`` as int64 ``(n,)`` (any length when ``n`` is None) with values in ``[0, n_classes)``."""
+def check_label_vector(y: np.ndarray | None, n: int | None = None, name: str = "y") -> np.ndarray:
+    """``y`` as a 1-D array of ``n`` labels (any length when ``n`` is None) of any values (for
+    detectors that compare labels for equality rather than index by them)."""
     if y is None:
         raise PoisonDetectError(f"{name} is required: this detector uses the labels")
     arr = np.asarray(y)
     if arr.ndim != 1 or (n is not None and arr.shape != (n,)):
         want = f"({n},) to match X" if n is not None else "(N,)"
         raise PoisonDetectError(f"{name} must have shape {want}, got {arr.shape}")
+    return arr
+
+
+def check_labels(
+    y: np.ndarray | None, n: int | None = None, n_classes: int = 2, name: str = "y"
+) -> np.ndarray:
+    """``y`` as int64 ``(n,)`` (any length when ``n`` is None) with values in ``[0, n_classes)``."""
+    arr = check_label_vector(y, n, name)
     if arr.size and (
         not np.all(np.equal(np.mod(arr, 1), 0)) or arr.min() < 0 or arr.max() >= n_classes
     ):

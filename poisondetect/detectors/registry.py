@@ -32,6 +32,11 @@ _REGISTRY: dict[str, dict[str, tuple[str | type, str]]] = {
             "poisondetect.detectors.spectral:ActivationClustering",
             "Activation clustering",
         ),
+        "knn_sanitization": (
+            "poisondetect.detectors.sanitization:KNNLabelSanitization",
+            "kNN label sanitization",
+        ),
+        "loss_filter": ("poisondetect.detectors.sanitization:LossFilter", "Loss filtering"),
     },
     "model": {
         "ae_mean": ("poisondetect.detectors.model_level:AEMean", "ae_mean"),

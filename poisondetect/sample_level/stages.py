@@ -143,12 +143,22 @@ def load_poisoned(path: str) -> dict[str, np.ndarray]:
         ) from e
 
 
-def make_detector(detector: str, params: dict, shared: dict, *, arch: str, seed: int, device: str):
+def make_detector(
+    detector: str,
+    params: dict,
+    shared: dict,
+    *,
+    arch: str,
+    seed: int,
+    device: str,
+    svm: dict | None = None,
+):
     """A new sample-level detector from the registry: its config block ``params``, plus the shared
-    auto-encoder settings, ``arch``, ``seed`` and ``device`` where its constructor takes them."""
+    auto-encoder settings, ``arch``, ``seed``, ``device`` and the task's SVM arguments ``svm``
+    where its constructor takes them."""
     from poisondetect.detectors.registry import build
 
-    return build("sample", detector, params, **shared, arch=arch, seed=seed, device=device)
+    return build("sample", detector, params, **shared, arch=arch, seed=seed, device=device, svm=svm)
 
 
 def apply_detector(det, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
@@ -238,7 +248,7 @@ def fit_filter(
     nd, n_rounds = n_detector_rounds, len(P["x"])
     x_fit, y_fit = _fitting_set(P, train_on, nd)
     t0 = time.perf_counter()
-    det = make_detector(detector, params, shared, arch=arch, seed=seed, device=device)
+    det = make_detector(detector, params, shared, arch=arch, seed=seed, device=device, svm=svm)
     det.fit(x_fit, y_fit)
     log.info(
         "%s fitted on %d %s points in %.1fs",
