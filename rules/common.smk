@@ -4,11 +4,14 @@ import sys
 sys.path.insert(0, workflow.basedir)
 
 from poisondetect.config import validate_config, load_schema  # noqa: E402
+from poisondetect.errors import exit_on_user_error  # noqa: E402
 from poisondetect import population  # noqa: E402
 
-_validated = validate_config(
-    config, load_schema(workflow.source_path("../schemas/config.schema.yaml"))
-)
+with exit_on_user_error():  # an invalid config: one line, exit status 2
+    _validated = validate_config(
+        config,
+        load_schema(workflow.source_path("../poisondetect/schemas/config.schema.yaml")),
+    )
 config.clear()
 config.update(_validated)
 
