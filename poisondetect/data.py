@@ -178,9 +178,10 @@ def prepare_dataset(
     """Read a dataset once, optionally subsample it, write the ``.npz`` cache atomically.
 
     ``max_train`` / ``max_test`` keep a seeded, stratified subset of that many samples (original
-    order kept). ``reader_options`` go to ``read_dataset`` (``seed`` is passed on too). Returns the
-    dataset as ``load_prepared(out)`` will return it. ``require_classes``: (config key, class
-    index) pairs the config uses on this data set; one out of range is an error naming the key.
+    order kept). ``reader_options`` go to ``read_dataset`` (``seed`` is passed on too; ``limits``
+    bounds what is read, default ``poisondetect.limits.current_limits()``). Returns the dataset as
+    ``load_prepared(out)`` will return it. ``require_classes``: (config key, class index) pairs the
+    config uses on this data set; one out of range is an error naming the key.
     """
     raw = _read_raw(fmt, path, seed=seed, **reader_options)
     bad = [f"{key} = {c}" for key, c in (require_classes or []) if not 0 <= c < len(raw.classes)]
