@@ -1,6 +1,7 @@
 # make demo : set up the virtual environment (once), run the workflow on the default config
 #             (embedded digits data set), build the Snakemake report.
-# make test : the same set-up, then the whole test suite.
+# make test : the same set-up plus the development tools (requirements-dev.txt), then the whole
+#             test suite.
 # make lint : snakemake --lint, ruff and snakefmt checks;  make format : apply the formatters.
 #
 # Options (on the command line, e.g. `make demo PYTHON=python3.11 TORCH=cpu`):
@@ -9,13 +10,15 @@
 #                       small home quotas); the default, TORCH=default, is PyPI's torch, a CUDA build
 #                       that also runs on the CPU.
 #   TORCH_INDEX=URL     where TORCH=cpu looks for $(TORCH_CPU) (default: PyTorch's CPU wheel index;
-#                       point it to a mirror if your site has one)
+#                       point it to a mirror if your site has one). It is asked first whether it
+#                       answers (5 s); if not, the fallback below is installed at once.
 #   VENV=DIR            where the virtual environment goes (default .venv)
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+DEV_STAMP := $(VENV)/.dev-installed-stamp
 CORES  ?= all
 TORCH  ?= default
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -24,12 +27,14 @@ TORCH_CPU ?= torch==2.14.1+cpu
 # configured indexes or --find-links directories (pip.conf, PIP_FIND_LINKS), e.g. a local wheel.
 TORCH_CPU_FALLBACK ?= torch==2.13.0+cpu
 PY_MIN := 3.11
+# Does a package index answer? (any HTTP reply counts; a file: index must exist). Exit status 0/1.
+INDEX_PROBE := import os, sys, urllib.parse as p, urllib.request as r, urllib.error as e\nu = sys.argv[1]; s = p.urlsplit(u)\nif s.scheme in (\"\", \"file\"): sys.exit(not os.path.exists(p.unquote(s.path)))\ntry: r.urlopen(u, timeout=5)\nexcept e.HTTPError: pass
 
 ifeq ($(filter $(TORCH),default cpu),)
 $(error TORCH=$(TORCH) is not known: use TORCH=cpu (CPU-only build) or leave it out (PyPI's default build))
 endif
 
-.PHONY: demo test lint format report clean venv check-python
+.PHONY: demo test lint format report clean venv dev-venv check-python
 .DEFAULT_GOAL := venv
 
 # The interpreter is checked before anything is installed: the pinned packages need Python 3.11, and
@@ -56,10 +61,15 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml | check-python
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 ifeq ($(TORCH),cpu)
-	@echo "TORCH=cpu: installing $(TORCH_CPU) from $(TORCH_INDEX)"
-	$(BIN)/python -m pip install --quiet --extra-index-url $(TORCH_INDEX) "$(TORCH_CPU)" \
-	  || { echo "could not install $(TORCH_CPU) from $(TORCH_INDEX); trying $(TORCH_CPU_FALLBACK) (set TORCH_INDEX to a reachable mirror of the CPU index to get $(TORCH_CPU))" >&2; \
-	       $(BIN)/python -m pip install --quiet "$(TORCH_CPU_FALLBACK)"; }
+	@if $(BIN)/python -c "exec('$(INDEX_PROBE)')" "$(TORCH_INDEX)" >/dev/null 2>&1; then \
+	    echo "TORCH=cpu: installing $(TORCH_CPU) from $(TORCH_INDEX)"; \
+	    $(BIN)/python -m pip install --quiet --extra-index-url $(TORCH_INDEX) "$(TORCH_CPU)" \
+	      || { echo "could not install $(TORCH_CPU) from $(TORCH_INDEX); trying $(TORCH_CPU_FALLBACK) (set TORCH_INDEX to a reachable mirror of the CPU index to get $(TORCH_CPU))" >&2; \
+	           $(BIN)/python -m pip install --quiet "$(TORCH_CPU_FALLBACK)"; }; \
+	else \
+	    echo "TORCH=cpu: $(TORCH_INDEX) does not answer; installing $(TORCH_CPU_FALLBACK) from pip's own indexes instead (set TORCH_INDEX to a reachable mirror of the CPU index to get $(TORCH_CPU))" >&2; \
+	    $(BIN)/python -m pip install --quiet "$(TORCH_CPU_FALLBACK)"; \
+	fi
 	$(BIN)/python -W ignore -c "import torch, sys; sys.exit(0 if torch.version.cuda is None else 'TORCH=cpu installed a CUDA build of torch ' + torch.__version__)"
 	$(BIN)/python -W ignore -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
 	grep -v '^torch==' requirements.txt > $(VENV)/requirements-cpu.txt
@@ -72,7 +82,16 @@ endif
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+# Test and lint tools, for make test / lint / format only (a user's make demo does not need them).
+# Constrained by the lock without its torch/CUDA lines: they never change the torch installed above.
+$(DEV_STAMP): requirements-dev.txt requirements.lock $(STAMP)
+	grep -vE '^(torch|triton|nvidia-|cuda-)' requirements.lock > $(VENV)/requirements-dev.lock
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c $(VENV)/requirements-dev.lock
+	touch $(DEV_STAMP)
+
 venv: $(STAMP)
+
+dev-venv: $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
@@ -82,16 +101,16 @@ demo: $(STAMP)
 report: $(STAMP)
 	$(BIN)/snakemake --report results/report.zip
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/ruff check poisondetect scripts tests benchmarks
 	$(BIN)/ruff format --check poisondetect scripts tests benchmarks
 	$(BIN)/snakefmt --check Snakefile rules
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff format poisondetect scripts tests benchmarks
 	$(BIN)/ruff check --fix poisondetect scripts tests benchmarks
 	$(BIN)/snakefmt Snakefile rules

@@ -3,12 +3,18 @@
 ``audit``: prints every detector's score of a suspicious checkpoint on the bundle's trigger set, its
 calibrated threshold, its rank among the honest fine-tunes (an empirical p-value) and the verdict,
 naming the detectors the verdict comes from; and, on a line of its own, the paper's rule (mean
-reconstruction error against its own threshold Tr). Exit status: 0 not poisoned, 1 POISONED, 2 bad input. Checkpoints are read as
-safetensors or weights-only state dicts; pickled code is refused.
+reconstruction error against its own threshold Tr). Checkpoints are read as safetensors or
+weights-only state dicts; pickled code is refused.
 
 ``filter`` fits a sample-level detector (CAE+ by default, any registered one by name, with the
 config's settings) on a training set, writes a per-point CSV (index, label, scores, flag) and
-prints a summary. Exit status 0 on success, 2 on bad input (one ``error: ...`` line).
+prints a summary.
+
+Exit status (both commands; ``poisondetect.errors``): 0 success (``audit``: not poisoned); 1
+internal error, printed with its traceback (a bug); 2 bad input, one ``error: ...`` line on stderr
+(bad, oversized or unreadable files, configs and checkpoints, a full disk, no permission); 3
+``audit`` flagged the model POISONED. Inputs are read within size limits (``--limit KEY=VALUE``,
+the config's ``limits`` block, or ``POISONDETECT_LIMITS``; see ``poisondetect.limits``).
 """
 
 from __future__ import annotations
@@ -16,19 +22,55 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 
-from poisondetect.errors import PoisonDetectError
+from poisondetect.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CODES_HELP,
+    EXIT_INTERNAL_ERROR,
+    EXIT_OK,
+    EXIT_POISONED,
+    user_error_message,
+)
 from poisondetect.names import SAMPLE_DETECTOR_ARCHS
+
+LIMIT_HELP = (
+    "raise or lower a bound on what is read, KEY=VALUE (repeatable): max_file_mb, "
+    "max_uncompressed_mb, max_members, max_image_pixels (defaults 4096, 4096, 250000, 89478485; "
+    "also the config's limits block and the POISONDETECT_LIMITS environment variable)"
+)
+
+
+def version() -> str:
+    """The installed distribution's version, else the package's own ``__version__``."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("poisondetect")
+    except PackageNotFoundError:
+        from poisondetect import __version__
+
+        return __version__
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m poisondetect", description=__doc__.split("\n\n")[0])
+    raw = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="poisondetect",
+        description=__doc__.split("\n\n")[0],
+        epilog=EXIT_CODES_HELP,
+        formatter_class=raw,
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser(
         "audit",
         help="decide whether a returned model was poisoned",
         description="Score a suspicious checkpoint with a detector bundle "
         "(results/model_level/<dataset>/<arch>/<scenario>/seed<seed>/detector.safetensors).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=raw,
     )
     a.add_argument(
         "--bundle", required=True, help="detector bundle (.safetensors) from the workflow"
@@ -54,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
         help="find the poisoned points of a training set",
         description="Fit a sample-level detector on a training set and flag its suspicious points "
         "(the workflow's detector classes and config blocks).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=raw,
     )
     f.add_argument(
         "--data",
@@ -116,13 +160,17 @@ def format_audit(r: dict) -> str:
 def _device_and_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--limit", action="append", default=[], metavar="KEY=VALUE", help=LIMIT_HELP)
 
 
 def _audit(args: argparse.Namespace) -> tuple[dict, str, int]:
+    from poisondetect.limits import configured_limits, set_limits
+
+    set_limits(configured_limits(None, args.limit))
     from poisondetect.model_level.audit import audit
 
     result = audit(args.bundle, args.model, args.data, args.device, arch=args.arch)
-    return result, format_audit(result), 1 if result["flagged"] else 0
+    return result, format_audit(result), EXIT_POISONED if result["flagged"] else EXIT_OK
 
 
 def _filter(args: argparse.Namespace) -> tuple[dict, str, int]:
@@ -137,20 +185,33 @@ def _filter(args: argparse.Namespace) -> tuple[dict, str, int]:
         arch=args.arch,
         seed=args.seed,
         device=args.device,
+        limit_overrides=args.limit,
     )
-    return result, result.pop("message"), 0
+    return result, result.pop("message"), EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status: 0 ok (audit: not flagged), 1 audit flagged the model, 2 bad input."""
-    args = _parser().parse_args(argv)
+    """Run a command; return its exit status (module docstring; ``poisondetect.errors``)."""
+    args = _parser().parse_args(argv)  # a usage error exits with 2, as bad input
     command = {"audit": _audit, "filter": _filter}[args.command]
     try:
         result, message, status = command(args)
-    except PoisonDetectError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.json else message)
+        print(json.dumps(result, indent=2) if args.json else message)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        text = user_error_message(e)
+        if text is None:
+            traceback.print_exc()
+            print(
+                f"internal error in poisondetect {version()} (a bug: please report it with the "
+                "traceback above)",
+                file=sys.stderr,
+            )
+            return EXIT_INTERNAL_ERROR
+        print(f"error: {text}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return status
 
 

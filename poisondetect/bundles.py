@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from poisondetect.errors import PoisonDetectError
+from poisondetect.errors import PoisonDetectError, as_os_error
 from poisondetect.io import atomic_path, json_default
+from poisondetect.limits import check_file_size, current_limits
 
 METADATA_KEY = "poisondetect"
 
@@ -64,7 +65,10 @@ def write_bundle(path: str | os.PathLike, arrays: dict[str, Any], meta: dict) ->
         raise PoisonDetectError(f"metadata for {path} is not JSON serialisable: {e}") from e
     meta["digest"] = content_digest(arrays, meta)
     with atomic_path(path) as tmp:
-        save_file(arrays, str(tmp), metadata={METADATA_KEY: _canonical_json(meta)})
+        try:
+            save_file(arrays, str(tmp), metadata={METADATA_KEY: _canonical_json(meta)})
+        except Exception as e:  # safetensors' own error type for a full disk: the OSError inside
+            raise as_os_error(e, str(path)) or e from e
     return meta["digest"]
 
 
@@ -79,6 +83,7 @@ def read_safetensors(
     path = Path(path)
     if not path.is_file():
         raise PoisonDetectError(f"{path} not found")
+    check_file_size(path, current_limits())
     try:
         with safe_open(str(path), framework=framework, device="cpu") as f:
             raw = (f.metadata() or {}).get(METADATA_KEY)

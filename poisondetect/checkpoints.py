@@ -9,10 +9,14 @@ anything other than plain tensors (and plain metadata) is refused.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import pickletools
 import re
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from torch import nn
 
 from poisondetect.bundles import read_safetensors, verify_digest, write_bundle
 from poisondetect.errors import PoisonDetectError, count_nonfinite
+from poisondetect.limits import check_file_size, current_limits, kind_of, over_limit, read_head
 from poisondetect.models import build_model, image_hw
 
 CHECKPOINT_KIND = "poisondetect.checkpoint"
@@ -99,18 +104,110 @@ def _unpickle_reason(message: str) -> str:
     # unsupported GLOBAL posix.system whose module posix is blocked"
     found = re.search(r"(?i)unsupported (?:global: )?GLOBAL (\S+)", message)
     if found:
-        return f"it references {found.group(1)}, which is code, not a tensor"
-    found = re.search(r"WeightsUnpickler error: ([^\n]*)", message)
-    return f"it holds more than tensors: {found.group(1) if found else 'unsupported content'}"
+        return f"it references {found.group(1).rstrip('.')}, which is code, not a tensor"
+    found = re.search(r"Unsupported operand (\d+)", message)
+    if found:  # e.g. FRAME: pickle protocol 4 or later, which torch's loader does not read
+        code = int(found.group(1))
+        name = next((op.name for op in pickletools.opcodes if ord(op.code) == code), str(code))
+        return (
+            f"not a weights-only state dict: a plain pickle (opcode {name}, protocol "
+            f"{_opcode_protocol(code)} or later) that torch's weights-only loader does not read"
+        )
+    found = re.search(r"WeightsUnpickler error: \s*([^\n]+)", message)
+    return (
+        f"it holds more than tensors: {found.group(1).strip() if found else 'unsupported content'}"
+    )
+
+
+def _opcode_protocol(code: int) -> int:
+    return next((op.proto for op in pickletools.opcodes if ord(op.code) == code), 0)
+
+
+# What torch.save writes for a state dict: none of these run code from the file.
+_TENSOR_GLOBALS = re.compile(
+    r"^(collections\.OrderedDict|torch\._utils\._rebuild_\w+|torch\.\w*Storage|"
+    r"torch\.storage\.\w+|torch\.(Size|device|dtype|float\w*|int\w*|uint\w*|bfloat16|bool))$"
+)
+
+
+def _pickled_globals(path: Path, limit: int) -> list[str]:
+    """The globals (``module.name``) the pickle(s) of a ``.pt`` file reference, read without
+    unpickling anything (``pickletools.genops``): the object pickle of a zip checkpoint, or the
+    first pickles of a legacy one / a plain pickle. Empty when the file cannot be parsed."""
+    found: list[str] = []
+    try:
+        if kind_of(read_head(path, 4)) == "zip":
+            with zipfile.ZipFile(path) as zf:
+                info = next((i for i in zf.infolist() if i.filename.endswith("data.pkl")), None)
+                if info is None or info.file_size > limit:
+                    return found
+                streams = [io.BytesIO(zf.read(info))]
+        else:
+            streams = [open(path, "rb")]  # noqa: SIM115 - closed below
+        for stream in streams:
+            with stream:
+                for _ in range(5):  # legacy files: magic, protocol, sys info, object, keys
+                    found += _globals_of_one_pickle(stream)
+    except Exception:  # the scan only explains a refusal: torch.load decides
+        pass
+    return found
+
+
+def _globals_of_one_pickle(stream: Any) -> list[str]:
+    names: list[str] = []
+    strings: list[str] = []  # recent string arguments, for STACK_GLOBAL
+    memo: dict[int, str] = {}
+    for op, arg, _pos in pickletools.genops(stream):
+        if op.name == "GLOBAL":
+            names.append(str(arg).replace(" ", "."))
+        elif op.name == "STACK_GLOBAL":
+            names.append(".".join(strings[-2:]) if len(strings) >= 2 else "(unknown global)")
+        elif op.name.endswith(("UNICODE", "UNICODE8", "STRING")):
+            strings.append(arg.decode("latin1") if isinstance(arg, bytes) else str(arg))
+        elif op.name == "MEMOIZE" and strings:
+            memo[len(memo)] = strings[-1]
+        elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and strings:
+            memo[int(arg)] = strings[-1]
+        elif op.name in ("BINGET", "LONG_BINGET", "GET") and int(arg) in memo:
+            strings.append(memo[int(arg)])
+    return names
 
 
 def _load_weights_only(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    limits = current_limits()
+    check_file_size(path, limits)
+    if kind_of(read_head(path, 4)) == "zip":  # torch's format: its records are size-checked too
+        try:
+            with zipfile.ZipFile(path) as zf:
+                infos = zf.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            raise PoisonDetectError(
+                f"{path}: not a readable weights file, truncated or corrupt ({_first_line(e)}); "
+                f"{GET_INTACT_COPY}"
+            ) from e
+        if len(infos) > limits.max_members:
+            raise over_limit(str(path), "record count", "max_members", limits, len(infos))
+        total = sum(i.file_size for i in infos)
+        if total > limits.max_uncompressed_bytes:
+            raise over_limit(str(path), "declared size", "max_uncompressed_mb", limits, total)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's restricted unpickler raises this for any global it does not allow (code, classes).
         if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
-            raise _refuse(path, _unpickle_reason(str(e))) from e
+            code = [
+                g
+                for g in _pickled_globals(path, limits.max_uncompressed_bytes)
+                if not _TENSOR_GLOBALS.match(g)
+            ]
+            reason = (
+                f"it references {code[0]}, which is code, not a tensor"
+                if code
+                else _unpickle_reason(str(e))
+            )
+            raise _refuse(path, reason) from e
         raise PoisonDetectError(
             f"{path}: not a readable weights file, truncated or corrupt ({_first_line(e)}); "
             f"{GET_INTACT_COPY}"

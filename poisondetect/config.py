@@ -2,25 +2,25 @@
 
 Errors name the offending key as a dotted path (``model_level.train.epochs``) and say how to fix it,
 instead of jsonschema's generic message. The module imports neither torch nor Snakemake, so the
-Snakefile can use it at start-up without slowing down ``snakemake -n``.
+Snakefile can use it at start-up without slowing down ``snakemake -n``. The schema is package data
+(``poisondetect/schemas/config.schema.yaml``): an installed package validates configs too.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import numpy as np
 import yaml
 
 from poisondetect.errors import PoisonDetectError
+from poisondetect.limits import read_npz
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 # Where the workflow caches prepared data sets (relative to its working directory): a prepared data
 # set records its classes, so a class out of range is caught when the run is planned.
 DATA_DIR = Path("results/data")
@@ -44,8 +44,55 @@ _Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return yaml.safe_load(f)
+
+
+def read_config_file(path: str | Path, label: str | None = None) -> dict:
+    """The mapping in a YAML (or JSON) config file; every way it can be unreadable is one line
+    naming the file (and the line, where YAML says it), never a traceback."""
+    label = label or str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise PoisonDetectError(f"{label}: file not found") from None
+    except IsADirectoryError:
+        raise PoisonDetectError(f"{label}: a directory, not a config file") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise PoisonDetectError(
+            f"{label}: not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); save the file "
+            "as UTF-8 (e.g. iconv -f latin1 -t utf-8 old.yaml > new.yaml)"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" on line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise PoisonDetectError(f"{label}: not valid YAML ({problem}{at}); fix the file") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise PoisonDetectError(
+            f"{label}: the config must be a mapping of keys (e.g. 'model_level:'), not a "
+            f"{type(raw).__name__}"
+        )
+    return raw
+
+
+def check_config_file(path: str | Path) -> None:
+    """For the Snakefile, before its ``configfile:`` directive: if ``path`` exists and cannot be
+    read as a YAML mapping, stop Snakemake with one line naming the file (exit status 2) instead of
+    Snakemake's traceback without the file name. (A ``--configfile`` given on the command line is
+    read by Snakemake before the Snakefile runs: this cannot check that one.)"""
+    from poisondetect.errors import exit_on_user_error
+
+    if Path(path).exists():
+        with exit_on_user_error():
+            read_config_file(path)
 
 
 def _key(error: jsonschema.ValidationError) -> str:
@@ -101,7 +148,7 @@ def _validate(cfg: dict, schema: dict) -> None:
         raise PoisonDetectError(
             f"invalid configuration:\n{lines}\n"
             "Fix these keys in your config file (or --config overrides); "
-            "schemas/config.schema.yaml documents every key."
+            "poisondetect/schemas/config.schema.yaml documents every key."
         )
 
 
@@ -245,9 +292,9 @@ def _known_class_counts(cfg: dict, data_dir: Path | None) -> list[tuple[str, int
         prepared = Path(data_dir) / f"{name}.npz" if data_dir is not None else None
         if n is None and prepared is not None and prepared.is_file():
             try:
-                with np.load(prepared, allow_pickle=False) as npz:
-                    n, where = len(npz["classes"]), f", as prepared in {prepared}"
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                classes = read_npz(prepared, ["classes"], own_cache=True)["classes"]
+                n, where = len(classes), f", as prepared in {prepared}"
+            except (OSError, KeyError, PoisonDetectError):
                 n = None  # a broken cache is reported by the job that reads it
         if n is None and spec.get("format") == "image_folder" and spec.get("path"):
             train = Path(spec["path"]) / "train"

@@ -2,6 +2,9 @@
 
 Every reader works on local files only: nothing is ever downloaded. A missing or malformed input
 raises :class:`PoisonDetectError` naming the path and describing the layout that was expected.
+Every reader is bounded (``poisondetect.limits``): file sizes, the sizes archives and compressed
+files declare, member counts and image pixel counts are checked before the data are read, and a file
+whose first bytes say it is not what its name says is refused at once.
 
 Images come out as ``float32`` arrays shaped ``(N, C, H, W)`` with pixels in ``[0, 1]`` and labels
 as ``int64``. ``prepare_dataset`` reads a dataset once and writes a compact ``.npz`` cache (pixels
@@ -12,12 +15,12 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
 import tarfile
-import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -25,6 +28,20 @@ import numpy as np
 
 from poisondetect.errors import PoisonDetectError
 from poisondetect.io import atomic_path
+from poisondetect.limits import (
+    Limits,
+    MemberBudget,
+    check_file_size,
+    check_image_pixels,
+    describe_head,
+    kind_of,
+    open_tar_stream,
+    over_limit,
+    pillow_pixel_limit,
+    read_head,
+    read_npz,
+    resolve,
+)
 from poisondetect.seeds import stratified_subset as _stratified_subset
 
 DATA_FORMATS: dict[str, str] = {
@@ -128,11 +145,13 @@ def read_dataset(
     image_size: int | None = None,
     test_fraction: float = 0.25,
     seed: int = 0,
+    limits: Limits | Mapping | None = None,
 ) -> Dataset:
     """Read a dataset in format ``fmt`` from ``path`` (see ``DATA_FORMATS``).
 
     ``channels`` and ``image_size`` apply to ``image_folder`` only; ``test_fraction`` and ``seed``
-    to ``digits`` only (it has no official split).
+    to ``digits`` only (it has no official split). ``limits``: the bounds of what is read
+    (default: ``poisondetect.limits.current_limits()``).
     """
     return _read_raw(
         fmt,
@@ -141,6 +160,7 @@ def read_dataset(
         image_size=image_size,
         test_fraction=test_fraction,
         seed=seed,
+        limits=limits,
     ).to_dataset()
 
 
@@ -158,9 +178,10 @@ def prepare_dataset(
     """Read a dataset once, optionally subsample it, write the ``.npz`` cache atomically.
 
     ``max_train`` / ``max_test`` keep a seeded, stratified subset of that many samples (original
-    order kept). ``reader_options`` go to ``read_dataset`` (``seed`` is passed on too). Returns the
-    dataset as ``load_prepared(out)`` will return it. ``require_classes``: (config key, class
-    index) pairs the config uses on this data set; one out of range is an error naming the key.
+    order kept). ``reader_options`` go to ``read_dataset`` (``seed`` is passed on too; ``limits``
+    bounds what is read, default ``poisondetect.limits.current_limits()``). Returns the dataset as
+    ``load_prepared(out)`` will return it. ``require_classes``: (config key, class index) pairs the
+    config uses on this data set; one out of range is an error naming the key.
     """
     raw = _read_raw(fmt, path, seed=seed, **reader_options)
     bad = [f"{key} = {c}" for key, c in (require_classes or []) if not 0 <= c < len(raw.classes)]
@@ -194,8 +215,12 @@ def prepare_dataset(
     return raw.to_dataset()
 
 
-def load_prepared(path: str | os.PathLike) -> Dataset:
-    """Load a cache written by ``prepare_dataset``; a corrupt file raises a clear error."""
+def load_prepared(path: str | os.PathLike, limits: Limits | Mapping | None = None) -> Dataset:
+    """Load a cache written by ``prepare_dataset``; a corrupt file raises a clear error.
+
+    The file is checked as any ``.npz`` (``poisondetect.limits.read_npz``), except that its stored
+    arrays are not size-limited: they are what the prepare step wrote under the limits then.
+    """
     path = Path(path)
     if not path.is_file():
         raise PoisonDetectError(
@@ -203,12 +228,12 @@ def load_prepared(path: str | os.PathLike) -> Dataset:
         )
     keys = ("version", "name", "format", "classes", "pixel_max")
     keys += ("x_train", "y_train", "x_test", "y_test")
+    hint = "delete it and rerun the prepare step"
+    arrays = read_npz(path, list(keys), limits=limits, hint=hint, own_cache=True)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in keys if k not in npz.files]
-            if missing:
-                raise ValueError(f"missing arrays {missing}")
-            arrays = {k: npz[k] for k in keys}
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise ValueError(f"missing arrays {missing}")
         if int(arrays["version"]) != CACHE_VERSION:
             raise ValueError(f"cache version {int(arrays['version'])}, expected {CACHE_VERSION}")
         raw = _Raw(
@@ -222,10 +247,9 @@ def load_prepared(path: str | os.PathLike) -> Dataset:
             pixel_max=int(arrays["pixel_max"]),
         )
         _check_raw(raw)
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise PoisonDetectError(
-            f"{path}: corrupt or truncated prepared dataset ({e}); "
-            "delete it and rerun the prepare step"
+            f"{path}: corrupt or truncated prepared dataset ({e}); {hint}"
         ) from e
     return raw.to_dataset()
 
@@ -241,7 +265,9 @@ def _read_raw(
     image_size: int | None = None,
     test_fraction: float = 0.25,
     seed: int = 0,
+    limits: Limits | Mapping | None = None,
 ) -> _Raw:
+    limits = resolve(limits)
     if fmt not in DATA_FORMATS:
         raise PoisonDetectError(
             f"unknown dataset format {fmt!r}; known formats: {', '.join(DATA_FORMATS)}"
@@ -255,11 +281,11 @@ def _read_raw(
         if not path.exists():
             raise _layout_error(fmt, path, "does not exist")
         if fmt in ("mnist", "fashion_mnist"):
-            raw = _read_idx_dataset(fmt, path)
+            raw = _read_idx_dataset(fmt, path, limits)
         elif fmt == "cifar10":
-            raw = _read_cifar10(path)
+            raw = _read_cifar10(path, limits)
         else:
-            raw = _read_image_folder(path, channels, image_size)
+            raw = _read_image_folder(path, channels, image_size, limits)
     _check_raw(raw)
     return raw
 
@@ -328,43 +354,56 @@ def _find_idx_file(fmt: str, directory: Path, stem: str) -> Path:
     raise _layout_error(fmt, directory, f"missing {stem} (or {stem}.gz)")
 
 
-def read_idx(path: str | os.PathLike, fmt: str = "mnist") -> np.ndarray:
-    """Read one IDX file (plain or gzip) into a native-endian array, validating its header."""
+def read_idx(
+    path: str | os.PathLike, fmt: str = "mnist", limits: Limits | Mapping | None = None
+) -> np.ndarray:
+    """Read one IDX file (plain or gzip, told by its first bytes) into a native-endian array.
+
+    The header is validated first; the data are then read in exactly the size it announces (at
+    most ``max_uncompressed_mb``; the file on disk at most ``max_file_mb``), so a gzip stream that
+    expands beyond what the header says is never decompressed further.
+    """
     path = Path(path)
+    limits = resolve(limits)
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
+        check_file_size(path, limits)
+        gz = kind_of(read_head(path, 2)) == "gzip"
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                raise _layout_error(
+                    fmt, path, f"not an IDX file (bad magic number {head.hex() or 'empty'})"
+                )
+            dtype = np.dtype(_IDX_DTYPES[head[2]])
+            dims_bytes = f.read(4 * head[3])
+            if len(dims_bytes) < 4 * head[3]:
+                raise _layout_error(fmt, path, "truncated IDX header")
+            dims = tuple(int(d) for d in np.frombuffer(dims_bytes, dtype=">u4"))
+            expected = math.prod(dims) * dtype.itemsize
+            if expected > limits.max_uncompressed_bytes:
+                what = f"data announced by the IDX header {dims}"
+                raise over_limit(str(path), what, "max_uncompressed_mb", limits, expected)
+            data = f.read(expected + 1)
     except (OSError, EOFError, zlib.error) as e:
         raise _layout_error(fmt, path, f"cannot read IDX file ({e})") from e
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise _layout_error(
-            fmt, path, f"not an IDX file (bad magic number {data[:4].hex() or 'empty'})"
-        )
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise _layout_error(fmt, path, "truncated IDX header")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(data) - header != expected:
+    if len(data) != expected:
+        held = f"{len(data)} bytes" if len(data) < expected else "more bytes"
         raise _layout_error(
             fmt,
             path,
             f"IDX header announces shape {dims} ({expected} bytes of data) but the file holds "
-            f"{len(data) - header} bytes after the header (truncated or wrong file)",
+            f"{held} after the header (truncated or wrong file)",
         )
-    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    array = np.frombuffer(data, dtype=dtype).reshape(dims)
     return array.astype(dtype.newbyteorder("="))
 
 
-def _read_idx_split(fmt: str, directory: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_idx_split(
+    fmt: str, directory: Path, prefix: str, limits: Limits
+) -> tuple[np.ndarray, np.ndarray]:
     images_path = _find_idx_file(fmt, directory, f"{prefix}-images-idx3-ubyte")
     labels_path = _find_idx_file(fmt, directory, f"{prefix}-labels-idx1-ubyte")
-    images, labels = read_idx(images_path, fmt), read_idx(labels_path, fmt)
+    images, labels = read_idx(images_path, fmt, limits), read_idx(labels_path, fmt, limits)
     if images.ndim != 3 or images.dtype != np.uint8:
         raise _layout_error(
             fmt, images_path, f"expected uint8 images (N, H, W), got {images.dtype} {images.shape}"
@@ -385,11 +424,11 @@ def _read_idx_split(fmt: str, directory: Path, prefix: str) -> tuple[np.ndarray,
     return images[:, None], labels.astype(np.int64)
 
 
-def _read_idx_dataset(fmt: str, directory: Path) -> _Raw:
+def _read_idx_dataset(fmt: str, directory: Path, limits: Limits) -> _Raw:
     if not directory.is_dir():
         raise _layout_error(fmt, directory, "not a directory")
-    x_train, y_train = _read_idx_split(fmt, directory, "train")
-    x_test, y_test = _read_idx_split(fmt, directory, "t10k")
+    x_train, y_train = _read_idx_split(fmt, directory, "train", limits)
+    x_test, y_test = _read_idx_split(fmt, directory, "t10k", limits)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise _layout_error(
             fmt,
@@ -440,10 +479,15 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
 
 
-def _load_cifar_pickle(path: Path) -> dict[str, object]:
-    """Load one CIFAR-10 batch file with the restricted unpickler; keys come back as str."""
+def _load_cifar_pickle(path: Path, limits: Limits) -> dict[str, object]:
+    """Load one CIFAR-10 batch file with the restricted unpickler; keys come back as str.
+
+    The file is at most ``max_file_mb`` (a pickle's objects are no larger than its bytes: the
+    restricted unpickler builds nothing but arrays, bytes and plain containers from them).
+    """
     if not path.is_file():
         raise _layout_error("cifar10", path.parent, f"missing {path.name}")
+    check_file_size(path, limits)
     try:
         with open(path, "rb") as f:
             obj = _RestrictedUnpickler(f, encoding="bytes").load()
@@ -458,8 +502,8 @@ def _load_cifar_pickle(path: Path) -> dict[str, object]:
     return {k.decode("latin1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    batch = _load_cifar_pickle(path)
+def _read_cifar_batch(path: Path, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
+    batch = _load_cifar_pickle(path, limits)
     data, labels = batch.get("data"), batch.get("labels")
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
         raise _layout_error("cifar10", path, "b'data' must be a uint8 array of shape (N, 3072)")
@@ -476,18 +520,18 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), y
 
 
-def _read_cifar10(directory: Path) -> _Raw:
+def _read_cifar10(directory: Path, limits: Limits) -> _Raw:
     if not directory.is_dir():
         raise _layout_error("cifar10", directory, "not a directory")
     if not (directory / "batches.meta").exists() and (directory / "cifar-10-batches-py").is_dir():
         directory = directory / "cifar-10-batches-py"
-    meta = _load_cifar_pickle(directory / "batches.meta")
+    meta = _load_cifar_pickle(directory / "batches.meta", limits)
     names = meta.get("label_names")
     if not isinstance(names, list) or not names:
         raise _layout_error("cifar10", directory / "batches.meta", "no b'label_names' list")
     classes = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
-    train = [_read_cifar_batch(directory / f"data_batch_{i}") for i in range(1, 6)]
-    x_test, y_test = _read_cifar_batch(directory / "test_batch")
+    train = [_read_cifar_batch(directory / f"data_batch_{i}", limits) for i in range(1, 6)]
+    x_test, y_test = _read_cifar_batch(directory / "test_batch", limits)
     x_train = np.concatenate([x for x, _ in train])
     y_train = np.concatenate([y for _, y in train])
     for split, y in (("training", y_train), ("test", y_test)):
@@ -501,26 +545,34 @@ def _read_cifar10(directory: Path) -> _Raw:
 # --------------------------------------------------------------------------- image folders
 
 
-def _iter_folder_files(root: Path) -> Iterator[tuple[str, bytes | None]]:
+def _iter_folder_files(root: Path, limits: Limits) -> Iterator[tuple[str, bytes | None]]:
     """(relative posix path, file bytes) of every image file under a directory, and
     (relative path + "/", None) for every directory (so that empty class folders are seen).
 
     A symbolic link that leads out of the folder is an error, never followed; links that stay
     inside are read (files) or left out (directories: their target is read where it lies).
+    Entries are counted against ``max_members``, each image file's size (before it is read)
+    against ``max_file_mb`` and their total against ``max_uncompressed_mb``.
     """
     real_root = root.resolve()
+    budget = MemberBudget(limits, str(root))
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
         dirnames.sort()
         for d in dirnames:
             _check_link(here / d, root, real_root)
+            budget.check(d, 0)
             if not (here / d).is_symlink():
                 yield (here / d).relative_to(root).as_posix() + "/", None
         for name in sorted(filenames):
             file = here / name
             _check_link(file, root, real_root)
             if file.suffix.lower() in IMAGE_EXTENSIONS and file.is_file():
-                yield file.relative_to(root).as_posix(), file.read_bytes()
+                rel = file.relative_to(root).as_posix()
+                budget.check(rel, file.stat().st_size)
+                yield rel, file.read_bytes()
+            else:
+                budget.check(name, 0)
 
 
 def _check_link(path: Path, root: Path, real_root: Path) -> None:
@@ -535,17 +587,21 @@ def _check_link(path: Path, root: Path, real_root: Path) -> None:
             )
 
 
-def _iter_tar_files(archive: Path) -> Iterator[tuple[str, bytes | None]]:
+def _iter_tar_files(archive: Path, limits: Limits) -> Iterator[tuple[str, bytes | None]]:
     """(member path, bytes) of every image member, read in archive order without extracting
     (nothing is ever written to disk), and (path + "/", None) for every directory member.
 
     Members with an absolute path or ``..``, and links (symbolic or hard), are refused: such an
-    archive is malformed or hostile, and links are never followed.
+    archive is malformed or hostile, and links are never followed. The archive is read as a
+    bounded stream (``poisondetect.limits.open_tar_stream``); every member's declared size is
+    checked (``MemberBudget``) before its data are read.
     """
+    budget = MemberBudget(limits, str(archive))
     try:
-        with tarfile.open(archive, "r|*") as tar:
+        with open_tar_stream(archive, limits) as tar:
             for member in tar:
                 name = member.name
+                budget.check(name, member.size)
                 if name.startswith("/") or ".." in PurePosixPath(name).parts:
                     raise _layout_error(
                         "image_folder",
@@ -583,13 +639,23 @@ def _split_member(name: str) -> tuple[str, str, str, str] | None:
 
 
 def _decode_image(
-    data: bytes, where: str, source: Path, channels: int | None, image_size: int | None
+    data: bytes,
+    where: str,
+    source: Path,
+    channels: int | None,
+    image_size: int | None,
+    limits: Limits,
 ) -> np.ndarray:
-    """Decode to uint8 (H, W) (grayscale) or (H, W, 3), converted and resized as asked."""
+    """Decode to uint8 (H, W) (grayscale) or (H, W, 3), converted and resized as asked.
+
+    The pixel count the header announces is checked against ``max_image_pixels`` before the image
+    is decoded (inside ``pillow_pixel_limit``, which also sets Pillow's own bound to it).
+    """
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as img:
+            check_image_pixels(img.size, limits, f"{source}: {where}")
             img.load()
             if channels is None:
                 mode = "L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB"
@@ -599,11 +665,17 @@ def _decode_image(
             if image_size is not None and img.size != (image_size, image_size):
                 img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:
+        raise over_limit(f"{source}: {where}", "pixel count", "max_image_pixels", limits) from None
+    except PoisonDetectError:
+        raise
+    except (OSError, ValueError) as e:
         raise _layout_error("image_folder", source, f"cannot decode image {where} ({e})") from e
 
 
-def _read_image_folder(path: Path, channels: int | None, image_size: int | None) -> _Raw:
+def _read_image_folder(
+    path: Path, channels: int | None, image_size: int | None, limits: Limits
+) -> _Raw:
     if channels not in (None, 1, 3):
         raise PoisonDetectError(f"channels must be 1, 3 or None, got {channels!r}")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
@@ -611,33 +683,40 @@ def _read_image_folder(path: Path, channels: int | None, image_size: int | None)
             f"image_size must be a positive integer or None, got {image_size!r}"
         )
     if path.is_dir():
-        files = _iter_folder_files(path)
+        files = _iter_folder_files(path, limits)
         name = path.name
-    elif tarfile.is_tarfile(path):
-        files = _iter_tar_files(path)
-        name = path.name.split(".")[0]
     else:
-        raise _layout_error("image_folder", path, "neither a directory nor a tar archive")
+        # told by the first bytes (tarfile.is_tarfile would decompress a whole file of zeros)
+        head = read_head(path)
+        if kind_of(head) not in ("tar", "gzip", "bzip2", "xz"):
+            raise _layout_error(
+                "image_folder",
+                path,
+                f"neither a directory nor a tar archive (the file is {describe_head(head)})",
+            )
+        files = _iter_tar_files(path, limits)
+        name = path.name.split(".")[0]
 
     entries: list[tuple[str, str, str]] = []  # (split, class, file name)
     images: list[np.ndarray] = []
     tops: set[str] = set()
     folders: set[tuple[str, str, str]] = set()  # (top, split, class) of every class folder
-    for member, data in files:
-        if data is None:  # a directory: remember class folders
-            parts = [p for p in PurePosixPath(member).parts if p not in (".", "/")]
-            if len(parts) == 2 and parts[0] in ("train", "test"):
-                folders.add(("", parts[0], parts[1]))
-            elif len(parts) == 3 and parts[1] in ("train", "test"):
-                folders.add((parts[0], parts[1], parts[2]))
-            continue
-        parsed = _split_member(member)
-        if parsed is None:
-            continue
-        top, split, cls, fname = parsed
-        tops.add(top)
-        entries.append((split, cls, fname))
-        images.append(_decode_image(data, member, path, channels, image_size))
+    with pillow_pixel_limit(limits):
+        for member, data in files:
+            if data is None:  # a directory: remember class folders
+                parts = [p for p in PurePosixPath(member).parts if p not in (".", "/")]
+                if len(parts) == 2 and parts[0] in ("train", "test"):
+                    folders.add(("", parts[0], parts[1]))
+                elif len(parts) == 3 and parts[1] in ("train", "test"):
+                    folders.add((parts[0], parts[1], parts[2]))
+                continue
+            parsed = _split_member(member)
+            if parsed is None:
+                continue
+            top, split, cls, fname = parsed
+            tops.add(top)
+            entries.append((split, cls, fname))
+            images.append(_decode_image(data, member, path, channels, image_size, limits))
     if len(tops) > 1:
         raise _layout_error(
             "image_folder", path, f"several top-level folders ({sorted(tops)}); expected one"

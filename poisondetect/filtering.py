@@ -3,34 +3,37 @@
 Reads the training set (``.npz`` with ``x``, ``y``; or an image folder / tar archive with two
 classes, via ``poisondetect.data``), takes the detector's settings from a workflow config (its
 ``sample_level.<detector>`` block and the shared ``autoencoders`` settings, schema defaults filled
-in), fits and scores with ``sample_level.filter_points`` -- the workflow's own path -- and writes
-the per-point CSV atomically.
+in), fits and scores with ``sample_level.stages.filter_points`` -- the workflow's own path -- and writes
+the per-point CSV atomically. The training set is read within the config's ``limits`` (see
+``poisondetect.limits``) before torch is imported: a file that is not what it claims to be is
+refused in a fraction of a second.
 """
 
 from __future__ import annotations
 
-import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from poisondetect.errors import PoisonDetectError
 from poisondetect.io import atomic_path
+from poisondetect.limits import (
+    Limits,
+    configured_limits,
+    describe_head,
+    kind_of,
+    read_head,
+    read_npz,
+    resolve,
+)
 
 
-def _load_config(path: str | None) -> dict:
-    import yaml
+def load_config(path: str | None) -> dict:
+    """The validated config of ``--config path`` (schema defaults if None)."""
+    from poisondetect.config import read_config_file, validate_config
 
-    from poisondetect.config import validate_config
-
-    raw: dict = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise PoisonDetectError(f"--config {path}: file not found") from None
-        except yaml.YAMLError as e:
-            raise PoisonDetectError(f"--config {path}: not valid YAML ({e})") from None
+    raw = read_config_file(path, label=f"--config {path}") if path is not None else {}
     return validate_config(raw)
 
 
@@ -44,17 +47,23 @@ def _two_classes(y: np.ndarray, source: str) -> tuple[np.ndarray, list]:
     return (y == classes[1]).astype(np.int64), classes.tolist()
 
 
-def read_training_set(path: str) -> tuple[np.ndarray, np.ndarray, list, np.ndarray | None]:
-    """``(x, y in {0, 1}, original class labels, is_poison or None)`` of a user's training set."""
+def read_training_set(
+    path: str, limits: Limits | Mapping | None = None
+) -> tuple[np.ndarray, np.ndarray, list, np.ndarray | None]:
+    """``(x, y in {0, 1}, original class labels, is_poison or None)`` of a user's training set:
+    an ``.npz`` (told by its name, checked by its first bytes), else an image folder or a tar
+    archive of one. Read within ``limits`` (default: ``poisondetect.limits.current_limits()``)."""
     p = Path(path)
+    limits = resolve(limits)
     if not p.exists():
         raise PoisonDetectError(f"--data {path}: not found")
+    if p.is_file() and p.suffix != ".npz" and kind_of(read_head(p)) in ("zip", "npy"):
+        raise PoisonDetectError(
+            f"--data {path}: the file is {describe_head(read_head(p))}: name it .npz if it holds "
+            "x and y saved with numpy.savez, or give an image folder or a tar archive of one"
+        )
     if p.suffix == ".npz":
-        try:
-            with np.load(p, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise PoisonDetectError(f"--data {path}: not a readable .npz ({e})") from None
+        arrays = read_npz(p, ["x", "y", "is_poison"], limits=limits, label=f"--data {path}")
         missing = [k for k in ("x", "y") if k not in arrays]
         if missing:
             raise PoisonDetectError(
@@ -69,7 +78,7 @@ def read_training_set(path: str) -> tuple[np.ndarray, np.ndarray, list, np.ndarr
     else:
         from poisondetect.data import read_dataset
 
-        ds = read_dataset("image_folder", p)  # its train split is the training set
+        ds = read_dataset("image_folder", p, limits=limits)  # its train split is the training set
         x, y, is_poison = ds.x_train, ds.y_train, None
     y01, classes = _two_classes(y, f"--data {path}")
     if p.suffix != ".npz":
@@ -87,15 +96,20 @@ def run_filter(
     arch: str | None = None,
     seed: int = 0,
     device: str = "auto",
+    limit_overrides: list[str] | None = None,
 ) -> dict:
     """Fit ``detector`` on the training set ``data``, write the per-point CSV ``out`` and return a
-    summary (with precision / recall / F1 when the data carry ``is_poison``)."""
-    from poisondetect.detectors.nets import infer_image_shape
-    from poisondetect.detectors.registry import names
-    from poisondetect.metrics import filter_metrics
-    from poisondetect.sample_level.stages import filter_points
+    summary (with precision / recall / F1 when the data carry ``is_poison``).
 
-    cfg = _load_config(config)["sample_level"]
+    The data are read within the config's ``limits``, updated from ``POISONDETECT_LIMITS`` and
+    then from ``limit_overrides`` (``KEY=VALUE`` items). The config and the data are checked
+    before torch is imported.
+    """
+    from poisondetect.detectors.registry import names
+
+    full = load_config(config)
+    cfg = full["sample_level"]
+    limits = configured_limits(full["limits"], limit_overrides)
     if detector not in names("sample"):
         raise PoisonDetectError(
             f"--detector {detector!r} is not registered; known: {', '.join(names('sample'))}"
@@ -106,7 +120,12 @@ def run_filter(
                 f"--task {task!r} is not declared under sample_level.tasks of the config"
             )
         arch = arch or cfg["tasks"][task]["detector_arch"]
-    x, y, classes, is_poison = read_training_set(data)
+    x, y, classes, is_poison = read_training_set(data, limits)
+
+    from poisondetect.detectors.nets import infer_image_shape
+    from poisondetect.metrics import filter_metrics
+    from poisondetect.sample_level.stages import filter_points
+
     if arch is None:  # the conv nets for images (or flat square images), else dense
         try:
             if x.ndim != 4:

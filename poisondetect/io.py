@@ -24,6 +24,9 @@ import numpy as np
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
 
+    An ``OSError`` of the block that names no file (a ``write`` on a full disk) is raised again
+    naming ``path``, so that its one-line message says which output could not be written.
+
     ``suffix`` defaults to the final file's suffix, so writers that look at the extension
     (``np.savez``, matplotlib) behave as for the final name.
     """
@@ -40,9 +43,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         if tmp_path.is_file():
             os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and e.errno is not None and not e.filename:
+            # a failed write() names no file (a full disk): name the output, not its temp file
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 

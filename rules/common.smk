@@ -1,27 +1,6 @@
-# Shared set-up: the package, config validation (with defaults), the grid, path patterns, wildcard
-# constraints (from poisondetect.names) and resources.
+# Shared set-up: config validation (with defaults), the grid, path patterns, wildcard constraints
+# (from poisondetect.names) and resources. (The Snakefile makes the package importable.)
 import os
-import sys
-from pathlib import Path
-
-# The package beside this workflow (a checkout, or a module from a local path) comes first; a
-# module from a git URL needs the package installed (pip install, see the README).
-_ROOT = Path(str(workflow.current_basedir)).parent
-if (_ROOT / "poisondetect" / "__init__.py").is_file():
-    sys.path.insert(0, str(_ROOT))
-    # the jobs' own Python processes (script:) find it too (set here, not read from the user)
-    os.environ.update(
-        PYTHONPATH=os.pathsep.join(
-            [str(_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-        )
-    )
-try:
-    import poisondetect  # noqa: F401
-except ImportError as e:
-    raise WorkflowError(
-        "the poisondetect package is not importable; install it where Snakemake runs: "
-        "pip install 'poisondetect @ git+<this workflow's repository URL>@<the same tag>'"
-    ) from e
 
 from poisondetect import names, population  # noqa: E402
 from poisondetect.config import (
@@ -30,14 +9,24 @@ from poisondetect.config import (
     validate_config,
 )  # noqa: E402
 from poisondetect.detectors import registry  # noqa: E402
-from poisondetect.errors import PoisonDetectError  # noqa: E402
+from poisondetect.errors import PoisonDetectError, exit_on_user_error  # noqa: E402
 from poisondetect.sample_level.stages import FILTER_FILES  # noqa: E402
 
-_validated = validate_config(
-    config, load_schema(workflow.source_path("../schemas/config.schema.yaml"))
-)
+with exit_on_user_error():  # an invalid config: one line, exit status 2
+    _validated = validate_config(
+        config,
+        load_schema(workflow.source_path("../poisondetect/schemas/config.schema.yaml")),
+    )
 config.clear()
 config.update(_validated)
+# The jobs read their inputs within the config's limits (a user's POISONDETECT_LIMITS still wins);
+# an environment variable, not a rule's params: a changed limit reruns nothing.
+os.environ.update(
+    POISONDETECT_LIMITS=",".join(
+        [f"{k}={v}" for k, v in config["limits"].items()]
+        + list(filter(None, [os.environ.get("POISONDETECT_LIMITS")]))
+    )
+)
 
 ML = config["model_level"]
 SL = config["sample_level"]

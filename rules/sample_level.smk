@@ -106,7 +106,8 @@ rule collect_sample_level:
     input:
         sl_summaries(),
     output:
-        "results/sample_level/filtering.csv",
+        filtering="results/sample_level/filtering.csv",
+        conclusions="results/sample_level/conclusions.txt",
     log:
         "logs/sample_level/collect.log",
     benchmark:

@@ -2,4 +2,4 @@ from poisondetect.logs import run_logged
 from poisondetect.sample_level.stages import collect
 
 sm = snakemake  # noqa: F821
-run_logged(sm.log, collect, list(sm.input), sm.output[0])
+run_logged(sm.log, collect, list(sm.input), sm.output.filtering, sm.output.conclusions)

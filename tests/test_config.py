@@ -1,5 +1,6 @@
 import pytest
 import yaml
+from conftest import REPO
 
 from poisondetect.config import SCHEMA_PATH, validate_config
 from poisondetect.errors import PoisonDetectError
@@ -31,7 +32,7 @@ def test_defaults_are_filled_in():
 
 
 def test_shipped_config_is_valid():
-    with open(SCHEMA_PATH.parent.parent / "config.yaml") as f:
+    with open(REPO / "config.yaml") as f:
         cfg = validate_config(yaml.safe_load(f))
     assert cfg["model_level"]["datasets"] == ["digits"]
 
@@ -117,3 +118,14 @@ def test_a_disabled_part_is_not_cross_checked():
     validate_config(cfg)  # the default digits task of the disabled part is not checked
     with pytest.raises(PoisonDetectError, match="digits_1v7.dataset = 'digits'"):
         validate_config({**cfg, "sample_level": {"enabled": True}})
+
+
+def test_schema_is_package_data_and_the_only_copy():
+    """An installed package validates configs too (the filter command): the schema lives inside
+    the package, and the workflow reads that same file."""
+    import poisondetect
+
+    assert SCHEMA_PATH.is_file()
+    assert SCHEMA_PATH.parent.parent == REPO / "poisondetect" == REPO / poisondetect.__name__
+    assert not (REPO / "schemas").exists()
+    assert "poisondetect/schemas/config.schema.yaml" in (REPO / "rules/common.smk").read_text()

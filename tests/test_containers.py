@@ -167,6 +167,25 @@ def test_project_package_is_copied_and_installed(definition):
     assert "poisondetect /opt/poisondetect/poisondetect" in files
     assert "pyproject.toml" in files
     assert any("pip install --no-deps /opt/poisondetect" in line for line in definition.post)
+    # a regular install: no -e, and the source copy is gone afterwards (the installed copy runs)
+    assert not any("pip install" in line and " -e " in line for line in definition.post)
+    assert any(line.strip() == "rm -rf /opt/poisondetect" for line in definition.post)
+
+
+def test_every_file_the_build_reads_is_copied(definition):
+    """pyproject.toml names a readme and license files: the build fails without them."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    copied = {line.split()[0] for line in definition.recipe.files}
+    for name in [project["readme"], *project["license-files"]]:
+        assert name in copied, f"{definition.path.name}: %files does not copy {name}"
+
+
+def test_test_section_checks_the_installed_package_data(definition):
+    text = "\n".join(definition.test)
+    assert "SCHEMA_PATH.is_file()" in text and "validate_config({})" in text
+    assert "poisondetect --version" in text
 
 
 def test_test_section_imports_torch_and_package(definition):

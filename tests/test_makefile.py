@@ -104,3 +104,32 @@ def test_cpu_switch_installs_the_cpu_build_and_keeps_nvidia_out(tmp_path):
         ln for ln in lock.splitlines() if ln.startswith(("nvidia", "triton", "cuda", "torch"))
     ]
     assert "numpy==" in lock
+
+
+def _probe(tmp_path: Path, url: str) -> int:
+    """Exit status of the Makefile's index probe (INDEX_PROBE) for ``url``: 0 when it answers."""
+    mk = tmp_path / "probe.mk"
+    mk.write_text(
+        f"include {REPO / 'Makefile'}\n"
+        "probe:\n"
+        f'\t@{sys.executable} -c "exec(\'$(INDEX_PROBE)\')" "$(URL)"\n'
+    )
+    proc = subprocess.run(
+        ["make", "-s", "-f", str(mk), "probe", f"URL={url}", f"VENV={tmp_path / 'venv'}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return proc.returncode
+
+
+def test_cpu_index_is_probed_before_pip_is_asked(tmp_path):
+    """An index that does not answer gets one line and the fallback at once (not pip's resolution
+    ERROR first); the probe tells an answering index from a silent one without pip."""
+    cpu = _make("-n", "venv", "TORCH=cpu", "TORCH_INDEX=http://127.0.0.1:9/", f"VENV={tmp_path}")
+    assert cpu.returncode == 0, cpu.stderr
+    assert "exec('import os, sys, urllib" in cpu.stdout
+    assert "http://127.0.0.1:9/ does not answer; installing torch==2.13.0+cpu" in cpu.stdout
+    assert _probe(tmp_path, "http://127.0.0.1:9/") != 0  # nothing listens on the discard port
+    assert _probe(tmp_path, tmp_path.as_uri()) == 0  # a local (file:) index that exists
+    assert _probe(tmp_path, (tmp_path / "missing").as_uri()) != 0

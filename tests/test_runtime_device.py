@@ -116,7 +116,7 @@ def test_faked_gpu_job_fails_before_its_stage_runs(tmp_path, no_gpu_env):
     no_gpu_env.setenv("CUDA_VISIBLE_DEVICES", "0")
     with pytest.raises(SystemExit) as e:
         _job(tmp_path / "job.log", device="auto")
-    assert e.value.code == 1
+    assert e.value.code == 2  # a set-up the user can fix: one line, the bad-input status
     text = (tmp_path / "job.log").read_text()
     assert "ERROR" in text and "given a GPU" in text
     # device: cpu is the explicit way to run it on the CPU
@@ -128,14 +128,20 @@ def test_full_disk_is_one_line_not_a_traceback(tmp_path, no_gpu_env):
     full = OSError(errno.ENOSPC, "No space left on device", "results/data/x.npz")
     with pytest.raises(SystemExit) as e:
         _job(tmp_path / "job.log", raises=full)
-    assert e.value.code == 1
+    assert e.value.code == 2
     text = (tmp_path / "job.log").read_text()
     errors = [line for line in text.splitlines() if " ERROR " in line]
     assert len(errors) == 1 and "Traceback" not in text
     assert "no space left on the device while writing results/data/x.npz" in errors[0]
-    other = OSError(errno.EACCES, "Permission denied", "x")  # other errors keep their traceback
-    with pytest.raises(OSError):
-        _job(tmp_path / "other.log", raises=other)
+    denied = OSError(errno.EACCES, "Permission denied", "results/x")
+    with pytest.raises(SystemExit) as e:
+        _job(tmp_path / "denied.log", raises=denied)
+    assert e.value.code == 2
+    assert "results/x: permission denied" in (tmp_path / "denied.log").read_text()
+    bug = KeyError("x")  # anything else is an internal error: status 1, with its traceback
+    with pytest.raises(SystemExit) as e:
+        _job(tmp_path / "other.log", raises=bug)
+    assert e.value.code == 1
     assert "Traceback" in (tmp_path / "other.log").read_text()
 
 

@@ -118,7 +118,7 @@ def test_audit_reproduces_the_workflow_scores(tiny_run):
     verdict = ML_CONFIG["calibration"]["verdict"]
     for model in ("honest_paper_r1", "flip_f50_e2_r0"):
         proc = _audit(tiny_run, tiny_run / CELL / f"models/{model}.safetensors", "--json")
-        assert proc.returncode in (0, 1), proc.stderr
+        assert proc.returncode in (0, 3), proc.stderr
         out = json.loads(proc.stdout)
         mine = scores[scores["model"] == model]
         for d in out["detectors"]:
@@ -130,7 +130,7 @@ def test_audit_reproduces_the_workflow_scores(tiny_run):
             v for v in verdict if next(d for d in out["detectors"] if d["detector"] == v)["flagged"]
         ]
         assert out["flagged_by"] == expected
-        assert proc.returncode == (1 if expected else 0)
+        assert proc.returncode == (3 if expected else 0)  # 3: POISONED
         text = _audit(tiny_run, tiny_run / CELL / f"models/{model}.safetensors").stdout
         assert "calibrated verdict:" in text and "paper's rule" in text and "p-value" in text
         assert out["bundle_digest"] in text
@@ -148,7 +148,7 @@ def test_audit_flags_a_model_whose_last_layer_alone_was_altered(tiny_run, tmp_pa
         _audit(tiny_run, tiny_run / CELL / "models/genuine.safetensors", "--json").stdout
     )
     proc = _audit(tiny_run, tmp_path / "swapped.safetensors", "--json")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # POISONED
     out = json.loads(proc.stdout)
     assert "prediction_change:worst_class" in out["flagged_by"]
     # the auto-encoder alone is blind to it: the same activations, the same mean error
@@ -166,7 +166,7 @@ def test_audit_accepts_a_weights_only_state_dict(tiny_run, tmp_path):
     sd = load_file(tiny_run / CELL / "models/honest_paper_r0.safetensors")
     torch.save(sd, tmp_path / "plain.pt")
     proc = _audit(tiny_run, tmp_path / "plain.pt")
-    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.returncode in (0, 3), proc.stderr
     assert "trigger images" in proc.stdout
 
 

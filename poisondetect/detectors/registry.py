@@ -2,7 +2,8 @@
 
 Entries are import strings (``"module:Class"``) so that planning the workflow's job graph imports
 no torch; a test or a plug-in may also register a class object directly with ``register``. Adding a
-detector is one class, one entry here and its config block in ``schemas/config.schema.yaml``.
+detector is one class, one entry here and its config block in
+``poisondetect/schemas/config.schema.yaml``.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ from poisondetect.errors import NONFINITE_HINT, PoisonDetectError, require_finit
 from poisondetect.io import sha256_array
 from poisondetect.model_level.cell import BUNDLE_KIND, trigger_set
 
+_BUNDLE_KEYS = ("autoencoder", "detectors", "trigger_set", "genuine", "calibration")
+_TRIGGER_KEYS = ("data_file", "dataset", "max_samples", "seed", "n", "images_sha256", "batch_size")
+
 
 def _bad_bundle(bundle: str, problem: str) -> PoisonDetectError:
     return PoisonDetectError(
@@ -33,6 +36,10 @@ def verify_bundle(bundle: str) -> tuple[dict, dict]:
     from poisondetect.bundles import read_bundle
 
     arrays, meta = read_bundle(bundle, BUNDLE_KIND, require_digest=True)
+    missing = [k for k in _BUNDLE_KEYS if not isinstance(meta.get(k), dict)]
+    missing += [f"trigger_set.{k}" for k in _TRIGGER_KEYS if k not in meta.get("trigger_set", {})]
+    if missing:
+        raise _bad_bundle(bundle, f"its metadata lacks {', '.join(missing)}")
     cal = meta.get("calibration") or {}
     thresholds = cal.get("thresholds") or {}
     if not thresholds:

@@ -1,0 +1,434 @@
+"""Bounded reading: size limits checked before an input is read, file types told by their bytes.
+
+A file can claim to be what it is not: a 10 MB ``.npz`` can expand to gigabytes, a zero-filled file
+named ``.tar`` keeps ``tarfile.is_tarfile`` busy for minutes, a PNG header can announce billions of
+pixels. Every reader of user data goes through this module first:
+
+- ``kind_of`` tells a file's type by its first bytes (zip ``PK\\x03\\x04``, gzip ``\\x1f\\x8b``, bzip2,
+  xz, tar ``ustar`` at offset 257, npy ``\\x93NUMPY``), so a file that is not what its name says is
+  refused at once, with a line naming it (and never with advice to load it unsafely);
+- ``Limits`` holds the bounds (config key ``limits``, the ``--limit KEY=VALUE`` option of the
+  commands, or the environment variable ``POISONDETECT_LIMITS="max_file_mb=8192,..."``);
+  ``check_file_size``, ``read_npz``, ``open_tar_stream`` and ``check_image_pixels`` check the sizes a
+  file declares (zip directory, npy headers, tar headers, image headers) against them before any
+  data is decompressed or decoded, and stop a stream that runs past them.
+
+The defaults pass every real data set this project reads (MNIST, Fashion-MNIST, CIFAR-10 as
+pickles or as the JPEG archive, the scikit-learn digits) with a wide margin.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import dataclasses
+import gzip
+import io
+import lzma
+import math
+import os
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from poisondetect.errors import PoisonDetectError
+
+MB = 1024 * 1024
+ENV_VAR = "POISONDETECT_LIMITS"
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Upper bounds on what one input may hold (sizes in MiB)."""
+
+    max_file_mb: float = 4096
+    """Size on disk of one input file (an .npz, an archive, an image, an IDX or CIFAR batch)."""
+    max_uncompressed_mb: float = 4096
+    """What one file holds once decompressed (an .npz's arrays, an archive's members, a gzipped IDX
+    file; an image folder's images together), as its headers declare it."""
+    max_members: int = 250_000
+    """Entries of one .npz or archive, or files and folders of an image folder."""
+    max_image_pixels: int = 89_478_485
+    """Width x height of one image (Pillow's own default of ``Image.MAX_IMAGE_PIXELS``)."""
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok or not math.isfinite(value) or value <= 0:
+                raise PoisonDetectError(
+                    f"limit {field.name} = {value!r} must be a positive number; set it in the "
+                    "config's limits block or with --limit KEY=VALUE"
+                )
+            if field.name in ("max_members", "max_image_pixels") and value != int(value):
+                raise PoisonDetectError(f"limit {field.name} = {value!r} must be an integer")
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.max_file_mb * MB)
+
+    @property
+    def max_uncompressed_bytes(self) -> int:
+        return int(self.max_uncompressed_mb * MB)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None, source: str = "limits") -> Limits:
+        """Limits from a mapping (the config's ``limits`` block); missing keys keep the defaults."""
+        values = dict(values or {})
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise PoisonDetectError(
+                f"{source}: unknown limit(s) {', '.join(unknown)}; known: {', '.join(known)}"
+            )
+        return cls(**values)
+
+    def updated(self, items: list[str] | str | None, source: str = "--limit") -> Limits:
+        """A copy with ``KEY=VALUE`` items applied (a list, or one comma-separated string)."""
+        if not items:
+            return self
+        if isinstance(items, str):
+            items = [i for i in items.split(",") if i.strip()]
+        values: dict[str, float] = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            try:
+                if not sep:
+                    raise ValueError
+                number = float(value)
+            except ValueError:
+                raise PoisonDetectError(
+                    f"{source} {item!r}: expected KEY=NUMBER, e.g. max_uncompressed_mb=8192"
+                ) from None
+            values[key.strip()] = int(number) if number.is_integer() else number
+        return Limits.from_mapping({**dataclasses.asdict(self), **values}, source)
+
+
+_current: Limits | None = None
+
+
+def set_limits(limits: Limits | Mapping[str, Any] | None) -> None:
+    """Make ``limits`` (a ``Limits``, a config ``limits`` block, or None for the defaults and the
+    environment) the bounds of every reader that is given none, for this process."""
+    global _current
+    _current = limits if limits is None or isinstance(limits, Limits) else configured_limits(limits)
+
+
+def current_limits() -> Limits:
+    """The bounds set with ``set_limits``, else the defaults updated from ``POISONDETECT_LIMITS``."""
+    return _current if _current is not None else configured_limits()
+
+
+def configured_limits(
+    block: Mapping[str, Any] | None = None, overrides: list[str] | None = None
+) -> Limits:
+    """The config's ``limits`` block (None: the defaults), then ``POISONDETECT_LIMITS``, then the
+    ``--limit KEY=VALUE`` items of a command line: each later one wins, key by key."""
+    limits = Limits.from_mapping(block, "config key limits")
+    return limits.updated(os.environ.get(ENV_VAR), ENV_VAR).updated(overrides, "--limit")
+
+
+def resolve(limits: Limits | Mapping[str, Any] | None) -> Limits:
+    if limits is None:
+        return current_limits()
+    return limits if isinstance(limits, Limits) else Limits.from_mapping(limits)
+
+
+def _mb(n: int | float) -> str:
+    return f"{n / MB:,.1f} MB" if n >= MB / 10 else f"{int(n):,} bytes"
+
+
+def over_limit(
+    label: str, what: str, key: str, limits: Limits, value: int | float | None = None
+) -> PoisonDetectError:
+    """The error for an input over one of the limits: what, the limit, how to raise it."""
+    bound = getattr(limits, key)
+    in_mb = key.endswith("_mb")
+    size = "" if value is None else f" ({_mb(value) if in_mb else f'{int(value):,}'})"
+    limit = f"{bound:,g} MB" if in_mb else f"{int(bound):,}"
+    return PoisonDetectError(
+        f"{label}: {what}{size} exceeds the limit {key} = {limit}; refused. If the file is "
+        f"genuine, raise the limit: config key limits.{key}, or --limit {key}=N, or "
+        f"{ENV_VAR}={key}=N"
+    )
+
+
+# --------------------------------------------------------------------------- file types
+
+HEAD_BYTES = 512 + 265  # enough for a tar header's magic at offset 257
+_MAGIC = [
+    (b"PK\x03\x04", "zip"),
+    (b"PK\x05\x06", "zip"),  # an empty zip archive
+    (b"\x93NUMPY", "npy"),
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+]
+KIND_NAMES = {
+    "zip": "a zip archive",
+    "npy": "a single .npy array",
+    "gzip": "a gzip file",
+    "bzip2": "a bzip2 file",
+    "xz": "an xz file",
+    "tar": "a tar archive",
+    "empty": "empty",
+    "zeros": "only zero bytes at its start",
+    "other": "of an unknown type",
+}
+
+
+def read_head(path: str | os.PathLike, n: int = HEAD_BYTES) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def kind_of(head: bytes) -> str:
+    """The type of a file from its first bytes: zip, npy, gzip, bzip2, xz, tar, empty, zeros, other."""
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[257:262] == b"ustar":
+        return "tar"
+    if not head:
+        return "empty"
+    if not head.strip(b"\x00"):
+        return "zeros"
+    return "other"
+
+
+def describe_head(head: bytes) -> str:
+    """``head``'s type in words, with its first bytes when the type is unknown."""
+    kind = kind_of(head)
+    if kind == "other":
+        return f"of an unknown type (it starts with {head[:8].hex(' ')})"
+    return KIND_NAMES[kind]
+
+
+def check_file_size(path: str | os.PathLike, limits: Limits, label: str | None = None) -> int:
+    """The size of ``path`` in bytes; refuse it when over ``limits.max_file_mb``."""
+    size = os.stat(path).st_size
+    if size > limits.max_file_bytes:
+        raise over_limit(label or str(path), "file size", "max_file_mb", limits, size)
+    return size
+
+
+# --------------------------------------------------------------------------- .npz archives
+
+NPZ_HINT = "save the arrays with numpy.savez(path, x=x, y=y)"
+
+
+def read_npz(
+    path: str | os.PathLike,
+    keys: list[str] | None = None,
+    *,
+    limits: Limits | Mapping[str, Any] | None = None,
+    label: str | None = None,
+    hint: str = NPZ_HINT,
+    own_cache: bool = False,
+) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (all, if None) of an ``.npz`` file, read only after every check passed.
+
+    Before numpy reads a byte of data: the file must be a zip archive (its first bytes), hold at
+    most ``max_members`` members, declare at most ``max_uncompressed_mb`` in total (the zip
+    directory's sizes, which also bound what decompression may produce), and every member must
+    be an ``.npy`` array of plain numbers whose header agrees with the member's declared size. The
+    file on disk is bounded by ``max_file_mb``. ``own_cache`` (the workflow's own prepared data):
+    neither the file size nor stored (uncompressed) members are limited, since they cannot expand
+    beyond what the prepare step wrote under the limits in force then.
+
+    A key missing from the archive is left out of the result (the caller names what it needs).
+    Errors are one line: ``{label}: {problem}; {hint}``.
+    """
+    limits = resolve(limits)
+    label = label or str(path)
+    if not own_cache:
+        check_file_size(path, limits, label)
+    head = read_head(path)
+    if kind_of(head) != "zip":
+        found = describe_head(head)
+        if kind_of(head) == "npy":
+            found += ", not an .npz archive of several"
+        raise PoisonDetectError(f"{label}: not an .npz file: the file is {found}; {hint}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > limits.max_members:
+                raise over_limit(label, "member count", "max_members", limits, len(infos))
+            expanding = [
+                i for i in infos if not (own_cache and i.compress_type == zipfile.ZIP_STORED)
+            ]
+            total = sum(i.file_size for i in expanding)
+            if total > limits.max_uncompressed_bytes:
+                raise over_limit(
+                    label, "declared uncompressed size", "max_uncompressed_mb", limits, total
+                )
+            by_key = {i.filename.removesuffix(".npy"): i for i in infos}
+            wanted = list(by_key) if keys is None else [k for k in keys if k in by_key]
+            for key in wanted:
+                _check_npy_member(zf, by_key[key], label, hint)
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in wanted}
+    except PoisonDetectError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise PoisonDetectError(
+            f"{label}: corrupt or truncated .npz ({_one_line(e)}); {hint}"
+        ) from None
+
+
+def _check_npy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, hint: str) -> None:
+    """Refuse a member that is not an .npy array of numbers matching its declared size."""
+    name = info.filename
+    if not name.endswith(".npy"):
+        raise PoisonDetectError(f"{label}: member {name!r} is not an .npy array; {hint}")
+    with zf.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"npy format version {version[0]}.{version[1]} is not read")
+        except ValueError as e:
+            raise PoisonDetectError(
+                f"{label}: member {name!r} is not a readable .npy array ({_one_line(e)}); {hint}"
+            ) from None
+        header = f.tell()
+    if dtype.hasobject:
+        raise PoisonDetectError(
+            f"{label}: member {name!r} holds Python objects (dtype {dtype}), which are never "
+            f"read (they could run code); store numbers or strings: {hint}"
+        )
+    count = math.prod(shape)
+    if header + count * dtype.itemsize != info.file_size:
+        raise PoisonDetectError(
+            f"{label}: member {name!r} announces {shape} {dtype} ({count * dtype.itemsize:,} "
+            f"bytes) but holds {info.file_size - header:,} bytes of data (corrupt or crafted); "
+            f"{hint}"
+        )
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
+
+
+# --------------------------------------------------------------------------- tar archives
+
+_OPENERS = {
+    "gzip": lambda f: gzip.GzipFile(fileobj=f, mode="rb"),
+    "bzip2": lambda f: bz2.BZ2File(f, mode="rb"),
+    "xz": lambda f: lzma.LZMAFile(f, mode="rb"),
+}
+
+
+class _BoundedReader(io.RawIOBase):
+    """A read-only stream that raises once more than ``limit`` bytes have been read from it."""
+
+    def __init__(self, raw: Any, limit: int, on_exceed: Any, prefix: bytes = b"") -> None:
+        self._raw, self._limit, self._on_exceed = raw, limit, on_exceed
+        self._prefix, self._read = prefix, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._limit + 1 - self._read
+        if self._prefix:
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+        else:
+            data = self._raw.read(max(0, min(size, self._limit + 1 - self._read)))
+        self._read += len(data)
+        if self._read > self._limit:
+            raise self._on_exceed()
+        return data
+
+
+@contextlib.contextmanager
+def open_tar_stream(
+    path: str | os.PathLike, limits: Limits, label: str | None = None
+) -> Iterator[tarfile.TarFile]:
+    """A tar archive (plain, gzip, bzip2 or xz; told by its bytes, never guessed by decompressing)
+    opened as a stream, whose decompressed bytes are cut at ``max_uncompressed_mb`` (plus the
+    headers of at most ``max_members`` members). Members' declared sizes are checked by the caller
+    as they come (``MemberBudget``)."""
+    label = label or str(path)
+    check_file_size(path, limits, label)
+    head = read_head(path)
+    kind = kind_of(head)
+    if kind not in ("tar", *_OPENERS):
+        raise PoisonDetectError(f"{label}: not a tar archive: the file is {describe_head(head)}")
+    budget = limits.max_uncompressed_bytes + 1024 * (limits.max_members + 2)
+
+    def exceeded() -> PoisonDetectError:
+        return over_limit(
+            label, "decompressed data (with tar headers)", "max_uncompressed_mb", limits
+        )
+
+    with open(path, "rb") as f:
+        raw: Any = f if kind == "tar" else _OPENERS[kind](f)
+        first = raw.read(512)
+        if kind != "tar" and first[257:262] != b"ustar":
+            raise PoisonDetectError(
+                f"{label}: not a tar archive: {KIND_NAMES[kind]} whose content is "
+                f"{describe_head(first)}"
+            )
+        stream = _BoundedReader(raw, budget, exceeded, prefix=first)
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            yield tar
+
+
+class MemberBudget:
+    """Running checks of the members of one archive or folder, before each is read: their count,
+    each one's size, their total."""
+
+    def __init__(self, limits: Limits, label: str) -> None:
+        self.limits, self.label = limits, label
+        self.members, self.total = 0, 0
+
+    def check(self, name: str, size: int) -> None:
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise over_limit(self.label, "member count", "max_members", self.limits)
+        if size > self.limits.max_file_bytes:
+            what = f"member {name!r}: size"
+            raise over_limit(self.label, what, "max_file_mb", self.limits, size)
+        self.total += size
+        if self.total > self.limits.max_uncompressed_bytes:
+            what = "total size of the members"
+            raise over_limit(self.label, what, "max_uncompressed_mb", self.limits, self.total)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def check_image_pixels(size: tuple[int, int], limits: Limits, label: str) -> None:
+    """Refuse an image whose header announces more than ``max_image_pixels`` pixels."""
+    width, height = size
+    if width * height > limits.max_image_pixels:
+        what = f"{width} x {height} image: pixel count"
+        raise over_limit(label, what, "max_image_pixels", limits, width * height)
+
+
+@contextlib.contextmanager
+def pillow_pixel_limit(limits: Limits) -> Iterator[None]:
+    """Pillow's own decompression-bomb bound set to ``max_image_pixels`` for the block (Pillow
+    refuses twice that at ``Image.open``, before our check sees the size; restored afterwards)."""
+    import warnings
+
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we refuse instead
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
