@@ -144,14 +144,29 @@ class PhaseTimer:
                 return opt
 
             timer.runs.append({"desc": kw.get("desc", "fit"), **dict.fromkeys(PHASES, 0.0)})
-            t0, c0 = time.perf_counter(), time.process_time()
+            marks = [time.process_time()]  # CPU seconds at the start and after every epoch
+            inner = kw.get("epoch_metrics")
+
+            def mark(m):
+                marks.append(time.process_time())
+                return inner(m) if inner is not None else {}
+
+            t0 = time.perf_counter()
             f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            history = orig_train(model, timed_loss, tensors, make_optimizer=timed_optimizer, **kw)
+            history = orig_train(
+                model,
+                timed_loss,
+                tensors,
+                make_optimizer=timed_optimizer,
+                **{**kw, "epoch_metrics": mark},
+            )
             run = timer.runs[-1]
             run["train_epochs_s"] = time.perf_counter() - t0
-            run["cpu_s"] = time.process_time() - c0
+            run["cpu_s"] = time.process_time() - marks[0]
             run["page_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
             run["epochs"] = len(history)
+            run["epoch_wall"] = [h["seconds"] for h in history]
+            run["epoch_cpu"] = [b - a for a, b in zip(marks[:-1], marks[1:], strict=True)]
             run["epoch_s"] = sum(h["seconds"] for h in history)
             run["other"] = run["epoch_s"] - sum(run[p] for p in PHASES if p != "other")
             run["n_params"] = sum(p.numel() for p in model.parameters())
@@ -279,9 +294,16 @@ def git_head() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def steady(values: list[float]) -> float:
+    """Mean seconds of an epoch after the first (which also pays one-time costs: the first
+    kernel calls, setting up the loop), or of the one epoch there is."""
+    rest = values[1:] or values
+    return sum(rest) / max(len(rest), 1)
+
+
 def per_epoch(net: dict) -> dict:
-    n = max(net["epochs"], 1)
-    return {"epoch_s": net["epoch_s"] / n, **{p: net[p] / n for p in PHASES}}
+    """Steady wall and CPU seconds per epoch."""
+    return {"epoch_s": steady(net["epoch_wall"]), "cpu_s": steady(net["epoch_cpu"])}
 
 
 def network_label(det: str, i: int, n: int) -> str:
@@ -290,14 +312,19 @@ def network_label(det: str, i: int, n: int) -> str:
     return {"rae": "RAE (conv)", "cae": "CAE (conv + head)"}[det]
 
 
-def fit_estimate(res: dict) -> dict[str, float]:
-    """Seconds of one fit of each detector at the paper's epochs, from the measured epochs."""
+def fit_estimate(res: dict, clock: str) -> dict[str, float]:
+    """Seconds of one fit of each detector at the paper's epochs, from the measured epochs:
+    ``clock`` "wall" or "cpu" (the process's CPU seconds: a 1-thread fit's wall time on a core of
+    its own, however busy the machine was)."""
     est = {}
     for det, d in res["detectors"].items():
-        per_net = [per_epoch(n)["epoch_s"] * PAPER_EPOCHS[det] for n in d["networks"]]
-        measured_epochs = sum(n["epoch_s"] for n in d["networks"])
-        setup = max(d["fit_s"] - measured_epochs, 0.0)  # building nets, data, best-weight restore
-        est[det] = sum(per_net) + setup
+        nets = d["networks"]
+        key, total = ("epoch_s", d["fit_s"]) if clock == "wall" else ("cpu_s", d["fit_cpu_s"])
+        per = [per_epoch(n)[key] for n in nets]
+        # + what the fit spent besides steady epochs: building the nets, checking the data, the
+        # first epoch's one-time costs, restoring the best weights
+        setup = total - sum(p * n["epochs"] for p, n in zip(per, nets, strict=True))
+        est[det] = sum(p * PAPER_EPOCHS[det] for p in per) + max(setup, 0.0)
     return est
 
 
@@ -321,7 +348,7 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> Non
     print(f"epochs run   : {ep}; code: {', '.join(f'{k} = {v}' for k, v in args.roots.items())}")
     print(f"repetitions  : {args.repeat} (each fit's least-CPU run shown)")
     print()
-    print("Seconds per epoch (wall; CPU in brackets):")
+    print("Seconds per epoch after the first (wall; CPU in brackets):")
     head = f"  {'network':<26}" + "".join(f" {f'{lb} {t}t':>20}" for t in threads for lb in labels)
     print(head)
     dets = list(first["detectors"])
@@ -332,14 +359,17 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> Non
             for t in threads:
                 for lb in labels:
                     n = results[lb][t]["detectors"][det]["networks"][i]
-                    cpu = n["cpu_s"] / max(n["epochs"], 1)
-                    row += f" {per_epoch(n)['epoch_s']:>11.3f} ({cpu:>5.3f})"
+                    pe = per_epoch(n)
+                    row += f" {pe['epoch_s']:>11.3f} ({pe['cpu_s']:>5.3f})"
             print(row)
     print()
     for lb in labels:
         for t in threads:
             res = results[lb][t]
-            print(f"Breakdown per epoch, {lb}, {t} thread(s) (seconds and share of the epoch):")
+            print(
+                f"Breakdown per epoch, {lb}, {t} thread(s) (wall seconds and share of the epoch;"
+                " means over all epochs, the first included):"
+            )
             print(
                 f"  {'network':<26} {'epoch':>7}"
                 + "".join(f" {p:>17}" for p in PHASES)
@@ -348,33 +378,43 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> Non
             for det in dets:
                 nets = res["detectors"][det]["networks"]
                 for i, n in enumerate(nets):
-                    pe = per_epoch(n)
+                    k = max(n["epochs"], 1)
+                    mean = n["epoch_s"] / k
                     cells = "".join(
-                        f" {pe[p]:>9.4f} ({100 * pe[p] / pe['epoch_s']:>4.1f} %)" for p in PHASES
+                        f" {n[p] / k:>9.4f} ({100 * n[p] / n['epoch_s']:>4.1f} %)" for p in PHASES
                     )
-                    faults = n["page_faults"] / max(n["epochs"], 1)
                     print(
-                        f"  {network_label(det, i, len(nets)):<26} {pe['epoch_s']:>7.3f}{cells}"
-                        f" {faults:>11.0f}"
+                        f"  {network_label(det, i, len(nets)):<26} {mean:>7.3f}{cells}"
+                        f" {n['page_faults'] / k:>11.0f}"
                     )
             print()
-    print("Extrapolated to the paper's epochs (one fit, seconds):")
-    print(f"  {'detector':<26}" + "".join(f" {f'{lb} {t}t':>14}" for t in threads for lb in labels))
-    est = {(lb, t): fit_estimate(results[lb][t]) for lb in labels for t in threads}
+    print("Extrapolated to the paper's epochs (one fit, seconds; wall / CPU):")
+    print(f"  {'detector':<26}" + "".join(f" {f'{lb} {t}t':>20}" for t in threads for lb in labels))
+    est = {
+        (lb, t, c): fit_estimate(results[lb][t], c)
+        for lb in labels
+        for t in threads
+        for c in ("wall", "cpu")
+    }
     for det in dets:
         print(
             f"  {det:<26}"
-            + "".join(f" {est[(lb, t)][det]:>14.1f}" for t in threads for lb in labels)
+            + "".join(
+                f" {est[(lb, t, 'wall')][det]:>11.1f} / {est[(lb, t, 'cpu')][det]:>6.1f}"
+                for t in threads
+                for lb in labels
+            )
         )
-    if set(dets) >= {"rae", "cae", "magnet"}:
+    if set(dets) >= {"rae", "cae", "magnet"} and 1 in threads:
         print()
         print(
             "Fitting work of the --paper run, paper's detectors at 10 % (4 attacks; per attack "
-            "CAE+ = RAE + CAE, RAE, CAE, MagNet, MagNet + reformer = MagNet; OD ~ 0), in minutes, "
-            "on 2 cores running two 1-thread jobs at a time (perfect packing, fits only):"
+            "CAE+ = RAE + CAE, RAE, CAE, MagNet, MagNet + reformer = MagNet; OD ~ 0), from the "
+            "1-thread CPU seconds, in minutes on 2 cores running two 1-thread jobs at a time "
+            "(perfect packing, fits only):"
         )
         for lb in labels:
-            e = est[(lb, 1)] if 1 in threads else est[(lb, threads[0])]
+            e = est[(lb, 1, "cpu")]
             each = 2 * (e["rae"] + e["cae"]) + 2 * e["magnet"]
             shared = e["rae"] + e["cae"] + e["magnet"]
             print(
