@@ -4,6 +4,9 @@
 - ``train_epochs``: the loop itself: seeded shuffles, a loss function ``loss_fn(model, *batch)``,
   any optimizer / scheduler, optional augmentation, optional hold-out with best-weight restore and
   early stopping, one history record and one log line per epoch, a tqdm bar only on a terminal.
+  Its cost is the network's kernels: batches are gathered on the device, the loss sums stay there
+  (one host sync per epoch), freed memory is reused (``runtime.retain_freed_memory``); see
+  ``benchmarks/ae_fit_profile.py`` for where an epoch's time goes.
 - ``fit_loop``: the auto-encoders' preset (Adam, seeded hold-out split); ``training.train_model`` is
   the classifiers' preset (SGD / Adam, step schedule, augmentation) of the same loop.
 - ``batched_apply``: inference in batches, results back as numpy.
