@@ -1,4 +1,5 @@
-"""Where a job runs and how it reports: device choice, deterministic kernels, progress bars.
+"""Where a job runs and how it reports: device choice, deterministic kernels, progress bars, and
+the C allocator setting that keeps training from page-faulting (``retain_freed_memory``).
 
 One small, neutral module used by the classifier training loop and by every detector, so none of
 them imports another's module just for the device.
@@ -6,6 +7,8 @@ them imports another's module just for the device.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -146,3 +149,38 @@ def progress(iterable, total: int, desc: str):
 
         return tqdm(iterable, total=total, desc=desc, leave=False)
     return iterable
+
+
+# glibc mallopt parameters (malloc.h) and the values retain_freed_memory sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks up to 32 MiB come from the heap
+_TRIM_THRESHOLD = 256 << 20  # free memory kept at the top of the heap before it goes back
+_allocator_tuned: bool | None = None
+
+
+def retain_freed_memory() -> bool:
+    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
+
+    By default glibc returns freed blocks of a few MiB to the kernel (``mmap`` / heap trimming),
+    so every batch's fresh activation and gradient tensors fault in and zero new pages: for the
+    sample-level auto-encoders (batch 256 of 28x28 images) about 1,800 page faults per training
+    step, 15 % of its CPU time. With blocks up to 32 MiB served from the heap and up to 256 MiB of
+    free heap kept, the same memory is reused from step to step. Only where freed memory goes
+    changes (the process keeps its peak heap); the numbers are the same. Process-wide, done once;
+    a no-op (False) where the C library has no ``mallopt`` (not glibc, not Linux).
+    """
+    global _allocator_tuned
+    if _allocator_tuned is None:
+        _allocator_tuned = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                mallopt = libc.mallopt
+            except (OSError, AttributeError):
+                return False
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            _allocator_tuned = bool(
+                mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+                and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+            )
+    return _allocator_tuned

@@ -53,3 +53,17 @@ def test_sample_level_benchmark_config(tmp_path, preset):
     rounds = cfg["sample_level"]["rounds"]
     assert (rounds["n_rounds"], rounds["n_detector_rounds"]) == (60, 50)  # the paper's rounds
     assert (rounds["n_train"], rounds["n_val"], rounds["n_test"]) == (100, 200, 200)
+
+
+def test_fit_profile_extrapolates_steady_epochs_and_counts_setup_once():
+    """ae_fit_profile: an epoch's seconds are those after the first (which also pays one-time
+    costs); a paper-length fit is the steady epochs times the paper's epochs plus what the
+    measured fit spent besides them."""
+    bench = _load("ae_fit_profile")
+    net = {"epochs": 3, "epoch_wall": [2.0, 1.0, 1.0], "epoch_cpu": [1.5, 0.5, 0.5]}
+    assert bench.per_epoch(net) == {"epoch_s": 1.0, "cpu_s": 0.5}
+    res = {"detectors": {"rae": {"fit_s": 5.0, "fit_cpu_s": 3.0, "networks": [net]}}}
+    assert bench.fit_estimate(res, "wall")["rae"] == 300 * 1.0 + (5.0 - 3 * 1.0)
+    assert bench.fit_estimate(res, "cpu")["rae"] == 300 * 0.5 + (3.0 - 3 * 0.5)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--detectors", "rae,od"])
