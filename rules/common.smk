@@ -10,7 +10,8 @@ from poisondetect.config import (
 )  # noqa: E402
 from poisondetect.detectors import registry  # noqa: E402
 from poisondetect.errors import PoisonDetectError, exit_on_user_error  # noqa: E402
-from poisondetect.sample_level.stages import FILTER_FILES  # noqa: E402
+from poisondetect.detectors.networks import network_id, networks  # noqa: E402
+from poisondetect.sample_level.stages import FILTER_FILES, NETWORK_FILE  # noqa: E402
 
 with exit_on_user_error():  # an invalid config: one line, exit status 2
     _validated = validate_config(
@@ -50,6 +51,7 @@ wildcard_constraints:
     attack=names.regex(names.SAMPLE_ATTACKS),
     n_poison=r"\d+",
     train_on=names.regex(names.TRAIN_ON),
+    network=r"(rae|cae)-[0-9a-f]{12}",
 
 
 # -- model level ----------------------------------------------------------------------------------
@@ -205,6 +207,38 @@ def sl_cell_dir(w):
 def sl_filter_files(key, detectors):
     """The ``key`` file (FILTER_FILES) of each of ``detectors`` in a cell (train_on a wildcard)."""
     return expand(sl_path(FILTER_FILES[key]), detector=detectors, allow_missing=True)
+
+
+def sl_detector_networks(task, seed, detector):
+    """The networks one detector of a task and seed is made of: id -> (kind, settings)."""
+    extra = dict(
+        SL["autoencoders"], arch=sl_task(task)["detector_arch"], seed=int(seed)
+    )
+    specs = networks(detector, SL[detector], **extra).values()
+    return {network_id(kind, settings): (kind, settings) for kind, settings in specs}
+
+
+def sl_filter_inputs(w):
+    """A detector's fit job reads the cell's poisoned rounds and its networks' files."""
+    nets = sl_detector_networks(w.task, w.seed, w.detector)
+    return {
+        "poisoned": sl_path("poisoned.npz").format(**dict(w.items())),
+        "networks": [
+            sl_path(NETWORK_FILE).format(**{**dict(w.items()), "network": n})
+            for n in nets
+        ],
+    }
+
+
+def sl_network(w):
+    """The (kind, settings) of a fit_network job's network."""
+    for d in SL_DETECTORS:
+        found = sl_detector_networks(w.task, w.seed, d).get(w.network)
+        if found:
+            return found
+    raise PoisonDetectError(
+        f"no configured detector is made of the network {w.network}"
+    )
 
 
 def sl_task_path(rel, root="results"):

@@ -53,9 +53,35 @@ rule poison_rounds:
 # Fit the detectors on the first rounds of a cell, filter and retrain on the others: one job per
 # detector (sample_level.jobs: per_detector) or one job for every detector of a cell (per_cell:
 # the same rule, used with the outputs of every detector).
-rule fit_filter:
+# Fit each network (an RAE or a CAE) once per cell and train_on, for every detector made of it
+# (CAE+, RAE, CAE; MagNet, MagNet + reformer): its settings name it (detectors.networks), so a
+# change that acts only at scoring time (CAE+'s alpha) refits nothing.
+rule fit_network:
     input:
         sl_path("poisoned.npz"),
+    output:
+        sl_path(NETWORK_FILE),
+    log:
+        sl_path("fit_{network}_{train_on}.log", root="logs"),
+    benchmark:
+        sl_path("fit_{network}_{train_on}.tsv", root="results/benchmarks")
+    conda:
+        "../envs/gpu.yaml"
+    container:
+        config["containers"]["gpu"]
+    resources:
+        **gpu_resources(),
+    params:
+        network=sl_network,
+        n_detector_rounds=SL["rounds"]["n_detector_rounds"],
+        device=config["device"],
+    script:
+        "../scripts/fit_network.py"
+
+
+rule fit_filter:
+    input:
+        unpack(sl_filter_inputs),
     output:
         scores=sl_path(FILTER_FILES["scores"]),
         summary=sl_path(FILTER_FILES["summary"]),
@@ -87,6 +113,8 @@ rule fit_filter:
 if SL["jobs"] == "per_cell":
 
     use rule fit_filter as fit_filters with:
+        input:  # the networks are fitted in the job, once each
+            poisoned=sl_path("poisoned.npz"),
         output:
             scores=sl_filter_files("scores", SL_DETECTORS),
             summary=sl_filter_files("summary", SL_DETECTORS),

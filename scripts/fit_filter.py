@@ -6,11 +6,12 @@ w = sm.wildcards
 run_logged(
     sm.log,
     fit_filters,
-    sm.input[0],
+    sm.input.poisoned,
     sm.params.cell_dir,
     detectors=sm.params.detectors,
     shared=sm.params.shared,
     train_on=w.train_on,
+    networks=list(sm.input.get("networks", [])),
     n_detector_rounds=sm.params.n_detector_rounds,
     arch=sm.params.arch,
     svm=sm.params.svm,

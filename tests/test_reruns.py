@@ -94,7 +94,9 @@ def test_sample_detector_change_reruns_no_attack(tiny_run, tmp_path):
     jobs = _dry_run(tiny_run, tmp_path, lambda c: c["sample_level"]["cae"].update(epochs=4))
     assert "poison_rounds" not in jobs and "make_rounds" not in jobs
     assert jobs["fit_filter"] == N_SL_CELLS * N_TRAIN_ON  # only the CAE's fits
+    assert jobs["fit_network"] == N_SL_CELLS * N_TRAIN_ON  # its own network: CAE+'s is another
     assert set(jobs) == {
+        "fit_network",
         "fit_filter",
         "collect_sample_level",
         "analyse_filtering",  # not analyse_scores: it reads only CAE+'s scores
@@ -106,11 +108,29 @@ def test_sample_detector_change_reruns_no_attack(tiny_run, tmp_path):
     }
 
 
+def test_a_scoring_setting_refits_no_network(tiny_run, tmp_path):
+    """CAE+'s alpha acts at scoring time: its filter jobs rerun (cheap), no network is refitted,
+    no other detector's job reruns."""
+    jobs = _dry_run(tiny_run, tmp_path, lambda c: c["sample_level"]["cae_plus"].update(alpha=0.5))
+    assert "fit_network" not in jobs
+    assert jobs["fit_filter"] == N_SL_CELLS * N_TRAIN_ON  # CAE+'s only
+    assert "poison_rounds" not in jobs and "analyse_scores" in jobs  # Figs. 2-4 draw CAE+
+
+
+def test_networks_are_fitted_once_per_cell(tiny_run):
+    """CAE+, RAE and CAE share an RAE and a CAE; MagNet and MagNet + reformer two RAEs: 4
+    networks per cell and train_on, each in one file, each read by the detectors made of it."""
+    nets = sorted((tiny_run / "results/sample_level/digits_1v7/flip/p3/seed0/nets").glob("*"))
+    assert len(nets) == 4 * N_TRAIN_ON
+    assert sorted({n.name.split("-")[0] for n in nets}) == ["cae", "rae"]
+
+
 def test_attack_change_reruns_the_attack_and_its_descendants_only(tiny_run, tmp_path):
     jobs = _dry_run(tiny_run, tmp_path, lambda c: c["sample_level"]["optimal"].update(max_iter=5))
     # the flipping attack does not use the optimiser's settings: only the optimal cell reruns
     assert jobs["poison_rounds"] == 1
     assert jobs["fit_filter"] == N_DETECTORS * N_TRAIN_ON  # every detector of that cell
+    assert jobs["fit_network"] == 4 * N_TRAIN_ON  # and its 4 networks, once each
     assert "make_rounds" not in jobs and "train_genuine" not in jobs
 
 

@@ -307,3 +307,35 @@ def test_bad_input_raises(flipped_digits):
             cae.fit(*args)
     with pytest.raises(PoisonDetectError):
         CAEPlus(alpha=1.2).fit(x, y)
+
+
+def test_shared_networks_give_the_scores_of_fitting_them_inside(tmp_path):
+    """CAE+ made of an RAE and a CAE fitted once for the cell (saved and read back, as a
+    fit_network job passes them) scores exactly as CAE+ fitting its own; MagNet + reformer takes
+    MagNet's networks."""
+    from poisondetect.detectors import registry
+    from poisondetect.detectors.cae import CAE, RAE, load_network, save_network
+    from poisondetect.detectors.networks import network_id, networks
+
+    rng = np.random.default_rng(0)
+    x = rng.random((120, 64)).astype(np.float32)
+    y = (rng.random(120) < 0.5).astype(np.int64)
+    extra = dict(batch_size=32, lr=0.01, arch="dense", seed=0, device="cpu")
+    block = {"rae_epochs": 3, "cae_epochs": 3, "alpha": 0.4}
+    inside = registry.build("sample", "cae_plus", block, **extra).fit(x, y)
+    fitted = {}
+    for role, (kind, settings) in networks("cae_plus", block, **extra).items():
+        net = {"rae": RAE, "cae": CAE}[kind](**settings, device="cpu").fit(x, y)
+        save_network(net, tmp_path / f"{role}.safetensors")
+        nid, fitted[role] = load_network(tmp_path / f"{role}.safetensors", "cpu")
+        assert nid == network_id(kind, settings)
+    shared = registry.build("sample", "cae_plus", block, **extra).fit(x, y, networks=fitted)
+    np.testing.assert_allclose(shared.score_samples(x, y), inside.score_samples(x, y), rtol=1e-6)
+    # an RAE detector with CAE+'s RAE settings is the same network (one fit serves both)
+    assert (
+        networks("rae", {"epochs": 3}, **extra)["rae"]
+        == networks("cae_plus", block, **extra)["rae"]
+    )
+    mag = networks("magnet", {"epochs": 2}, **extra)
+    assert mag == networks("magnet_reformer", {"epochs": 2}, **extra) and len(mag) == 2
+    assert mag["ae1"][1]["seed"] != mag["ae2"][1]["seed"]

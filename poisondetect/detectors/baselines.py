@@ -17,9 +17,10 @@ import numpy as np
 
 from poisondetect.checks import check_features, check_fitted, check_labels
 from poisondetect.detectors.base import SampleDetector, keyword_init
-from poisondetect.detectors.cae import AUTOENCODER, RAE, RUN
+from poisondetect.detectors.cae import RAE
 from poisondetect.detectors.decision import combine, gmm_decision
 from poisondetect.detectors.nets import model_input
+from poisondetect.detectors.networks import DEFAULTS, magnet_archs
 from poisondetect.errors import PoisonDetectError
 from poisondetect.fitting import batched_apply
 
@@ -69,23 +70,10 @@ class MagNet(SampleDetector):
     = ``e1/||e1|| + e2/||e2||`` over the points scored; ``predict`` = ``gmm(e1) | gmm(e2)``.
     """
 
-    __init__ = keyword_init(
-        **{k: v for k, v in AUTOENCODER.items() if k not in ("hidden", "latent")},
-        archs=None,
-        norms=(2, 1),
-        dense_hidden=((256,), (128,)),  # the two dense AEs' sizes (in place of hidden / latent)
-        dense_latent=(64, 32),
-        noise=0.1,
-        epochs=300,
-        patience=None,
-        **RUN,
-    )
+    __init__ = keyword_init(**DEFAULTS["magnet"])
 
     def _archs(self) -> tuple[str, str]:
-        if self.archs is not None:
-            archs = tuple(self.archs)
-        else:
-            archs = ("dense", "dense") if self.arch == "dense" else ("conv_avgpool", "conv_nopool")
+        archs = magnet_archs(self.get_params())
         norms = tuple(self.norms)
         if len(archs) != 2 or len(norms) != 2 or any(p not in (1, 2) for p in norms):
             raise PoisonDetectError("MagNet needs two archs and two norms, each norm 1 or 2")
@@ -99,11 +87,15 @@ class MagNet(SampleDetector):
             )
         return archs
 
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> MagNet:
-        """Train both auto-encoders on ``X`` (labels are ignored)."""
+    def fit(
+        self, X: np.ndarray, y: np.ndarray | None = None, networks: dict | None = None
+    ) -> MagNet:
+        """Train both auto-encoders on ``X`` (labels are ignored); or take them already fitted
+        (``networks={"ae1": ..., "ae2": ...}``: MagNet and MagNet + reformer share them)."""
         archs = self._archs()
         x = check_features(X)
         self.archs_ = archs
+        networks = networks or {}
         settings = {k: getattr(self, k) for k in RAE._get_param_names() if k not in _PER_AE}
         self.autoencoders_ = [
             RAE(
@@ -112,7 +104,7 @@ class MagNet(SampleDetector):
                 hidden=self.dense_hidden[i],
                 latent=self.dense_latent[i],
                 seed=self.seed + i,
-            ).fit(x)
+            ).fit(x, networks={"rae": networks[f"ae{i + 1}"]} if networks else None)
             for i, arch in enumerate(archs)
         ]
         self.nets_ = [ae.net_ for ae in self.autoencoders_]

@@ -38,37 +38,18 @@ from poisondetect.detectors.nets import (
     make_activation,
     model_input,
 )
+from poisondetect.detectors.networks import AUTOENCODER, DEFAULTS, HEAD, RUN, network_id, networks
 from poisondetect.errors import PoisonDetectError
 from poisondetect.fitting import batched_apply, fit_loop, seeded
 from poisondetect.runtime import pick_device
 
-# Parameter groups, declared once (each detector's constructor takes them as keyword arguments):
-# the auto-encoders' architecture and training, the CAE's classifier head, the run settings.
-AUTOENCODER = dict(
-    arch="conv",  # conv | conv_avgpool | conv_nopool | dense (nets.build_autoencoder)
-    image_shape=None,  # (C, H, W) of flat features; None = inferred (square, 1 or 3 channels)
-    filters=3,  # conv filters
-    hidden=(256,),  # dense only: hidden sizes
-    latent=64,  # dense only: code size
-    batch_size=256,
-    lr=1e-3,  # Adam
-    val_fraction=0.33,  # seeded hold-out whose best-loss weights are kept (0: none)
-)
-HEAD = dict(
-    head_units=128, head_activation="sigmoid", dropout_in=0.25, dropout_hidden=0.5, n_classes=2
-)
-RUN = dict(seed=0, device="auto")
+NETWORK_KIND = "poisondetect.sample_network"  # a fitted RAE or CAE shared by detectors
 
 
-def _build_and_train(det, seed: int, input_shape, wrap, loss_fn, tensors, desc: str) -> None:
-    """Build ``wrap(auto-encoder)`` seeded with ``seed`` and train it with the detector's settings
-    (the one path of RAE and CAE); sets ``device_``, ``net_`` and ``history_``."""
-    det.device_ = pick_device(det.device)
-    with seeded(seed, det.device_):
-        ae = build_autoencoder(
-            det.arch, input_shape, filters=det.filters, hidden=det.hidden, latent=det.latent
-        )
-        det.net_ = wrap(ae)
+def _train(det, seed: int, net: nn.Module, loss_fn, tensors, desc: str) -> None:
+    """Train ``net`` with the detector's settings (the one path of RAE and CAE); sets
+    ``net_`` and ``history_``."""
+    det.net_ = net
     det.history_ = fit_loop(
         det.net_,
         loss_fn,
@@ -82,6 +63,49 @@ def _build_and_train(det, seed: int, input_shape, wrap, loss_fn, tensors, desc: 
         patience=det.patience,
         desc=desc,
     )
+
+
+def save_network(det, path) -> None:
+    """A fitted RAE or CAE (its weights, settings, input shape and history) as one bundle, for
+    the detectors of its cell that are made of it (``detectors.networks``)."""
+    from poisondetect.bundles import write_bundle
+
+    kind = type(det).__name__.lower()
+    settings = {k: v for k, v in det.get_params().items() if k != "device"}
+    write_bundle(
+        path,
+        det.net_.state_dict(),
+        {
+            "kind": NETWORK_KIND,
+            "network": kind,
+            "id": network_id(kind, networks(kind, settings)[kind][1]),
+            "settings": settings,
+            "input_shape": list(det.input_shape_),
+            "history": det.history_,
+        },
+    )
+
+
+def load_network(path, device: str = "auto"):
+    """The fitted RAE or CAE saved by ``save_network``, on ``device``; returns (id, detector)."""
+    from poisondetect.bundles import read_bundle
+
+    arrays, meta = read_bundle(path, NETWORK_KIND)
+    cls = {"rae": RAE, "cae": CAE}[meta["network"]]
+    det = cls(**meta["settings"], device=device)
+    det.device_ = pick_device(device)
+    det.input_shape_ = tuple(meta["input_shape"])
+    net = det._network(det.input_shape_)
+    net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()})
+    det.net_ = net.to(det.device_).eval()
+    det.history_ = meta["history"]
+    return meta["id"], det
+
+
+def _adopt(det, fitted) -> None:
+    """Take the fitted state of ``fitted`` (an equal network fitted once for the whole cell)."""
+    for name in ("device_", "input_shape_", "net_", "history_"):
+        setattr(det, name, getattr(fitted, name))
 
 
 def _reconstruction_loss(m: nn.Module, x_in: torch.Tensor, x_target: torch.Tensor):
@@ -101,15 +125,26 @@ class RAE(SampleDetector):
     with a fixed draw seeded by ``seed``, target ``x``.
     """
 
-    __init__ = keyword_init(**AUTOENCODER, epochs=300, patience=None, noise=0.0, **RUN)
+    __init__ = keyword_init(**DEFAULTS["rae"])
 
     def _input(self, X: np.ndarray) -> np.ndarray:
         return model_input(check_features(X), self.arch, self.image_shape)
 
-    def fit(self, X: np.ndarray, y: np.ndarray | None = None) -> RAE:
-        """Train on ``X`` (labels are ignored)."""
+    def _network(self, input_shape) -> nn.Module:
+        """The untrained auto-encoder, initialised from ``seed``."""
+        with seeded(self.seed, self.device_):
+            return build_autoencoder(
+                self.arch, input_shape, filters=self.filters, hidden=self.hidden, latent=self.latent
+            )
+
+    def fit(self, X: np.ndarray, y: np.ndarray | None = None, networks: dict | None = None) -> RAE:
+        """Train on ``X`` (labels are ignored); or, with ``networks={"rae": fitted}``, take an
+        equal RAE already fitted on the same data (``detectors.networks``)."""
         if self.noise < 0:
             raise PoisonDetectError(f"noise must be >= 0, got {self.noise}")
+        if networks:
+            _adopt(self, networks["rae"])
+            return self
         x = self._input(X)
         if self.noise > 0:  # denoising: (noisy input, clean target)
             rng = np.random.default_rng(self.seed)
@@ -118,9 +153,9 @@ class RAE(SampleDetector):
         else:
             tensors = [x, x]
         self.input_shape_ = x.shape[1:]
-        _build_and_train(
-            self, self.seed, x.shape[1:], lambda ae: ae, _reconstruction_loss, tensors, "RAE"
-        )
+        self.device_ = pick_device(self.device)
+        net = self._network(x.shape[1:])
+        _train(self, self.seed, net, _reconstruction_loss, tensors, "RAE")
         return self
 
     def reconstruct(self, X: np.ndarray) -> np.ndarray:
@@ -205,21 +240,21 @@ class CAE(SampleDetector):
     ``combine(re, ce, alpha)``; ``alpha=0`` scores by the cross-entropy alone.
     """
 
-    __init__ = keyword_init(alpha=0.66, **AUTOENCODER, **HEAD, epochs=100, patience=None, **RUN)
+    __init__ = keyword_init(**DEFAULTS["cae"])
 
     def _input(self, X: np.ndarray, y: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         x = model_input(check_features(X), self.arch, self.image_shape)
         return x, check_labels(y, len(x), self.n_classes)
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> CAE:
-        """Train on ``(X, y)``."""
-        check_alpha(self.alpha)
-        x, yy = self._input(X, y)
-
-        def with_head(ae: nn.Module) -> nn.Module:
+    def _network(self, input_shape) -> nn.Module:
+        """The untrained classification auto-encoder, initialised from ``seed + 1``."""
+        with seeded(self.seed + 1, self.device_):
+            ae = build_autoencoder(
+                self.arch, input_shape, filters=self.filters, hidden=self.hidden, latent=self.latent
+            )
             return ClassificationAutoencoder(
                 ae,
-                latent_size(ae, x.shape[1:]),
+                latent_size(ae, input_shape),
                 units=self.head_units,
                 n_classes=self.n_classes,
                 dropout_in=self.dropout_in,
@@ -227,7 +262,17 @@ class CAE(SampleDetector):
                 activation_name=self.head_activation,
             )
 
-        _build_and_train(self, self.seed + 1, x.shape[1:], with_head, _cae_loss, [x, yy], "CAE")
+    def fit(self, X: np.ndarray, y: np.ndarray, networks: dict | None = None) -> CAE:
+        """Train on ``(X, y)``; or, with ``networks={"cae": fitted}``, take an equal CAE already
+        fitted on the same data (``detectors.networks``)."""
+        check_alpha(self.alpha)
+        x, yy = self._input(X, y)
+        if networks:
+            _adopt(self, networks["cae"])
+            return self
+        self.input_shape_ = x.shape[1:]
+        self.device_ = pick_device(self.device)
+        _train(self, self.seed + 1, self._network(x.shape[1:]), _cae_loss, [x, yy], "CAE")
         return self
 
     def _terms(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,27 +323,22 @@ class CAEPlus(SampleDetector):
     CAE+ rescores without refitting.
     """
 
-    __init__ = keyword_init(
-        alpha=0.66,
-        **AUTOENCODER,
-        **HEAD,
-        rae_epochs=300,
-        cae_epochs=100,
-        rae_patience=None,
-        cae_patience=None,
-        **RUN,
-    )
+    __init__ = keyword_init(**DEFAULTS["cae_plus"])
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> CAEPlus:
-        """Train the RAE on ``X`` and the CAE on ``(X, y)``."""
+    def fit(self, X: np.ndarray, y: np.ndarray, networks: dict | None = None) -> CAEPlus:
+        """Train the RAE on ``X`` and the CAE on ``(X, y)``; or take them already fitted
+        (``networks={"rae": ..., "cae": ...}``, equal networks fitted once for the cell)."""
         check_alpha(self.alpha)
         check_labels(y, len(check_features(X)), self.n_classes)
+        networks = networks or {}
         shared = {k: getattr(self, k) for k in (*AUTOENCODER, *RUN)}
         head = {k: getattr(self, k) for k in HEAD}
-        self.rae_ = RAE(**shared, epochs=self.rae_epochs, patience=self.rae_patience).fit(X)
-        self.cae_ = CAE(
+        rae = RAE(**shared, epochs=self.rae_epochs, patience=self.rae_patience)
+        cae = CAE(
             **shared, **head, alpha=self.alpha, epochs=self.cae_epochs, patience=self.cae_patience
-        ).fit(X, y)
+        )
+        self.rae_ = rae.fit(X, networks={"rae": networks["rae"]} if "rae" in networks else None)
+        self.cae_ = cae.fit(X, y, networks={"cae": networks["cae"]} if "cae" in networks else None)
         return self
 
     def sub_scores(self, X: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from poisondetect.detectors.networks import network_id, networks
 from poisondetect.errors import PoisonDetectError
 from poisondetect.io import atomic_path, atomic_write_text, read_json, write_json
 from poisondetect.names import TRAIN_ON
@@ -34,6 +35,7 @@ FILTER_FILES = {
     "scores": "filter/{detector}_{train_on}.parquet",
     "summary": "filter/{detector}_{train_on}.json",
 }
+NETWORK_FILE = "nets/{network}_{train_on}.safetensors"  # a network shared by the cell's detectors
 
 
 def svm_accuracy(x_tr, y_tr, x_te, y_te, params: dict) -> float:
@@ -236,20 +238,31 @@ def fit_filter(
     seed: int,
     device: str,
     cell: dict,
+    network_store: NetworkStore | None = None,
 ) -> None:
     """Fit one registered detector on the pooled first rounds; filter and retrain on the others.
 
     ``params`` is the detector's config block (its constructor's keyword arguments); ``shared``
     (the auto-encoders' settings), ``arch``, ``seed`` and ``device`` go to the detectors whose
-    constructors take them. Writes the per-point scores (Parquet) and the summary over the
-    evaluation rounds, one row per decision (JSON).
+    constructors take them. A detector made of networks (``detectors.networks``) takes them from
+    ``network_store``: fitted once for the cell and shared with the other detectors made of them.
+    Writes the per-point scores (Parquet) and the summary over the evaluation rounds, one row per
+    decision (JSON).
     """
     P = load_poisoned(poisoned)
     nd, n_rounds = n_detector_rounds, len(P["x"])
     x_fit, y_fit = _fitting_set(P, train_on, nd)
     t0 = time.perf_counter()
     det = make_detector(detector, params, shared, arch=arch, seed=seed, device=device, svm=svm)
-    det.fit(x_fit, y_fit)
+    specs = networks(detector, params, **shared, arch=arch, seed=seed)
+    if specs:  # made of networks: each fitted once for the cell (a file, or this job's store)
+        store = network_store if network_store is not None else NetworkStore()
+        fitted = {
+            role: store.get(kind, s, x_fit, y_fit, device) for role, (kind, s) in specs.items()
+        }
+        det.fit(x_fit, y_fit, networks=fitted)
+    else:
+        det.fit(x_fit, y_fit)
     log.info(
         "%s fitted on %d %s points in %.1fs",
         detector,
@@ -292,11 +305,73 @@ def fit_filter(
     write_json(summary_out, summary)
 
 
+class NetworkStore:
+    """The fitted networks (RAEs, CAEs) of one cell and train_on: read from the files of the
+    cell's ``fit_network`` jobs where there are some, else fitted here, once, and kept for the
+    other detectors of the same job."""
+
+    def __init__(self, files: list[str] = ()) -> None:
+        from poisondetect.detectors.cae import load_network
+
+        self._fitted: dict[str, object] = {}
+        self._files = list(files)
+        self._load = load_network
+
+    def get(self, kind: str, settings: dict, x: np.ndarray, y: np.ndarray, device: str):
+        nid = network_id(kind, settings)
+        if nid not in self._fitted:
+            for path in self._files:  # each file says which network it holds
+                found, det = self._load(path, device)
+                self._fitted[found] = det
+            self._files = []
+        if nid not in self._fitted:
+            self._fitted[nid] = fit_network_on(kind, settings, x, y, device)
+        return self._fitted[nid]
+
+
+def fit_network_on(kind: str, settings: dict, x: np.ndarray, y: np.ndarray, device: str):
+    """One RAE or CAE with these settings, fitted on (x, y)."""
+    from poisondetect.detectors.cae import CAE, RAE
+
+    t0 = time.perf_counter()
+    net = {"rae": RAE, "cae": CAE}[kind](**settings, device=device).fit(x, y)
+    log.info("network %s fitted on %d points in %.1fs", network_id(kind, settings), len(y),
+             time.perf_counter() - t0)  # fmt: skip
+    return net
+
+
+def fit_network(
+    poisoned: str,
+    out: str,
+    *,
+    network: tuple[str, dict],
+    train_on: str,
+    n_detector_rounds: int,
+    device: str,
+) -> None:
+    """Fit one network (``network`` = (kind, settings), ``detectors.networks``) on the pooled
+    first rounds of a cell, for every detector of the cell that is made of it."""
+    from poisondetect.detectors.cae import save_network
+
+    kind, settings = network
+    x_fit, y_fit = _fitting_set(load_poisoned(poisoned), train_on, n_detector_rounds)
+    save_network(fit_network_on(kind, settings, x_fit, y_fit, device), out)
+
+
 def fit_filters(
-    poisoned: str, cell_dir: str, *, detectors: dict[str, dict], train_on: str, **settings
+    poisoned: str,
+    cell_dir: str,
+    *,
+    detectors: dict[str, dict],
+    train_on: str,
+    networks: list[str] = (),
+    **settings,
 ) -> None:
     """``fit_filter`` for each of ``detectors`` (name -> its config block) in turn, writing each
-    one's files in ``cell_dir`` (``FILTER_FILES``); ``settings`` as for ``fit_filter``."""
+    one's files in ``cell_dir`` (``FILTER_FILES``); ``settings`` as for ``fit_filter``. The
+    networks the detectors are made of come from the files ``networks``, or are fitted once here
+    and shared between the detectors."""
+    store = NetworkStore(networks)
     for i, (name, params) in enumerate(detectors.items(), 1):
         if len(detectors) > 1:
             log.info("detector %d of %d: %s", i, len(detectors), name)
@@ -311,6 +386,7 @@ def fit_filters(
             detector=name,
             params=params,
             train_on=train_on,
+            network_store=store,
             **settings,
         )
 
