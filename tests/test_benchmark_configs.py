@@ -8,6 +8,7 @@ import pytest
 from conftest import REPO
 
 from poisondetect.config import validate_config
+from poisondetect.detectors import registry
 
 
 def _load(name: str):
@@ -53,6 +54,13 @@ def test_sample_level_benchmark_config(tmp_path, preset):
     rounds = cfg["sample_level"]["rounds"]
     assert (rounds["n_rounds"], rounds["n_detector_rounds"]) == (60, 50)  # the paper's rounds
     assert (rounds["n_train"], rounds["n_val"], rounds["n_test"]) == (100, 200, 200)
+    # the paper's six detectors at the paper's 10 % by default; --sweep to 30 %, --detectors all
+    assert cfg["sample_level"]["n_poison"] == [10]
+    assert cfg["sample_level"]["detectors"] == bench.PAPER_DETECTORS
+    args = bench.parse_args([preset, "--sweep", "--detectors", "all", "--data", str(tmp_path)])
+    cfg = validate_config(bench.build_config(args, bench.settings(args)[1]))
+    assert cfg["sample_level"]["n_poison"] == [0, 5, 10, 20, 30]
+    assert cfg["sample_level"]["detectors"] == registry.names("sample")
 
 
 def test_fit_profile_extrapolates_steady_epochs_and_counts_setup_once():

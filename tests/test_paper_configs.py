@@ -33,10 +33,11 @@ def test_paper_cifar10_grid(workdir):
 
 def test_paper_cae_grid(workdir):
     jobs = planned_jobs(snakemake(workdir, "-n", configfile=REPO / "configs/paper-cae.yaml"))
+    # the contamination sweep 0, 5, 10, 20, 30 % (the paper's abstract: up to 30 %)
     tasks, attacks, counts, seeds, detectors, train_on = (
         5,
         4,
-        3,
+        5,
         3,
         len(registry.names("sample")),
         2,
@@ -45,5 +46,7 @@ def test_paper_cae_grid(workdir):
     assert jobs["make_rounds"] == tasks * seeds
     assert jobs["poison_rounds"] == tasks * attacks * counts * seeds
     assert jobs["fit_filter"] == tasks * attacks * counts * seeds * detectors * train_on
+    # each cell's networks fitted once: an RAE and a CAE (CAE+, RAE, CAE), MagNet's two
+    assert jobs["fit_network"] == tasks * attacks * counts * seeds * 4 * train_on
     assert jobs["sample_level_clean_vs_contaminated"] == tasks  # Fig. 7: clean vs contaminated
     assert "train_genuine" not in jobs
