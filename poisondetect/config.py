@@ -196,13 +196,35 @@ def _check_consistency(cfg: dict, data_dir: Path | None = DATA_DIR) -> None:
                     f"(declared: {', '.join(sorted(declared)) or 'none'})"
                 )
     if ml:
-        variants = ml["finetune"]["variants"]
+        variants, atk_cfg = ml["finetune"]["variants"], ml["attacks"]
         reference = ml["finetune"]["reference_variant"]
-        if reference not in variants and _uses_reference(ml["detectors"]):
+        has_sampled = ml["finetune"]["sampled"]["replicates"] > 0
+        known = [*variants, *(["sampled"] if has_sampled else [])]
+        if reference not in known and _uses_reference(ml["detectors"]):
             problems.append(
                 f"model_level.finetune.reference_variant = '{reference}' must name one of "
-                f"model_level.finetune.variants ({', '.join(variants)})"
+                f"the honest variants ({', '.join(known)})"
             )
+        if atk_cfg["shadow_replicates"] >= atk_cfg["replicates"]:
+            problems.append(
+                f"model_level.attacks.shadow_replicates = {atk_cfg['shadow_replicates']} leaves no "
+                f"evaluated replicate of {atk_cfg['replicates']}; it must be smaller"
+            )
+        for reserved in ("sampled", "shadow"):
+            if reserved in variants:
+                problems.append(
+                    f"model_level.finetune.variants.{reserved}: '{reserved}' is a reserved name "
+                    "(the sampled null, the shadow split); give this variant another name"
+                )
+        sampled = ml["finetune"]["sampled"]
+        for key in ("lr_factor", "epochs", "weight_decay"):
+            lo, hi = sampled[key]
+            if lo > hi or (key == "lr_factor" and lo <= 0) or (key == "epochs" and lo < 1):
+                problems.append(
+                    f"model_level.finetune.sampled.{key} = {[lo, hi]} must be [low, high] with "
+                    f"low <= high{' and low > 0' if key == 'lr_factor' else ''}"
+                    f"{' and low >= 1' if key == 'epochs' else ''}"
+                )
         for name, v in variants.items():
             if v["data"] == "unseen" and "new_data" not in ml["scenarios"]:
                 problems.append(
@@ -217,7 +239,7 @@ def _check_consistency(cfg: dict, data_dir: Path | None = DATA_DIR) -> None:
                     f"detector ({', '.join(ml['detectors'])})"
                 )
         atk = ml["attacks"]
-        if atk["target_class"] == atk["attacker_class"]:
+        if atk["target_class"] == atk["attacker_class"] != "random":
             problems.append(
                 f"model_level.attacks.target_class and attacker_class are both "
                 f"{atk['target_class']}: they must differ (the attack relabels one class as another)"
@@ -272,7 +294,8 @@ def configured_classes(cfg: dict, dataset: str) -> list[tuple[str, int]]:
     ml = cfg.get("model_level", {})
     if ml.get("enabled", True) and dataset in ml.get("datasets", []):
         for key in ("target_class", "attacker_class"):
-            out.append((f"model_level.attacks.{key}", ml["attacks"][key]))
+            if ml["attacks"][key] != "random":  # drawn per model among the data set's classes
+                out.append((f"model_level.attacks.{key}", ml["attacks"][key]))
     sl = cfg.get("sample_level", {})
     if sl.get("enabled", True):
         for task, spec in sl.get("tasks", {}).items():
