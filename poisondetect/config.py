@@ -153,16 +153,19 @@ def _validate(cfg: dict, schema: dict) -> None:
 
 
 def expand_all(cfg: dict) -> bool:
-    """Replace ``detectors: all`` of either level by every registered detector of that level
-    (model level: a block with the defaults for each); True when something was expanded."""
-    from poisondetect.detectors.registry import names
+    """Replace ``detectors: all`` of either level by every registered detector of that level that
+    the configuration can run (model level: a block with the defaults for each; a detector that
+    learns from shadow attacks only where there are some); True when something was expanded."""
+    from poisondetect.detectors.registry import get, names
 
     expanded = False
     sl, ml = cfg.get("sample_level", {}), cfg.get("model_level", {})
     if sl.get("detectors") == "all":
         sl["detectors"], expanded = names("sample"), True
-    if ml.get("detectors") == "all":
-        ml["detectors"], expanded = {name: {} for name in names("model")}, True
+    if ml.get("detectors") == "all":  # those the configuration can run: shadow attacks or not
+        shadows = ml.get("attacks", {}).get("shadow_replicates", 0)
+        runnable = [n for n in names("model") if shadows or not get("model", n).uses_shadow]
+        ml["detectors"], expanded = {name: {} for name in runnable}, True
     return expanded
 
 
@@ -232,6 +235,15 @@ def _check_consistency(cfg: dict, data_dir: Path | None = DATA_DIR) -> None:
                     "scenario (in the standard scenario M has seen every training image); add "
                     "new_data to model_level.scenarios"
                 )
+        from poisondetect.detectors import registry
+
+        if not atk_cfg["shadow_replicates"]:
+            for name in ml["detectors"]:
+                if registry.get("model", name).uses_shadow:
+                    problems.append(
+                        f"model_level.detectors.{name} learns from shadow attacks: set "
+                        "model_level.attacks.shadow_replicates >= 1 (or leave the detector out)"
+                    )
         for name in ml["calibration"]["verdict"]:
             if name.partition(":")[0] not in ml["detectors"]:
                 problems.append(

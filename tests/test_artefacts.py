@@ -88,7 +88,6 @@ def test_detectors_never_read_the_configured_classes(tiny_run, tmp_path):
     snakemake(
         work,
         "--forcerun", "score_detector", "--rerun-triggers", "mtime",
-        "--allowed-rules", "score_detector",
         "--until", "score_detector",
         configfile=work / "classes.yaml",
     )  # fmt: skip
