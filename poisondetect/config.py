@@ -153,16 +153,19 @@ def _validate(cfg: dict, schema: dict) -> None:
 
 
 def expand_all(cfg: dict) -> bool:
-    """Replace ``detectors: all`` of either level by every registered detector of that level
-    (model level: a block with the defaults for each); True when something was expanded."""
-    from poisondetect.detectors.registry import names
+    """Replace ``detectors: all`` of either level by every registered detector of that level that
+    the configuration can run (model level: a block with the defaults for each; a detector that
+    learns from shadow attacks only where there are some); True when something was expanded."""
+    from poisondetect.detectors.registry import get, names
 
     expanded = False
     sl, ml = cfg.get("sample_level", {}), cfg.get("model_level", {})
     if sl.get("detectors") == "all":
         sl["detectors"], expanded = names("sample"), True
-    if ml.get("detectors") == "all":
-        ml["detectors"], expanded = {name: {} for name in names("model")}, True
+    if ml.get("detectors") == "all":  # those the configuration can run: shadow attacks or not
+        shadows = ml.get("attacks", {}).get("shadow_replicates", 0)
+        runnable = [n for n in names("model") if shadows or not get("model", n).uses_shadow]
+        ml["detectors"], expanded = {name: {} for name in runnable}, True
     return expanded
 
 
@@ -196,13 +199,35 @@ def _check_consistency(cfg: dict, data_dir: Path | None = DATA_DIR) -> None:
                     f"(declared: {', '.join(sorted(declared)) or 'none'})"
                 )
     if ml:
-        variants = ml["finetune"]["variants"]
+        variants, atk_cfg = ml["finetune"]["variants"], ml["attacks"]
         reference = ml["finetune"]["reference_variant"]
-        if reference not in variants and _uses_reference(ml["detectors"]):
+        has_sampled = ml["finetune"]["sampled"]["replicates"] > 0
+        known = [*variants, *(["sampled"] if has_sampled else [])]
+        if reference not in known and _uses_reference(ml["detectors"]):
             problems.append(
                 f"model_level.finetune.reference_variant = '{reference}' must name one of "
-                f"model_level.finetune.variants ({', '.join(variants)})"
+                f"the honest variants ({', '.join(known)})"
             )
+        if atk_cfg["shadow_replicates"] >= atk_cfg["replicates"]:
+            problems.append(
+                f"model_level.attacks.shadow_replicates = {atk_cfg['shadow_replicates']} leaves no "
+                f"evaluated replicate of {atk_cfg['replicates']}; it must be smaller"
+            )
+        for reserved in ("sampled", "shadow"):
+            if reserved in variants:
+                problems.append(
+                    f"model_level.finetune.variants.{reserved}: '{reserved}' is a reserved name "
+                    "(the sampled null, the shadow split); give this variant another name"
+                )
+        sampled = ml["finetune"]["sampled"]
+        for key in ("lr_factor", "epochs", "weight_decay"):
+            lo, hi = sampled[key]
+            if lo > hi or (key == "lr_factor" and lo <= 0) or (key == "epochs" and lo < 1):
+                problems.append(
+                    f"model_level.finetune.sampled.{key} = {[lo, hi]} must be [low, high] with "
+                    f"low <= high{' and low > 0' if key == 'lr_factor' else ''}"
+                    f"{' and low >= 1' if key == 'epochs' else ''}"
+                )
         for name, v in variants.items():
             if v["data"] == "unseen" and "new_data" not in ml["scenarios"]:
                 problems.append(
@@ -210,6 +235,15 @@ def _check_consistency(cfg: dict, data_dir: Path | None = DATA_DIR) -> None:
                     "scenario (in the standard scenario M has seen every training image); add "
                     "new_data to model_level.scenarios"
                 )
+        from poisondetect.detectors import registry
+
+        if not atk_cfg["shadow_replicates"]:
+            for name in ml["detectors"]:
+                if registry.get("model", name).uses_shadow:
+                    problems.append(
+                        f"model_level.detectors.{name} learns from shadow attacks: set "
+                        "model_level.attacks.shadow_replicates >= 1 (or leave the detector out)"
+                    )
         for name in ml["calibration"]["verdict"]:
             if name.partition(":")[0] not in ml["detectors"]:
                 problems.append(
@@ -217,7 +251,7 @@ def _check_consistency(cfg: dict, data_dir: Path | None = DATA_DIR) -> None:
                     f"detector ({', '.join(ml['detectors'])})"
                 )
         atk = ml["attacks"]
-        if atk["target_class"] == atk["attacker_class"]:
+        if atk["target_class"] == atk["attacker_class"] != "random":
             problems.append(
                 f"model_level.attacks.target_class and attacker_class are both "
                 f"{atk['target_class']}: they must differ (the attack relabels one class as another)"
@@ -272,7 +306,8 @@ def configured_classes(cfg: dict, dataset: str) -> list[tuple[str, int]]:
     ml = cfg.get("model_level", {})
     if ml.get("enabled", True) and dataset in ml.get("datasets", []):
         for key in ("target_class", "attacker_class"):
-            out.append((f"model_level.attacks.{key}", ml["attacks"][key]))
+            if ml["attacks"][key] != "random":  # drawn per model among the data set's classes
+                out.append((f"model_level.attacks.{key}", ml["attacks"][key]))
     sl = cfg.get("sample_level", {})
     if sl.get("enabled", True):
         for task, spec in sl.get("tasks", {}).items():

@@ -171,6 +171,17 @@ def calibrated_threshold(honest_scores, fpr: float) -> float:
     return float(s[min(k, s.size) - 1])
 
 
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) interval of a binomial rate k / n at confidence ``level``:
+    "0 of 6" reads as [0, 0.46]. (nan, nan) when n = 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
 def guaranteed_fpr(n_honest: int, fpr: float) -> float:
     """The false-alarm rate that ``calibrated_threshold`` can guarantee from ``n_honest`` honest
     scores at the requested ``fpr``: (n + 1 - k) / (n + 1) for the k-th order statistic it takes,

@@ -1,16 +1,20 @@
 """The population of models of one model-level cell (dataset x arch x scenario x seed).
 
-One genuine model M; honest fine-tunes of M (each configured variant, ``replicates`` times); and
-attacked fine-tunes (each attack kind x fraction x epochs, ``replicates`` times). Model names:
+One genuine model M; honest fine-tunes of M (each configured variant, ``replicates`` times, and
+the sampled null: ``sampled.replicates`` fine-tunes that each draw their own hyperparameters); and
+attacked fine-tunes (each attack kind x fraction x epochs, ``replicates`` times, on configured or
+randomly drawn class pairs). Model names:
 
     genuine
-    honest_<variant>_r<replicate>           e.g. honest_paper_r0
+    honest_<variant>_r<replicate>           e.g. honest_paper_r0, honest_sampled_r12
     <kind>_f<percent>_e<epochs>_r<replicate>  e.g. flip_f50_e10_r2 (50 % of the target class)
 
 Every model has its own seed, derived from the cell's seed and its name, so replicates differ
 (data order, attacked images, pattern positions) and the same config reproduces them. The first
 ``n_fit`` replicates of each honest variant fit and calibrate the detectors; the others measure the
-false-alarm rate. This module imports neither torch nor pandas: the workflow plans with it.
+false-alarm rate. Every draw (a sampled replicate's hyperparameters, a random class pair) comes
+from the model's own seed. This module imports neither torch nor pandas: the workflow plans with
+it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+
+import numpy as np
 
 from poisondetect.errors import PoisonDetectError
 from poisondetect.names import MODEL_ATTACKS, attack_label, regex
@@ -94,13 +100,27 @@ def parse_model(name: str) -> ModelSpec:
     )
 
 
+SAMPLED = "sampled"  # the honest variant whose replicates draw their own hyperparameters
+SHADOW = "shadow"  # the split of the attacked replicates that fit learned detectors
+_DRAW_CODES = {"honest": 101, "pair": 102}  # seed streams of a model's draws
+
+
+def honest_replicates(ml: dict, variant: str) -> int:
+    """How many honest fine-tunes of ``variant`` a cell has."""
+    if variant == SAMPLED:
+        return ml["finetune"]["sampled"]["replicates"]
+    return ml["finetune"]["replicates"]
+
+
 def honest_variants(ml: dict, scenario: str) -> list[str]:
-    """The honest variants that exist in a scenario (data: unseen needs new_data)."""
-    return [
+    """The honest variants that exist in a scenario (data: unseen needs new_data), the sampled
+    null last (when it has replicates)."""
+    named = [
         v
         for v, spec in ml["finetune"]["variants"].items()
         if spec["data"] != "unseen" or scenario == "new_data"
     ]
+    return named + ([SAMPLED] if honest_replicates(ml, SAMPLED) else [])
 
 
 def attack_populations(ml: dict) -> list[str]:
@@ -120,7 +140,7 @@ def cell_models(ml: dict, scenario: str) -> list[str]:
     names += [
         honest_name(v, r)
         for v in honest_variants(ml, scenario)
-        for r in range(ml["finetune"]["replicates"])
+        for r in range(honest_replicates(ml, v))
     ]
     names += [
         f"{pop}_r{r}" for pop in attack_populations(ml) for r in range(ml["attacks"]["replicates"])
@@ -129,16 +149,124 @@ def cell_models(ml: dict, scenario: str) -> list[str]:
 
 
 def n_fit(replicates: int, fit_share: float) -> int:
-    """How many replicates of each honest variant fit and calibrate (at least one, and one left
-    to measure the false-alarm rate whenever there are two or more)."""
+    """How many replicates of an honest variant fit and calibrate (at least one, and one left to
+    measure the false-alarm rate whenever there are two or more)."""
     return max(1, min(replicates - 1, round(replicates * fit_share))) if replicates > 1 else 1
 
 
-def split_of(spec: ModelSpec, n_fit_replicates: int) -> str:
-    """fit (honest, sets thresholds), heldout (honest, measures false alarms), attack, genuine."""
+def fit_counts(ml: dict) -> dict[str, int]:
+    """How a cell's models split: ``n_fit`` of every honest variant (the sampled null's from its
+    own replicates), and under ``SHADOW`` the shadow replicates of each attack population."""
+    share = ml["calibration"]["fit_share"]
+    variants = [*ml["finetune"]["variants"], SAMPLED]
+    counts = {
+        v: n_fit(honest_replicates(ml, v), share) for v in variants if honest_replicates(ml, v)
+    }
+    return {**counts, SHADOW: ml["attacks"]["shadow_replicates"]}
+
+
+def split_of(spec: ModelSpec, n_fit_replicates: int | dict[str, int]) -> str:
+    """fit (honest, sets thresholds and fits what learns from honest models), heldout (honest,
+    measures false alarms), shadow (attacked, fits what learns from attacks, never evaluated),
+    attack (attacked, evaluated), genuine. ``n_fit_replicates``: one count for every honest
+    variant, or ``fit_counts`` (a count per variant, the shadow replicates under ``SHADOW``)."""
+    counts = n_fit_replicates if isinstance(n_fit_replicates, dict) else None
     if spec.role == "honest":
-        return "fit" if spec.replicate < n_fit_replicates else "heldout"
+        n = counts[spec.variant] if counts is not None else n_fit_replicates
+        return "fit" if spec.replicate < n else "heldout"
+    if spec.role == "attack" and counts is not None and spec.replicate < counts.get(SHADOW, 0):
+        return SHADOW
     return spec.role
+
+
+def evaluated_attacks(ml: dict) -> list[str]:
+    """The attacked models of a cell that are evaluated (not shadows)."""
+    k, n = ml["attacks"]["shadow_replicates"], ml["attacks"]["replicates"]
+    return [f"{pop}_r{r}" for pop in attack_populations(ml) for r in range(k, n)]
+
+
+def _draw_rng(cell_seed: int, name: str, stream: str) -> np.random.Generator:
+    return np.random.default_rng(derive_seed(model_seed(cell_seed, name), _DRAW_CODES[stream]))
+
+
+def draw_honest(sampled: dict, name: str, cell_seed: int, scenario: str) -> dict:
+    """The training hyperparameters of one replicate of the sampled honest null, drawn from the
+    ranges in ``sampled`` (``model_level.finetune.sampled``) with a seed of its own (its name and
+    the cell's seed): the same replicate always draws the same values, replicates differ.
+
+    ``lr_factor`` and ``weight_decay`` are drawn log-uniformly (a zero lower bound of the weight
+    decay: zero or log-uniform above ``weight_decay[1] / 100``, evenly), ``epochs`` uniformly
+    between its bounds (inclusive); ``batch_size``, ``optimizer``, ``augment`` and ``data``
+    uniformly among the listed choices (``unseen`` only in the new-data scenario)."""
+    rng = _draw_rng(cell_seed, name, "honest")
+    lo, hi = sampled["lr_factor"]
+    lr_factor = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    e_lo, e_hi = sampled["epochs"]
+    epochs = int(rng.integers(e_lo, e_hi + 1))
+    batch_size = int(rng.choice(sampled["batch_size"]))
+    w_lo, w_hi = sampled["weight_decay"]
+    if w_lo <= 0:
+        zero = rng.random() < 0.5
+        w = (
+            0.0
+            if zero or w_hi <= 0
+            else float(np.exp(rng.uniform(np.log(w_hi / 100), np.log(w_hi))))
+        )
+    else:
+        w = float(np.exp(rng.uniform(np.log(w_lo), np.log(w_hi))))
+    optimizer = str(rng.choice(sampled["optimizer"]))
+    augment = bool(rng.choice(sampled["augment"]))
+    data = [d for d in sampled["data"] if d != "unseen" or scenario == "new_data"] or ["all"]
+    return {
+        "epochs": epochs,
+        "lr_factor": lr_factor,
+        "batch_size": batch_size,
+        "weight_decay": w,
+        "optimizer": optimizer,
+        "augment": augment,
+        "data": str(rng.choice(data)),
+    }
+
+
+def attack_classes(
+    attack: dict,
+    name: str,
+    cell_seed: int,
+    num_classes: int,
+    *,
+    shadow: bool = False,
+    exclude: set[tuple[int, int]] | frozenset = frozenset(),
+) -> tuple[int, int]:
+    """The (target, attacker) classes of one attacked model: the configured ones, or, where the
+    config says ``random``, drawn with a seed of the model's own (distinct classes; the same model
+    always draws the same pair, replicates differ). A shadow attack always draws its pair, among
+    the pairs not in ``exclude`` (the evaluated attacks' pairs)."""
+    target, attacker = attack["target_class"], attack["attacker_class"]
+    rng = _draw_rng(cell_seed, name, "pair")
+    if shadow:
+        pairs = [
+            (t, a)
+            for t in range(num_classes)
+            for a in range(num_classes)
+            if t != a and (t, a) not in exclude
+        ]
+        if not pairs:
+            raise PoisonDetectError(
+                f"{name}: every class pair is used by an evaluated attack; no pair is left for "
+                "the shadow attacks (fewer attacks.replicates or shadow_replicates: 0)"
+            )
+        return pairs[int(rng.integers(len(pairs)))]
+    if target == "random":
+        choices = [c for c in range(num_classes) if c != attacker]
+        target = int(rng.choice(choices))
+    if attacker == "random":
+        attacker = int(rng.choice([c for c in range(num_classes) if c != target]))
+    if not (0 <= target < num_classes and 0 <= attacker < num_classes) or target == attacker:
+        raise PoisonDetectError(
+            f"{name}: target class {target} and attacker class {attacker} must be distinct "
+            f"classes of the data set's {num_classes}"
+        )
+    return int(target), int(attacker)
 
 
 def model_seed(cell_seed: int, name: str) -> int:

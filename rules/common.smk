@@ -101,9 +101,8 @@ def ml_cell_files(rel):
 
 
 def ml_n_fit():
-    return population.n_fit(
-        ML["finetune"]["replicates"], ML["calibration"]["fit_share"]
-    )
+    """How many replicates of each honest variant fit and calibrate (variant -> count)."""
+    return population.fit_counts(ML)
 
 
 def ml_job_models(w):
@@ -112,7 +111,10 @@ def ml_job_models(w):
     if "model" in keys:
         return [w.model]
     if "honest" in keys:
-        return [f"{w.honest}_r{r}" for r in range(ML["finetune"]["replicates"])]
+        variant = w.honest.removeprefix("honest_")
+        return [
+            f"{w.honest}_r{r}" for r in range(population.honest_replicates(ML, variant))
+        ]
     return [f"{w.attack_population}_r{r}" for r in range(ML["attacks"]["replicates"])]
 
 
@@ -121,6 +123,8 @@ def ml_finetune_settings(w):
     nothing here): the honest variant's, or the attack's (pattern keys only for the pattern
     attack)."""
     spec = population.parse_model(ml_job_models(w)[0])
+    if spec.role == "honest" and spec.variant == population.SAMPLED:
+        return {"honest": ML["finetune"]["sampled"], "attack": None}
     if spec.role == "honest":
         return {"honest": ML["finetune"]["variants"][spec.variant], "attack": None}
     atk = {
@@ -129,6 +133,10 @@ def ml_finetune_settings(w):
         if k not in ("kinds", "epochs", "fraction", "replicates")
         and (spec.attack == "pattern" or not k.startswith("pattern_"))
     }
+    shadows = ML["attacks"]["shadow_replicates"]
+    if any(population.parse_model(m).replicate < shadows for m in ml_job_models(w)):
+        # a shadow attack's pair avoids the evaluated attacks' pairs
+        atk["evaluated"] = population.evaluated_attacks(ML)
     return {"honest": None, "attack": atk}
 
 
@@ -156,6 +164,12 @@ def ml_detector_inputs(w):
         inputs["checkpoints"] = ml_model_files("model")(w)
     if "errors" in needs:
         inputs["errors"] = ml_path("scores/ae_errors.parquet").format(**dict(w.items()))
+    if "statistics" in needs:  # the statistics of every detector that reads none itself
+        inputs["statistics"] = [
+            ml_path("scores/{detector}.csv").format(**{**dict(w.items()), "detector": d})
+            for d in ML["detectors"]
+            if "statistics" not in ml_detector(d).needs
+        ]
     return inputs
 
 
@@ -334,7 +348,7 @@ def all_targets():
         targets += [
             f"results/model_level/figures/{name}_{d}_{a}_{s}.png"
             for d, a, s in ml_group_cells()
-            for name in ("roc", "auroc")
+            for name in ("roc", "auroc", "success")
         ]
     targets += sample_level_targets()
     return targets

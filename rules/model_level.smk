@@ -113,6 +113,32 @@ if ML["jobs"] == "per_population":
     ruleorder: finetune_honest > finetune
     ruleorder: finetune_attack > finetune
 
+    if population.honest_replicates(ML, population.SAMPLED):
+
+        # the sampled honest null: a population of its own size
+        use rule finetune as finetune_sampled with:
+            output:
+                **finetune_outputs(
+                    f"honest_{population.SAMPLED}",
+                    population.honest_replicates(ML, population.SAMPLED),
+                ),
+            log:
+                ml_path(f"finetune_honest_{population.SAMPLED}.log", "logs"),
+            benchmark:
+                ml_path(
+                    f"finetune_honest_{population.SAMPLED}.tsv", "results/benchmarks"
+                )
+            params:
+                models=[
+                    population.honest_name(population.SAMPLED, r)
+                    for r in range(
+                        population.honest_replicates(ML, population.SAMPLED)
+                    )
+                ],
+                settings={"honest": ML["finetune"]["sampled"], "attack": None},
+
+        ruleorder: finetune_sampled > finetune_honest > finetune
+
 
 rule fit_autoencoder:
     input:
@@ -237,5 +263,6 @@ rule collect_model_level:
         fpr=ML["calibration"]["fpr"],
         bootstrap=ML["calibration"]["bootstrap"],
         level=ML["calibration"]["level"],
+        min_success=ML["calibration"]["min_success"],
     script:
         "../scripts/collect_model_level.py"

@@ -6,6 +6,7 @@ localrules:
     model_level_tables,
     model_level_figure,
     model_level_roc_figures,
+    model_level_success_figure,
     collect_sample_level,
     sample_level_tables,
     sample_level_detector_figures,
@@ -112,6 +113,32 @@ rule model_level_roc_figures:
         label=lambda w: dataset_spec(w.dataset)["label"] or w.dataset,
     script:
         "../scripts/model_level_roc_figures.py"
+
+
+rule model_level_success_figure:
+    input:
+        scores="results/model_level/scores.csv",
+        detection="results/model_level/detection.csv",
+    output:
+        png=report(
+            "results/model_level/figures/success_{dataset}_{arch}_{scenario}.png",
+            caption="../report/success.rst",
+            category="Model level",
+            subcategory="ROC",
+        ),
+        pdf="results/model_level/figures/success_{dataset}_{arch}_{scenario}.pdf",
+    log:
+        "logs/model_level/success_{dataset}_{arch}_{scenario}.log",
+    conda:
+        "../envs/cpu.yaml"
+    container:
+        config["containers"]["cpu"]
+    params:
+        style=config["report"],
+        min_success=ML["calibration"]["min_success"],
+        label=lambda w: dataset_spec(w.dataset)["label"] or w.dataset,
+    script:
+        "../scripts/model_level_success_figure.py"
 
 
 rule sample_level_tables:

@@ -15,4 +15,5 @@ run_logged(
     fpr=sm.params.fpr,
     bootstrap=sm.params.bootstrap,
     level=sm.params.level,
+    min_success=sm.params.min_success,
 )

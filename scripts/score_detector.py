@@ -12,6 +12,7 @@ run_logged(
     params=sm.params.detector_params,
     checkpoints=list(sm.input.get("checkpoints", [])),
     errors=sm.input.get("errors"),
+    statistics=list(sm.input.get("statistics", [])),
     n_fit_replicates=sm.params.n_fit,
     reference=sm.params.reference,
 )

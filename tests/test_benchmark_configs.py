@@ -30,10 +30,14 @@ def test_model_level_benchmark_config(tmp_path, preset, optimizer, dataset):
     ml = cfg["model_level"]
     assert ml["train"]["optimizer"] == optimizer
     assert ml["train"]["lr"] == bench.OPTIMIZERS[optimizer]["lr"]
-    # populations: at least 5 replicates of every honest variant and attack strength
-    assert ml["finetune"]["replicates"] >= 5 and ml["attacks"]["replicates"] >= 5
+    # populations: a sampled null of at least 30, at least 5 evaluated replicates of every attack
+    # strength (2 %, 5 %, 50 %) on random class pairs, shadows for the combined detector
+    atk = ml["attacks"]
+    assert ml["finetune"]["sampled"]["replicates"] >= 30
+    assert atk["replicates"] - atk["shadow_replicates"] >= 5 and atk["shadow_replicates"] >= 1
+    assert atk["target_class"] == atk["attacker_class"] == "random"
     assert {"paper", "unseen"} <= set(ml["finetune"]["variants"])
-    assert 0.5 in ml["attacks"]["fraction"] and 0.05 in ml["attacks"]["fraction"]
+    assert {0.02, 0.05, 0.5} <= set(atk["fraction"])
     if preset == "--paper":
         assert ml["attacks"]["epochs"] == [25, 50]  # the paper's epochs
 

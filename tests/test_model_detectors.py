@@ -202,7 +202,13 @@ def test_every_detector_clones_and_round_trips_its_fitted_state(population, name
     det = registry.build("model", name)
     copy = clone(det)
     assert copy.get_params() == det.get_params() and copy is not det
-    det.fit(genuine, honest, reference=honest[0])
+    context = {"reference": honest[0]} if det.uses_reference else {}
+    if det.uses_shadow:
+        context["shadow"] = [attacked]
+    if "statistics" in det.needs:
+        for i, r in enumerate([genuine, *honest, attacked]):
+            r.statistics = {"a": float(i), "b": float(i % 3)}
+    det.fit(genuine, honest, **context)
     assert not [k for k in vars(clone(det)) if k.endswith("_")]  # clone is unfitted
     arrays, plain = fitted_state(det)
     restored = restore_fitted(registry.build("model", name, det.get_params()), arrays, plain)
@@ -217,12 +223,14 @@ ML = {
     "finetune": {
         "replicates": 3,
         "variants": {"paper": {"data": "all"}, "unseen": {"data": "unseen"}},
+        "sampled": {"replicates": 0},
     },
     "attacks": {
         "kinds": ["flip", "pattern"],
         "fraction": [0.05, 0.5],
         "epochs": [5],
         "replicates": 2,
+        "shadow_replicates": 0,
     },
 }
 

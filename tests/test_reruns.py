@@ -18,7 +18,7 @@ import yaml
 from conftest import TINY_CONFIG, planned_jobs, snakemake, snakemake_cmd
 
 REPORT = {"collect_model_level": 1, "model_level_tables": 1, "model_level_figure": 1,
-          "model_level_roc_figures": 1, "all": 1}  # fmt: skip
+          "model_level_roc_figures": 1, "model_level_success_figure": 1, "all": 1}  # fmt: skip
 AE_DETECTORS = 2  # ae_mean and ae_class read the auto-encoder's errors
 N_SL_CELLS = 2  # attacks flip, optimal at 3 poisons
 N_TRAIN_ON = 2  # contaminated, clean
@@ -83,6 +83,7 @@ def test_figure_settings_rerun_only_the_report_jobs(tiny_run, tmp_path):
     assert jobs == {
         "model_level_figure": 1,
         "model_level_roc_figures": 1,
+        "model_level_success_figure": 1,
         "sample_level_detector_figures": 1,
         "sample_level_accuracy_figure": 1,
         "sample_level_clean_vs_contaminated": 1,

@@ -57,12 +57,19 @@ def test_scores_and_roc_tables(tiny_run):
     for col in ["auroc", "auroc_lo", "auroc_hi", "tpr_at_fpr", "false_alarm_rate",
                 "detection_rate", "n_honest", "n_attacked", "honest_variant"]:  # fmt: skip
         assert col in roc.columns
-    assert roc["auroc"].between(0, 1).all()
-    assert ((roc["auroc_lo"] <= roc["auroc"]) & (roc["auroc"] <= roc["auroc_hi"])).all()
+    scored = roc[roc["n_attacked"] > 0]  # no effective attack: no AUROC
+    assert scored["auroc"].between(0, 1).all()
+    assert roc.loc[roc["n_attacked"] == 0, "auroc"].isna().all()
+    assert set(roc["attacks"]) == {"all", "effective"}
+    eff = roc[roc["attacks"] == "effective"]
+    assert (eff["n_attacked"] <= 2).all() and (eff["min_success"] == 0.2).all()
+    assert ((scored["auroc_lo"] <= scored["auroc"]) & (scored["auroc"] <= scored["auroc_hi"])).all()
     assert set(roc["honest_variant"]) == {"all", "paper"}
-    assert (roc["n_honest"] == 2).all() and (roc["n_attacked"] == 2).all()
+    assert (roc["n_honest"] == 2).all()
+    assert (roc.loc[roc["attacks"] == "all", "n_attacked"] == 2).all()
     main = roc[~roc["detector"].str.contains(":")]
-    assert len(main) == len(ML_CONFIG["detectors"]) * 2 * 2  # detectors x attacks x variants
+    # detectors x attacks x honest variants (paper, all) x subsets (all, effective)
+    assert len(main) == len(ML_CONFIG["detectors"]) * 2 * 2 * 2
 
 
 def test_tables_figures_and_logs_exist(tiny_run):

@@ -1,11 +1,13 @@
 """Model-level detectors: each scores a suspicious model against the genuine model M.
 
 Every detector follows the protocol of ``poisondetect.detectors.base``: parameters stored as given,
-``fit(genuine, honest=(), reference=None)`` learns from M (and, where a detector needs it, from
-the honest fine-tunes set aside for fitting, or from the reference honest fine-tune), ``score_samples(records)`` returns one score per suspicious
-model (higher = more suspicious) and ``sub_scores(records)`` the named extra statistics. Inputs
-are ``ModelRecord``s built from what the workflow already wrote (activation dumps, checkpoints, the
-auto-encoder's per-image errors); nothing here imports torch.
+``fit(genuine, honest=())`` learns from M and, where a detector needs it, from the honest
+fine-tunes set aside for fitting (and ``reference=``, the reference honest fine-tune, or
+``shadow=``, shadow attacks, for the detectors whose ``uses_reference`` / ``uses_shadow`` say
+so); ``score_samples(records)`` returns one score per suspicious model (higher = more
+suspicious) and ``sub_scores(records)`` the named extra statistics. Inputs are ``ModelRecord``s
+built from what the workflow already wrote (activation dumps, checkpoints, the auto-encoder's
+per-image errors, other detectors' statistics); nothing here imports torch.
 
 Detectors (config names in the registry):
 
@@ -47,6 +49,7 @@ class ModelRecord:
     activations: np.ndarray | None = None  # (N, d) penultimate activations
     errors: np.ndarray | None = None  # (N,) auto-encoder reconstruction errors
     weights: dict[str, np.ndarray] | None = None  # parameter name -> array
+    statistics: dict[str, float] | None = None  # other detectors' statistics ("det:stat" -> value)
 
     def need(self, field: str) -> np.ndarray | dict:
         value = getattr(self, field)
@@ -74,7 +77,9 @@ class ModelDetector(Detector):
 
     uses_honest = False  # True: fit learns from the honest fine-tunes (calibration then holds
     # each of them out of the fit that scores it)
-    uses_reference = False  # True: fit needs the reference honest fine-tune (``reference``)
+    uses_reference = False  # True: fit takes the reference honest fine-tune (``reference=``)
+    uses_shadow = False  # True: fit takes the shadow attacks (``shadow=``): attacked models that
+    # are never evaluated, on other class pairs than the evaluated ones
     needs: tuple[str, ...] = ()  # the ModelRecord fields this detector reads
 
     def _fit_common(self, genuine: ModelRecord) -> None:
@@ -154,7 +159,6 @@ class AEClass(ModelDetector):
         self,
         genuine: ModelRecord,
         honest: Sequence[ModelRecord] = (),
-        reference: ModelRecord | None = None,
     ) -> AEClass:
         if not self.min_spread > 0:
             raise PoisonDetectError("ae_class: min_spread must be > 0")
@@ -193,7 +197,6 @@ class ActivationDrift(ModelDetector):
         self,
         genuine: ModelRecord,
         honest: Sequence[ModelRecord] = (),
-        reference: ModelRecord | None = None,
     ) -> ActivationDrift:
         self._fit_common(genuine)
         self.activations_ = np.asarray(genuine.need("activations"), dtype=np.float32)
@@ -226,7 +229,6 @@ class WeightDistance(ModelDetector):
         self,
         genuine: ModelRecord,
         honest: Sequence[ModelRecord] = (),
-        reference: ModelRecord | None = None,
     ) -> WeightDistance:
         self._fit_common(genuine)
         w = genuine.need("weights")
@@ -263,7 +265,6 @@ class AccuracyDrop(ModelDetector):
         self,
         genuine: ModelRecord,
         honest: Sequence[ModelRecord] = (),
-        reference: ModelRecord | None = None,
     ) -> AccuracyDrop:
         self._fit_common(genuine)
         self.accuracy_ = float(np.mean(genuine.preds == self.labels_))
@@ -281,7 +282,6 @@ class PredictionChange(ModelDetector):
         self,
         genuine: ModelRecord,
         honest: Sequence[ModelRecord] = (),
-        reference: ModelRecord | None = None,
     ) -> PredictionChange:
         self._fit_common(genuine)
         self.preds_ = np.asarray(genuine.preds)
@@ -306,7 +306,6 @@ class Mahalanobis(ModelDetector):
         self,
         genuine: ModelRecord,
         honest: Sequence[ModelRecord] = (),
-        reference: ModelRecord | None = None,
     ) -> Mahalanobis:
         from sklearn.covariance import LedoitWolf
 

@@ -53,6 +53,13 @@ _REGISTRY: dict[str, dict[str, tuple[str | type, str]]] = {
             "prediction_change",
         ),
         "mahalanobis": ("poisondetect.detectors.model_level:Mahalanobis", "mahalanobis"),
+        "ae_class_profile": ("poisondetect.detectors.profiles:AEClassProfile", "ae_class_profile"),
+        "drift_class_profile": (
+            "poisondetect.detectors.profiles:DriftClassProfile",
+            "drift_class_profile",
+        ),
+        "prediction_flow": ("poisondetect.detectors.profiles:PredictionFlow", "prediction_flow"),
+        "combined": ("poisondetect.detectors.combined:Combined", "combined"),
     },
 }
 

@@ -102,8 +102,13 @@ def _statistics(record, arrays: dict, meta: dict) -> list[dict]:
 
     cal = meta["calibration"]
     results = []
-    for name, spec in meta["detectors"].items():
+    # the detectors that learn from the others' statistics come last, and get them
+    order = sorted(meta["detectors"], key=lambda n: "statistics" in registry.get("model", n).needs)
+    for name in order:
+        spec = meta["detectors"][name]
         det = registry.build("model", name, spec["params"])
+        if "statistics" in det.needs:
+            record.statistics = {r["detector"]: r["score"] for r in results}
         prefix = f"det.{name}."
         fitted = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
         restore_fitted(det, fitted, spec["fitted"])

@@ -58,7 +58,9 @@ def calibrate_scores(df: pd.DataFrame, fpr: float) -> tuple[pd.DataFrame, dict]:
     return pd.concat(out, ignore_index=True), thresholds
 
 
-def _with_spec(df: pd.DataFrame, cell: dict, n_fit_replicates: int) -> pd.DataFrame:
+def _with_spec(
+    df: pd.DataFrame, cell: dict, n_fit_replicates: int | dict[str, int]
+) -> pd.DataFrame:
     """``df`` (a ``model`` column) with the cell's keys first and what each model's name says."""
     specs = {m: parse_model(m) for m in df["model"].unique()}
     df = df.copy()
@@ -73,7 +75,7 @@ def _with_spec(df: pd.DataFrame, cell: dict, n_fit_replicates: int) -> pd.DataFr
 
 
 def scores_table(
-    score_files: list[str], *, cell: dict, fpr: float, n_fit_replicates: int
+    score_files: list[str], *, cell: dict, fpr: float, n_fit_replicates: int | dict[str, int]
 ) -> tuple[pd.DataFrame, dict]:
     """The calibrated scores of every detector of a cell (each file names its detector)."""
     df = pd.concat([pd.read_csv(p) for p in score_files], ignore_index=True)
@@ -96,11 +98,12 @@ def detection_table(
     scores: pd.DataFrame,
     *,
     cell: dict,
-    n_fit_replicates: int,
+    n_fit_replicates: int | dict[str, int],
     paper_rule: str,
     verdict: list[str],
 ) -> pd.DataFrame:
-    """One row per model: its evaluation (each JSON names its model), the paper's rule (the
+    """One row per model: its evaluation (each JSON names its model; an attack's class pair, an
+    honest fine-tune's training settings as hp_* columns), the paper's rule (the
     statistic ``paper_rule``, a margin over the paper's threshold: ``paper_score`` minus
     ``paper_threshold``, flagged when positive) and the calibrated verdict (any of ``verdict``)."""
     rows = []
@@ -113,6 +116,9 @@ def detection_table(
                 "accuracy": ev["accuracy"],
                 "attack_success": ev["attack_success"],
                 "attack_success_test": ev["attack_success_test"],
+                # an attack's class pair; an honest fine-tune's training settings (hp_*)
+                **{k: ev[k] for k in ("target_class", "attacker_class") if k in ev},
+                **{f"hp_{k}": v for k, v in ev.get("hyperparameters", {}).items()},
             }
         )
     det = _with_spec(pd.DataFrame(rows), cell, n_fit_replicates)
@@ -144,7 +150,7 @@ def calibrate(
     fpr: float,
     verdict: list[str],
     paper_rule: str,
-    n_fit_replicates: int,
+    n_fit_replicates: int | dict[str, int],
     trigger: dict,
 ) -> None:
     """Calibrate every detector of a cell; write its scores table, its detection table (the

@@ -20,71 +20,100 @@ from poisondetect.io import atomic_path, atomic_write_text
 log = logging.getLogger(__name__)
 
 _GROUP = ["dataset", "arch", "scenario"]
+_CELL = [*_GROUP, "seed"]
+
+
+SUBSETS = ("all", "effective")  # every attacked model; those whose attack worked
+
+
+def _roc_row(
+    key, neg: np.ndarray, pos: np.ndarray, held: np.ndarray, *, fpr, bootstrap, level, seed
+):
+    """The ROC summary of one detector statistic: negatives ``neg`` (honest margins), positives
+    ``pos`` (attacked margins), ``held`` (the held-out honest margins, for the false alarms)."""
+    from poisondetect.metrics import auroc, auroc_interval, clopper_pearson, tpr_at_fpr
+
+    if not len(pos):
+        return dict(key, n_honest=len(neg), n_heldout=len(held), n_attacked=0)
+    lo, hi = auroc_interval(neg, pos, n_boot=bootstrap, level=level, seed=seed)
+    detected, alarms = int((pos > 0).sum()), int((held > 0).sum())
+    d_lo, d_hi = clopper_pearson(detected, len(pos), level)
+    f_lo, f_hi = clopper_pearson(alarms, len(held), level)
+    return dict(
+        key,
+        auroc=auroc(neg, pos),
+        auroc_lo=lo,
+        auroc_hi=hi,
+        fpr=fpr,
+        tpr_at_fpr=tpr_at_fpr(neg, pos, fpr),
+        detection_rate=detected / len(pos),
+        detection_lo=d_lo,
+        detection_hi=d_hi,
+        false_alarm_rate=alarms / len(held) if len(held) else np.nan,
+        false_alarm_lo=f_lo,
+        false_alarm_hi=f_hi,
+        n_honest=len(neg),
+        n_heldout=len(held),
+        n_attacked=len(pos),
+    )
 
 
 def roc_table(
-    scores: pd.DataFrame, *, fpr: float, bootstrap: int, level: float, seed: int = 0
+    scores: pd.DataFrame,
+    detection: pd.DataFrame,
+    *,
+    fpr: float,
+    bootstrap: int,
+    level: float,
+    min_success: float,
+    seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """ROC summaries of every detector statistic, honest variant (and all of them pooled) and
-    attack population, pooled over the seeds of a dataset x arch x scenario.
+    attack population, pooled over the seeds of a dataset x arch x scenario: over every attacked
+    model (``attacks`` = all) and over the effective attacks only (``attacks`` = effective: held-out
+    attack success at least ``min_success``).
 
     Each model's score enters as its margin over its own cell's calibrated threshold (the same
     ordering within a cell; comparable operating points across cells). AUROC and TPR at ``fpr``
     use every honest replicate (all scored out of sample); the calibrated threshold's false-alarm
-    rate is measured on the held-out replicates only. Returns (roc rows, ROC curve points of the
-    pooled honest population).
+    rate is measured on the held-out replicates only; detection and false-alarm rates carry exact
+    (Clopper-Pearson) intervals at ``level``. Shadow attacks are never evaluated. Returns (roc
+    rows, ROC curve points against the pooled honest population).
     """
-    from poisondetect.metrics import auroc, auroc_interval, roc_curve_points, tpr_at_fpr
+    from poisondetect.metrics import roc_curve_points
 
-    df = scores[scores["role"].isin(["honest", "attack"])].copy()
+    df = scores[scores["split"].isin(["fit", "heldout", "attack"])].copy()  # no shadows
+    success = detection.set_index([*_CELL, "model"])["attack_success_test"]
+    df["success"] = success.reindex(pd.MultiIndex.from_frame(df[[*_CELL, "model"]])).to_numpy()
     df["margin"] = df["value"] - df["calibrated_threshold"]
     df["detector_stat"] = [
         statistic_name(d, s) for d, s in zip(df["detector"], df["statistic"], strict=True)
     ]
+    opts = dict(fpr=fpr, bootstrap=bootstrap, level=level, seed=seed)
     rows, curves = [], []
     for key, g in df.groupby(_GROUP + ["detector_stat"], sort=False):
         honest, attacked = g[g["role"] == "honest"], g[g["role"] == "attack"]
         variants = [("all", honest)] + list(honest.groupby("variant", sort=True))
         for (kind, frac, ep), a in attacked.groupby(["attack", "fraction", "epochs"], sort=True):
-            pos = a["margin"].to_numpy()
-            for hv, h in variants:
-                neg = h["margin"].to_numpy()
-                held = h[h["split"] == "heldout"]
-                lo, hi = auroc_interval(neg, pos, n_boot=bootstrap, level=level, seed=seed)
-                rows.append(
-                    dict(
-                        zip(_GROUP + ["detector"], key, strict=True),
-                        honest_variant=hv,
-                        attack=kind,
-                        fraction=frac,
-                        epochs=int(ep),
-                        auroc=auroc(neg, pos),
-                        auroc_lo=lo,
-                        auroc_hi=hi,
-                        fpr=fpr,
-                        tpr_at_fpr=tpr_at_fpr(neg, pos, fpr),
-                        detection_rate=float((pos > 0).mean()),
-                        false_alarm_rate=float((held["margin"] > 0).mean())
-                        if len(held)
-                        else np.nan,
-                        n_honest=len(neg),
-                        n_heldout=len(held),
-                        n_attacked=len(pos),
+            for subset in SUBSETS:
+                pos = a if subset == "all" else a[a["success"] >= min_success]
+                pop = dict(attack=kind, fraction=frac, epochs=int(ep), attacks=subset)
+                base = {**dict(zip(_GROUP + ["detector"], key, strict=True)), **pop}
+                for hv, h in variants:
+                    neg, held = h["margin"].to_numpy(), h.loc[h["split"] == "heldout", "margin"]
+                    row = _roc_row(
+                        {**base, "honest_variant": hv},
+                        neg,
+                        pos["margin"].to_numpy(),
+                        held.to_numpy(),
+                        **opts,
                     )
-                )
-                if hv == "all":
-                    f, t = roc_curve_points(neg, pos)
-                    curves += [
-                        dict(
-                            zip(_GROUP + ["detector"], key, strict=True),
-                            attack=kind,
-                            fraction=frac,
-                            epochs=int(ep),
-                            fpr=fi,
-                            tpr=ti,
-                        )
-                        for fi, ti in zip(f, t, strict=True)
-                    ]
+                    rows.append({**row, "min_success": min_success})
+                    if hv == "all" and len(pos):
+                        f, t = roc_curve_points(neg, pos["margin"].to_numpy())
+                        curves += [
+                            {**base, "fpr": fi, "tpr": ti} for fi, ti in zip(f, t, strict=True)
+                        ]
     return pd.DataFrame(rows), pd.DataFrame(curves)
 
 
@@ -100,12 +129,15 @@ def collect(
     fpr: float,
     bootstrap: int,
     level: float,
+    min_success: float,
 ) -> None:
     """The tidy tables of the whole grid: per-model scores, the paper's detection table, ROC, and
     the conclusions."""
     scores = pd.concat([pd.read_csv(p) for p in cell_scores], ignore_index=True)
     det = pd.concat([pd.read_csv(p) for p in cell_detections], ignore_index=True)
-    roc, curves = roc_table(scores, fpr=fpr, bootstrap=bootstrap, level=level)
+    roc, curves = roc_table(
+        scores, det, fpr=fpr, bootstrap=bootstrap, level=level, min_success=min_success
+    )
     for df, out in (
         (scores, scores_out),
         (det, detection_out),
@@ -130,30 +162,54 @@ def _flag_counts(models: pd.DataFrame, column: str) -> str:
     return f"{int(models[column].sum())}/{len(models)}"
 
 
+def _best(g: pd.DataFrame) -> str:
+    """The best detector of one population and subset: AUROC [interval], and the calibrated
+    threshold's detection and measured false-alarm rates with their exact intervals."""
+    g = g[g["n_attacked"] > 0]
+    if g.empty:
+        return "none"
+    b = g.sort_values(["auroc", "tpr_at_fpr"], ascending=False).iloc[0]
+    return (
+        f"{b['detector']} AUROC {b['auroc']:.2f} [{b['auroc_lo']:.2f}, {b['auroc_hi']:.2f}], "
+        f"detects {b['detection_rate']:.2f} [{b['detection_lo']:.2f}, {b['detection_hi']:.2f}] "
+        f"at a measured false-alarm rate {b['false_alarm_rate']:.2f} "
+        f"[{b['false_alarm_lo']:.2f}, {b['false_alarm_hi']:.2f}]"
+    )
+
+
 def summary_lines(roc: pd.DataFrame, detection: pd.DataFrame) -> list[str]:
     """The conclusions of a run, per attack population: the best detector against all honest
-    fine-tunes (AUROC and its interval, the calibrated threshold's detection and measured
-    false-alarm rates), the calibrated verdict and the paper's rule (attacked and honest models
-    flagged)."""
+    fine-tunes over the effective attacks and over all of them (AUROC and its interval, the
+    calibrated threshold's detection and measured false-alarm rates with exact intervals), the
+    calibrated verdict and the paper's rule (attacked and honest models flagged)."""
     lines = []
     r = roc[(roc["honest_variant"] == "all") & ~roc["detector"].str.contains(":")]
     for key, g in r.groupby(_GROUP + ["attack", "fraction", "epochs"], sort=True):
-        best = g.sort_values(["auroc", "tpr_at_fpr"], ascending=False).iloc[0]
         d = detection[
             (detection[_GROUP] == pd.Series(dict(zip(_GROUP, key[:3], strict=True)))).all(axis=1)
         ]
-        att = d[(d["attack"] == key[3]) & (d["fraction"] == key[4]) & (d["epochs"] == key[5])]
+        att = d[
+            (d["split"] == "attack")
+            & (d["attack"] == key[3])
+            & (d["fraction"] == key[4])
+            & (d["epochs"] == key[5])
+        ]
+        min_success = float(g["min_success"].iloc[0])
+        eff = att[att["attack_success_test"] >= min_success]
         hon = d[d["split"] == "heldout"]
-        rules = f"; calibrated verdict flags {_flag_counts(att, 'verdict_flagged')} of them"
-        rules += f" and {_flag_counts(hon, 'verdict_flagged')} held-out honest"
+        rules = (
+            f"calibrated verdict flags {_flag_counts(eff, 'verdict_flagged')} effective, "
+            f"{_flag_counts(att, 'verdict_flagged')} attacked and "
+            f"{_flag_counts(hon, 'verdict_flagged')} held-out honest"
+        )
         if "paper_flagged" in d:
-            rules += f"; paper's rule {_flag_counts(att, 'paper_flagged')} and "
+            rules += f"; paper's rule {_flag_counts(att, 'paper_flagged')} attacked and "
             rules += f"{_flag_counts(d[d['role'] == 'honest'], 'paper_flagged')} honest"
         lines.append(
-            f"{'/'.join(key[:3])} {key[3]} {key[4] * 100:g}% e{key[5]}: best {best['detector']} "
-            f"AUROC {best['auroc']:.2f} [{best['auroc_lo']:.2f}, {best['auroc_hi']:.2f}], "
-            f"detects {best['detection_rate']:.2f} at a measured false-alarm rate "
-            f"{best['false_alarm_rate']:.2f} ({int(best['n_attacked'])} attacked, "
-            f"{int(best['n_honest'])} honest){rules}"
+            f"{'/'.join(key[:3])} {key[3]} {key[4] * 100:g}% e{key[5]} ({len(eff)} of {len(att)} "
+            f"effective: held-out success >= {min_success:g}; "
+            f"{int(g['n_honest'].iloc[0])} honest): effective: best "
+            f"{_best(g[g['attacks'] == 'effective'])}; all: best {_best(g[g['attacks'] == 'all'])}; "
+            f"{rules}"
         )
     return lines

@@ -17,7 +17,15 @@ import numpy as np
 from poisondetect.errors import PoisonDetectError
 from poisondetect.io import sha256_array, sha256_file, write_json
 from poisondetect.model_level.cell import genuine_share, stage_seed, trigger_set
-from poisondetect.population import MODEL_FILES, ModelSpec, model_seed, parse_model
+from poisondetect.population import (
+    MODEL_FILES,
+    SAMPLED,
+    ModelSpec,
+    attack_classes,
+    draw_honest,
+    model_seed,
+    parse_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +179,81 @@ def _attack_success(net, ds, x, attacked, spec: ModelSpec, attack: dict, seed: i
     return success, success_test
 
 
+def honest_hyperparameters(train: dict, honest: dict, spec: ModelSpec, scenario: str, seed: int):
+    """The concrete training settings of one honest fine-tune: its named variant's (``optimizer``,
+    ``batch_size``, ``weight_decay`` of null: M's), or, for the sampled null (``honest`` holds its
+    ranges), the replicate's own draw (``population.draw_honest``)."""
+    if spec.variant == SAMPLED:
+        hp = draw_honest(honest, spec.name, seed, scenario)
+        base = honest["adam_lr"] if hp["optimizer"] == "adam" else train["lr"]
+    else:
+        hp = {k: honest[k] for k in ("epochs", "lr_factor", "augment", "data")}
+        for k in ("optimizer", "batch_size", "weight_decay"):
+            hp[k] = train[k] if honest.get(k) is None else honest[k]
+        base = train["lr"]
+    return {**hp, "lr": base * hp["lr_factor"]}
+
+
+def _honest_training(ds, spec, honest, train, *, scenario, new_data_fraction, seed):
+    """An honest fine-tune's training set, training options and recorded settings."""
+    hp = honest_hyperparameters(train, honest, spec, scenario, seed)
+    x, y = _honest_set(
+        ds, spec, hp, scenario=scenario, new_data_fraction=new_data_fraction, seed=seed
+    )
+    opts = {
+        k: hp[k] for k in ("epochs", "lr", "batch_size", "weight_decay", "optimizer", "augment")
+    }
+    log.info(
+        "honest fine-tune %s: %d images (%s), %d epochs, %s at lr %.3g (x %.3g), batch %d, weight "
+        "decay %.2g%s",
+        spec.name,
+        len(y),
+        hp["data"],
+        hp["epochs"],
+        hp["optimizer"],
+        hp["lr"],
+        hp["lr_factor"],
+        hp["batch_size"],
+        hp["weight_decay"],
+        ", augmented" if hp["augment"] else "",
+    )
+    return x, y, None, opts, {"hyperparameters": hp}
+
+
+def _attack_training(ds, spec, attack, train, *, seed):
+    """An attacked fine-tune's poisoned training set, options and recorded settings (its class
+    pair: the configured one, or its own random draw; a shadow attack's is drawn apart from every
+    evaluated attack's pair, ``attack["evaluated"]`` naming them)."""
+    from poisondetect.attacks.labels import apply_attack
+
+    shadow = spec.replicate < attack.get("shadow_replicates", 0)
+    exclude = (
+        {attack_classes(attack, n, seed, ds.num_classes) for n in attack["evaluated"]}
+        if shadow
+        else set()
+    )
+    target, attacker = attack_classes(
+        attack, spec.name, seed, ds.num_classes, shadow=shadow, exclude=exclude
+    )
+    atk = apply_attack(
+        spec.attack,
+        ds.x_train,
+        ds.y_train,
+        seed=model_seed(seed, spec.name),
+        fraction=spec.fraction,
+        num_classes=ds.num_classes,
+        target_class=target,
+        attacker_class=attacker,
+        **{k: v for k, v in attack.items() if k.startswith("pattern_")},
+    )
+    opts = {"epochs": spec.epochs, "lr": train["lr"] * attack["lr_factor"], "augment": False}
+    log.info(
+        "%s: %d images of class %d relabelled %d", spec.name, len(atk.attacked), target, attacker
+    )
+    record = {"target_class": target, "attacker_class": attacker}
+    return atk.x, atk.y, atk.attacked, opts, record
+
+
 def _finetune_one(
     ds,
     genuine: str,
@@ -186,64 +269,40 @@ def _finetune_one(
     seed: int,
     device,
 ) -> None:
-    """Fine-tune M into one model: an honest variant (``honest``: epochs, lr_factor, data,
-    augment) or an attack (``attack``; the kind, fraction and epochs come from the name)."""
-    from poisondetect.attacks.labels import apply_attack
+    """Fine-tune M into one model: an honest one (``honest``: its variant's settings, or the
+    sampled null's ranges) or an attacked one (``attack``; the kind, fraction and epochs come from
+    the name)."""
     from poisondetect.checkpoints import load_checkpoint
     from poisondetect.classifiers import accuracy, train_model
 
     spec = parse_model(model)
     s = model_seed(seed, model)
     net, meta = load_checkpoint(genuine, device="cpu")
-    opts = dict(train, lr_milestones=[])
-    attacked = None
     if spec.role == "honest" and honest is not None:
-        x, y = _honest_set(
-            ds, spec, honest, scenario=scenario, new_data_fraction=new_data_fraction, seed=seed
-        )
-        opts.update(
-            epochs=honest["epochs"],
-            lr=train["lr"] * honest["lr_factor"],
-            augment=honest["augment"],
-        )
-        log.info(
-            "honest fine-tune %s: %d images (%s), %d epochs at lr x %g%s",
-            model,
-            len(y),
-            honest["data"],
-            honest["epochs"],
-            honest["lr_factor"],
-            ", augmented" if honest["augment"] else "",
+        x, y, attacked, opts, record = _honest_training(
+            ds,
+            spec,
+            honest,
+            train,
+            scenario=scenario,
+            new_data_fraction=new_data_fraction,
+            seed=seed,
         )
     elif spec.role == "attack" and attack is not None:
-        atk = apply_attack(
-            spec.attack,
-            ds.x_train,
-            ds.y_train,
-            seed=s,
-            fraction=spec.fraction,
-            num_classes=ds.num_classes,
-            **{k: v for k, v in attack.items() if k != "lr_factor"},
-        )
-        x, y, attacked = atk.x, atk.y, atk.attacked
-        opts.update(epochs=spec.epochs, lr=train["lr"] * attack["lr_factor"], augment=False)
-        log.info(
-            "%s: %d images of class %d relabelled %d",
-            model,
-            len(attacked),
-            attack["target_class"],
-            attack["attacker_class"],
-        )
+        x, y, attacked, opts, record = _attack_training(ds, spec, attack, train, seed=seed)
     else:
         raise PoisonDetectError(
             f"{model}: a fine-tune needs its honest variant's or its attack's settings"
         )
+    opts = {**train, "lr_milestones": [], **opts}
     t0 = time.perf_counter()
     history = train_model(net, x, y, seed=s, device=device, desc=f"{meta['arch']} {model}", **opts)
     acc = accuracy(net, ds.x_test, ds.y_test, device=device)
     success = success_test = None
     if attacked is not None:
-        success, success_test = _attack_success(net, ds, x, attacked, spec, attack, s, device)
+        success, success_test = _attack_success(
+            net, ds, x, attacked, spec, {**attack, **record}, s, device
+        )
     log.info(
         "%s: test accuracy %.4f, attack success %s (%.1fs)",
         model,
@@ -266,4 +325,5 @@ def _finetune_one(
         n_train=len(y),
         n_attacked=None if attacked is None else len(attacked),
         device=str(device),
+        **record,
     )

@@ -88,18 +88,35 @@ def _networks(checkpoints: list[str]) -> dict:
     return nets
 
 
+def read_statistics(score_files: list[str]) -> dict[str, dict[str, float]]:
+    """Every model's statistics in the other detectors' score tables (each names its detector):
+    model -> {"detector" or "detector:statistic": value}."""
+    from poisondetect.detectors.base import statistic_name
+
+    out: dict[str, dict[str, float]] = {}
+    for path in score_files:
+        df = pd.read_csv(path)
+        for m, d, st, v in zip(
+            df["model"], df["detector"], df["statistic"], df["value"], strict=True
+        ):
+            out.setdefault(m, {})[statistic_name(d, st)] = float(v)
+    return out
+
+
 def load_records(
     activations: list[str],
     *,
     needs: tuple[str, ...] = (),
     checkpoints: list[str] | None = None,
     errors: str | None = None,
+    statistics: list[str] | None = None,
 ) -> dict:
     """ModelRecords of a cell's models, with only the fields a detector needs."""
     from poisondetect.detectors.model_level import ModelRecord
 
     err = pd.read_parquet(errors) if errors and "errors" in needs else None
     nets = _networks(checkpoints or []) if "weights" in needs else {}
+    stats = read_statistics(statistics or []) if "statistics" in needs else {}
     records = {}
     for name, a in read_dumps(activations).items():
         rec = ModelRecord(name, a.label, a.pred)
@@ -116,6 +133,8 @@ def load_records(
             if name not in nets:
                 raise PoisonDetectError(f"no checkpoint of model {name!r} among the inputs")
             rec.weights = model_weights(nets[name])
+        if "statistics" in needs:
+            rec.statistics = stats.get(name, {})
         records[name] = rec
     return records
 
@@ -124,36 +143,40 @@ def fit_and_score(
     name: str,
     params: dict,
     records: dict,
-    n_fit_replicates: int,
+    n_fit_replicates: int | dict[str, int],
     reference: str | None = None,
 ) -> tuple[object, pd.DataFrame]:
-    """Fit one detector on M, the honest fitting replicates and (where it uses one) the reference
-    honest fine-tune ``reference``; score every model.
+    """Fit one detector on M and the honest fitting replicates (and, where it uses them, the
+    reference honest fine-tune ``reference`` and the shadow attacks); score every model.
 
     A detector that learns from the honest population scores each of its fitting replicates with a
-    copy fitted without it (leave one out), so every honest score is out of sample.
+    copy fitted without it (leave one out), so every honest score is out of sample. No detector
+    ever sees a held-out honest model or an evaluated attack while it is fitted.
     """
     from sklearn.base import clone
 
     from poisondetect.detectors import registry
 
     genuine = records["genuine"]
-    fit_names = [m for m in records if split_of(parse_model(m), n_fit_replicates) == "fit"]
+    split = {m: split_of(parse_model(m), n_fit_replicates) for m in records}
+    fit_names = [m for m in records if split[m] == "fit"]
     det = registry.build("model", name, params)
-    ref = None
+    context = {}
     if det.uses_reference and reference is not None:
         if reference not in records:
             raise PoisonDetectError(
                 f"detector {name}: the reference fine-tune {reference!r} is not in the cell"
             )
-        ref = records[reference]
-    det.fit(genuine, [records[m] for m in fit_names], reference=ref)
+        context["reference"] = records[reference]
+    if det.uses_shadow:
+        context["shadow"] = [records[m] for m in records if split[m] == "shadow"]
+    det.fit(genuine, [records[m] for m in fit_names], **context)
     names = list(records)
     stats = det.statistics([records[m] for m in names])
     if det.uses_honest:
         for m in fit_names:
             rest = [records[o] for o in fit_names if o != m]
-            one = clone(det).fit(genuine, rest, reference=ref).statistics([records[m]])
+            one = clone(det).fit(genuine, rest, **context).statistics([records[m]])
             for k in stats:
                 stats[k][names.index(m)] = one[k][0]
     rows = [
@@ -175,7 +198,8 @@ def score_detector(
     params: dict,
     checkpoints: list[str] | None = None,
     errors: str | None = None,
-    n_fit_replicates: int,
+    statistics: list[str] | None = None,
+    n_fit_replicates: int | dict[str, int],
     reference: str | None = None,
 ) -> None:
     """One detector over the whole population of a cell: its scores (a table that names the
@@ -186,7 +210,9 @@ def score_detector(
 
     cls = registry.get("model", detector)
     t0 = time.perf_counter()
-    records = load_records(activations, needs=cls.needs, checkpoints=checkpoints, errors=errors)
+    records = load_records(
+        activations, needs=cls.needs, checkpoints=checkpoints, errors=errors, statistics=statistics
+    )
     det, df = fit_and_score(detector, params, records, n_fit_replicates, reference)
     with atomic_path(scores_out) as tmp:
         df.to_csv(tmp, index=False)

@@ -64,6 +64,7 @@ def model_level_tables(detection_csv: str, roc_csv: str, out: dict[str, str]) ->
     ``out`` maps table1_csv, table1_tex, ..., roc_csv, roc_tex to paths.
     """
     df = pd.read_csv(detection_csv)
+    df = df[df["split"] != "shadow"]  # shadow attacks fit learned detectors; they are not evaluated
     write_table(
         _pivot(df, "accuracy", _mean_sd),
         out["table1_csv"],
@@ -95,6 +96,7 @@ def model_level_tables(detection_csv: str, roc_csv: str, out: dict[str, str]) ->
             "tab:detection",
         )
     roc = pd.read_csv(roc_csv)
+    roc = roc[roc["attacks"] == "all"]  # every attacked model (the effective ones: in roc.csv)
     r = roc[roc["honest_variant"] == "all"].copy()
     r["attack"] = [
         _attack_label(k, f, e)
@@ -212,9 +214,15 @@ def model_level_roc_figures(
     pyplot = plt()
     sel = {"dataset": dataset, "arch": arch, "scenario": scenario}
     roc = pd.read_csv(roc_csv)
-    roc = roc[(roc[list(sel)] == pd.Series(sel)).all(axis=1) & (roc["honest_variant"] == "all")]
+    roc = roc[
+        (roc[list(sel)] == pd.Series(sel)).all(axis=1)
+        & (roc["honest_variant"] == "all")
+        & (roc["attacks"] == "all")
+    ]
     curves = pd.read_csv(curves_csv)
-    curves = curves[(curves[list(sel)] == pd.Series(sel)).all(axis=1)]
+    curves = curves[
+        (curves[list(sel)] == pd.Series(sel)).all(axis=1) & (curves["attacks"] == "all")
+    ]
     for d in (roc, curves):
         d["population"] = [
             _attack_label(k, f, e)
@@ -261,3 +269,82 @@ def model_level_roc_figures(
     ax.set_title(f"AUROC, {title}", fontsize=9)
     ax.set_xlabel("attack population (kind, share of the target class, epochs)")
     save(fig, out["auroc_png"], out["auroc_pdf"], dpi)
+
+
+def model_level_success_figure(
+    scores_csv: str,
+    detection_csv: str,
+    png: str,
+    pdf: str,
+    *,
+    dataset: str,
+    arch: str,
+    scenario: str,
+    title: str,
+    min_success: float,
+    dpi: int = 150,
+    palette: str = "colorblind",
+    context: str = "paper",
+) -> None:
+    """Does a detector catch the attacks that work? One panel per detector: each attacked model's
+    score (as its margin over its cell's calibrated threshold, 0 = the threshold) against its
+    held-out attack success, the honest models' margins beside them, the effective-attack line."""
+    import seaborn as sns
+
+    sel = {"dataset": dataset, "arch": arch, "scenario": scenario}
+    scores = pd.read_csv(scores_csv)
+    det = pd.read_csv(detection_csv)
+    keys = ["dataset", "arch", "scenario", "seed", "model"]
+    df = scores[
+        (scores[list(sel)] == pd.Series(sel)).all(axis=1) & (scores["statistic"] == "score")
+    ]
+    df = df[df["split"].isin(["fit", "heldout", "attack"])].merge(
+        det[[*keys, "attack_success_test"]], on=keys, how="left"
+    )
+    df["margin"] = df["value"] - df["calibrated_threshold"]
+    df["population"] = [
+        "honest" if r == "honest" else _attack_label(k, f, e)
+        for r, k, f, e in zip(df["role"], df["attack"], df["fraction"], df["epochs"], strict=True)
+    ]
+    pops = ["honest", *_order([p for p in df["population"].unique() if p != "honest"])]
+    detectors = list(dict.fromkeys(df["detector"]))
+    sns.set_theme(context=context, style="whitegrid")
+    ncol = min(4, len(detectors))
+    nrow = -(-len(detectors) // ncol)
+    pyplot = plt()
+    fig, axes = pyplot.subplots(nrow, ncol, figsize=(3.3 * ncol, 2.9 * nrow), squeeze=False)
+    colors = dict(zip(pops, sns.color_palette(palette, len(pops)), strict=True))
+    rng = np.random.default_rng(0)  # jitter of the honest strip (no data in it)
+    for ax, name in zip(axes.flat, detectors, strict=False):
+        d = df[df["detector"] == name]
+        h = d[d["population"] == "honest"]
+        ax.scatter(
+            -0.12 + rng.uniform(-0.04, 0.04, len(h)), h["margin"], s=10, color=colors["honest"]
+        )
+        for pop in pops[1:]:
+            a = d[d["population"] == pop]
+            ax.scatter(a["attack_success_test"], a["margin"], s=14, color=colors[pop], label=pop)
+        ax.axhline(0, color="red", linestyle="--", linewidth=1)
+        ax.axvline(min_success, color="grey", linestyle=":", linewidth=1)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlim(-0.2, 1.02)
+        ax.set_xlabel("held-out attack success (honest: left)", fontsize=7)
+        ax.set_ylabel("score - calibrated threshold", fontsize=7)
+    for ax in list(axes.flat)[len(detectors) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="lower center",
+        ncol=min(6, len(labels)),
+        fontsize=7,
+        bbox_to_anchor=(0.5, -0.02),
+    )
+    fig.suptitle(
+        f"{title}: does each detector catch the attacks that work? (effective: success >= "
+        f"{min_success:g}, dotted; threshold: dashed)",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0.05, 1, 0.95))
+    save(fig, png, pdf, dpi)
