@@ -282,3 +282,59 @@ def population_label(spec: ModelSpec) -> str:
     if spec.role == "honest":
         return f"Honest {spec.variant}"
     return f"{attack_label(spec.attack)} {percent(spec.fraction)}% e{spec.epochs}"
+
+
+def _words(items) -> str:
+    """["a", "b", "c"] -> "a, b and c"."""
+    items = [str(i) for i in items]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def describe_populations(ml: dict) -> str:
+    """The populations of every cell, in prose (the report's captions quote it)."""
+    ft, atk = ml["finetune"], ml["attacks"]
+    honest = (
+        f"{ft['replicates']} honest fine-tunes of each of the variants {_words(ft['variants'])}"
+    )
+    sampled = ft["sampled"]
+    if sampled["replicates"]:
+        lo, hi = sampled["lr_factor"]
+        honest += (
+            f", and {sampled['replicates']} of the sampled null (each draws its own learning rate "
+            f"x {lo:g}-{hi:g}, {sampled['epochs'][0]}-{sampled['epochs'][1]} epochs, batch size, "
+            f"weight decay, optimizer, augmentation and data)"
+        )
+    pairs = (
+        "each on a class pair of its own"
+        if "random" in (atk["target_class"], atk["attacker_class"])
+        else f"class {atk['target_class']} relabelled {atk['attacker_class']}"
+    )
+    kinds = _words(
+        {"flip": "flipping (FA)", "pattern": "pattern addition (PAA)"}.get(k, k)
+        for k in atk["kinds"]
+    )
+    shadows = atk["shadow_replicates"]
+    attacked = (
+        f"{atk['replicates']} attacked fine-tunes"
+        + (f" (the first {shadows} of them shadow attacks, never evaluated)" if shadows else "")
+        + f" of each of the attacks {kinds} on {_words(f'{percent(f)} %' for f in atk['fraction'])}"
+        f" of the target class for {_words(atk['epochs'])} epochs, {pairs}"
+    )
+    seeds = _words(ml["seeds"])
+    return (
+        f"Every genuine model (data set x architecture x scenario x seed; seeds {seeds}) has "
+        f"{honest}; and {attacked}."
+    )
+
+
+def describe_variants(ml: dict) -> str:
+    """The named honest variants' settings, in prose (the report's Table 1 caption)."""
+    parts = []
+    for name, v in ml["finetune"]["variants"].items():
+        extra = [f"{k} {v[k]}" for k in ("optimizer", "batch_size", "weight_decay") if v.get(k)]
+        parts.append(
+            f"{name}: {v['epochs']} epochs at lr x {v['lr_factor']:g} on {v['data']} data"
+            + (", augmented" if v["augment"] else "")
+            + (f" ({', '.join(extra)})" if extra else "")
+        )
+    return "; ".join(parts)

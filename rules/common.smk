@@ -31,6 +31,7 @@ os.environ.update(
 
 ML = config["model_level"]
 SL = config["sample_level"]
+ML_POPULATIONS = population.describe_populations(ML)  # the captions' prose
 GPU = config["resources"]["gpu_jobs"]
 
 # One directory per model-level grid cell.

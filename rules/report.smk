@@ -53,6 +53,9 @@ rule model_level_tables:
         "../envs/cpu.yaml"
     container:
         config["containers"]["cpu"]
+    params:
+        populations=ML_POPULATIONS,  # for the captions
+        variants=population.describe_variants(ML),
     script:
         "../scripts/model_level_tables.py"
 
@@ -78,6 +81,7 @@ rule model_level_figure:
     params:
         style=config["report"],
         label=lambda w: dataset_spec(w.dataset)["label"] or w.dataset,
+        populations=ML_POPULATIONS,
     script:
         "../scripts/model_level_figure.py"
 
@@ -111,6 +115,7 @@ rule model_level_roc_figures:
         style=config["report"],
         fpr=ML["calibration"]["fpr"],
         label=lambda w: dataset_spec(w.dataset)["label"] or w.dataset,
+        populations=ML_POPULATIONS,
     script:
         "../scripts/model_level_roc_figures.py"
 
@@ -137,6 +142,7 @@ rule model_level_success_figure:
         style=config["report"],
         min_success=ML["calibration"]["min_success"],
         label=lambda w: dataset_spec(w.dataset)["label"] or w.dataset,
+        populations=ML_POPULATIONS,
     script:
         "../scripts/model_level_success_figure.py"
 

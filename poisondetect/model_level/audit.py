@@ -64,7 +64,7 @@ def verify_bundle(bundle: str) -> tuple[dict, dict]:
 
 def _trigger_data(bundle: str, trig: dict, data: str | None) -> str:
     """The prepared data holding the trigger set: ``--data``, else the path recorded in the bundle
-    (absolute, then relative to the bundle)."""
+    (from the current directory, then from the bundle's own directory)."""
     candidates = [data] if data else [trig["data_file"]]
     if not data and trig.get("data_file_from_bundle"):
         candidates.append(os.path.join(os.path.dirname(bundle), trig["data_file_from_bundle"]))

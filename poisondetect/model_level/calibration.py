@@ -216,7 +216,9 @@ def _bundle(states, autoencoder, genuine_activations, data, cell, trigger) -> tu
         "autoencoder": {k: v for k, v in ae_meta.items() if k not in ("kind", "digest")},
         "detectors": detectors,
         "trigger_set": {
-            "data_file": os.path.abspath(data),
+            "data_file": str(
+                data
+            ),  # as the workflow names it (audit also tries it beside the bundle)
             "dataset": ds.name,
             "split": "test",
             "max_samples": trigger["max_samples"],

@@ -23,21 +23,59 @@ def plt():
     return pyplot
 
 
-def write_table(df: pd.DataFrame, csv_path: str, tex_path: str, caption: str, label: str) -> None:
-    """Write a table as CSV and as a booktabs LaTeX table, atomically."""
-    with atomic_path(csv_path) as tmp:
-        df.to_csv(tmp)
-    tex = df.to_latex(
-        na_rep="--",
+def _flat_header(col) -> str:
+    """One header cell for a (possibly multi-level) column: its non-empty levels, joined."""
+    parts = col if isinstance(col, tuple) else (col,)
+    return " ".join(str(p) for p in parts if str(p) not in ("", "nan"))
+
+
+def latex_table(df: pd.DataFrame, caption: str, label: str) -> str:
+    """A LaTeX table that compiles as it is with the booktabs package: one header row (the row
+    index becomes ordinary columns, a multi-level header is joined), \\toprule / \\midrule /
+    \\bottomrule and nothing else between the rows; text escaped, numbers to two decimals, empty
+    cells as --. ``caption`` is LaTeX already."""
+    flat = df.reset_index() if any(n is not None for n in df.index.names) else df.copy()
+    flat.columns = [_flat_header(c) for c in flat.columns]
+    styler = (
+        flat.style.hide(axis="index")
+        .format(precision=2, na_rep="--", escape="latex")
+        .format_index(escape="latex", axis=1)
+    )
+    return styler.to_latex(
+        hrules=True,
         caption=caption,
         label=label,
-        escape=True,
-        multicolumn_format="c",
-        float_format=lambda v: f"{v:.2f}",
+        position="htbp",
+        position_float="centering",
+        column_format="l" * len(flat.columns),
     )
-    if "\\toprule" not in tex:  # pandas uses booktabs rules; enforce for older versions
-        tex = tex.replace("\\hline", "\\midrule")
-    atomic_write_text(tex_path, tex)
+
+
+def write_table(df: pd.DataFrame, csv_path: str, tex_path: str, caption: str, label: str) -> None:
+    """Write a table as CSV (the data frame as it is) and as a booktabs LaTeX table, atomically."""
+    with atomic_path(csv_path) as tmp:
+        df.to_csv(tmp)
+    atomic_write_text(tex_path, latex_table(df, caption, label))
+
+
+def series_styles(names, palette: str = "colorblind") -> dict[str, dict]:
+    """A colour, marker and line style for each of ``names`` such that no two share all three
+    (a colour-blind-safe palette of 10 colours, cycled with markers and line styles): lines that
+    coincide stay told apart."""
+    import seaborn as sns
+
+    colors = sns.color_palette(palette, 10)
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    lines = ["-", "--", "-.", ":"]
+    return {
+        n: {
+            "color": colors[i % 10],
+            "marker": markers[i % len(markers)],
+            "linestyle": lines[(i // 10) % len(lines)] if i >= 10 else lines[i % 2],
+            "label": n,
+        }
+        for i, n in enumerate(names)
+    }
 
 
 def detector_label(detector: str) -> str:
@@ -63,8 +101,14 @@ def themed_table(csv: str, context: str):
     return sns, labelled(pd.read_csv(csv))
 
 
+# No creation date (and no software version) in the files: the same run writes the same bytes.
+_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None}}
+
+
 def save(fig, png: str, pdf: str, dpi: int) -> None:
+    """The figure as PNG and PDF, atomically, without a time stamp (byte-identical reruns)."""
     for path in (png, pdf):
+        fmt = Path(path).suffix[1:]
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:], bbox_inches="tight")
+            fig.savefig(tmp, dpi=dpi, format=fmt, bbox_inches="tight", metadata=_METADATA[fmt])
     plt().close(fig)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from poisondetect.population import ModelSpec, population_label
-from poisondetect.report.common import CELL, plt, save, write_table
+from poisondetect.report.common import CELL, plt, save, series_styles, write_table
 
 
 def _column(row) -> str:
@@ -96,34 +96,39 @@ def model_level_tables(detection_csv: str, roc_csv: str, out: dict[str, str]) ->
             "tab:detection",
         )
     roc = pd.read_csv(roc_csv)
-    roc = roc[roc["attacks"] == "all"]  # every attacked model (the effective ones: in roc.csv)
     r = roc[roc["honest_variant"] == "all"].copy()
-    r["attack"] = [
-        _attack_label(k, f, e)
-        for k, f, e in zip(r["attack"], r["fraction"], r["epochs"], strict=True)
+    r["population"] = [
+        f"{_attack_label(k, f, e)} ({subset})"
+        for k, f, e, subset in zip(
+            r["attack"], r["fraction"], r["epochs"], r["attacks"], strict=True
+        )
     ]
     r["cell"] = [
-        f"{a:.2f} [{lo:.2f}, {hi:.2f}] / {t:.2f}"
-        for a, lo, hi, t in zip(
-            r["auroc"], r["auroc_lo"], r["auroc_hi"], r["tpr_at_fpr"], strict=True
+        f"{a:.2f} [{lo:.2f}, {hi:.2f}] / {t:.2f}" if n else "no attack"
+        for a, lo, hi, t, n in zip(
+            r["auroc"], r["auroc_lo"], r["auroc_hi"], r["tpr_at_fpr"], r["n_attacked"], strict=True
         )
     ]
     t = r.pivot_table(
         index=["dataset", "arch", "scenario", "detector"],
-        columns="attack",
+        columns="population",
         values="cell",
         aggfunc="first",
         sort=False,
     )
-    n = roc[roc["honest_variant"] == "all"][["n_honest", "n_attacked"]]
+    order = _order({c.rsplit(" (", 1)[0] for c in t.columns})
+    columns = [f"{p} ({subset})" for p in order for subset in ("all", "effective")]
+    n = r[r["attacks"] == "all"][["n_honest", "n_attacked"]]
     write_table(
-        t[_order(t.columns)],
+        t[[c for c in columns if c in t.columns]],
         out["roc_csv"],
         out["roc_tex"],
-        "Every detector against every attack population: AUROC [bootstrap interval] / detection "
-        f"rate at a {roc['fpr'].iloc[0] * 100:g}\\% false-alarm rate, against all honest fine-tunes "
-        f"({int(n['n_honest'].min())}-{int(n['n_honest'].max())} honest, "
-        f"{int(n['n_attacked'].min())}-{int(n['n_attacked'].max())} attacked models per cell).",
+        "Every detector against every attack population, over every attacked model (all) and "
+        "over the effective attacks only (effective: held-out attack success of at least "
+        f"{roc['min_success'].iloc[0]:g}): AUROC [bootstrap interval] / detection rate at a "
+        f"{roc['fpr'].iloc[0] * 100:g}\\% false-alarm rate, against all honest fine-tunes "
+        f"({int(n['n_honest'].min())} to {int(n['n_honest'].max())} honest and "
+        f"{int(n['n_attacked'].min())} to {int(n['n_attacked'].max())} attacked models per cell).",
         "tab:roc",
     )
 
@@ -140,57 +145,67 @@ def model_level_figure(
     palette: str = "colorblind",
     context: str = "paper",
 ) -> None:
-    """Fig. 5 with populations: histograms of per-image reconstruction errors of the genuine model,
-    of each honest variant's replicates (pooled) and of each attack population, with the paper's
-    threshold Tr."""
+    """Fig. 5 with populations, as small multiples: one panel per population (each honest
+    variant, the sampled null, each attack population), its per-image reconstruction errors
+    against those of M and of all honest fine-tunes, with the paper's threshold Tr and the models
+    the paper's rule flags in the panel's title. Three colours, the same in every panel."""
     import seaborn as sns
 
-    pyplot = plt()
     df = pd.read_parquet(errors_parquet, columns=["model", "error"])
     det = pd.read_csv(detection_csv)
+    det = det[det["split"] != "shadow"]
     det["population"] = det.apply(_column, axis=1)
-    df = df.merge(det[["model", "population"]], on="model")
-    order = _order(df["population"].unique())
-    sns.set_theme(context=context, style="whitegrid")
-    fig, ax = pyplot.subplots(figsize=(7.5, 4.2))
+    df = df.merge(det[["model", "role", "population"]], on="model")
+    pops = [p for p in _order(df["population"].unique()) if p != "Genuine"]
     lo, hi = df["error"].clip(lower=1e-12).min(), df["error"].max()
     edges = np.geomspace(lo, hi, bins + 1) if hi > lo else bins
-    sns.histplot(
-        df,
-        x="error",
-        hue="population",
-        hue_order=order,
-        bins=edges,
-        element="step",
-        fill=False,
-        stat="density",
-        common_norm=False,
-        palette=palette,
-        ax=ax,
+    sns.set_theme(context=context, style="whitegrid")
+    colors = sns.color_palette(palette, 3)  # M, all honest, the panel's population
+    ncol = min(4, len(pops))
+    nrow = -(-len(pops) // ncol)
+    fig, axes = plt().subplots(
+        nrow, ncol, figsize=(2.9 * ncol, 2.3 * nrow + 0.8), sharex=True, squeeze=False
     )
-    ax.set_xscale("log")
-    if "paper_threshold" in det:
-        threshold = float(det["paper_threshold"].iloc[0])
-        ax.axvline(threshold, color="red", linestyle="--", linewidth=1.5)
-        ax.text(threshold, ax.get_ylim()[1] * 0.95, " $T_r$", color="red", va="top")
-        rate = (
-            det[det["role"] != "genuine"]
-            .groupby("population")["paper_flagged"]
-            .agg(["sum", "size"])
-        )
-        flagged = ", ".join(
-            f"{p} {int(rate.loc[p, 'sum'])}/{int(rate.loc[p, 'size'])}"
-            for p in order
-            if p in rate.index
-        )
-        title = f"{title}\nflagged by the paper's rule: {flagged}"
-    n = det.groupby("population").size()
-    ax.set_xlabel(
-        "auto-encoder reconstruction error (MSE) per trigger image; models per population: "
-        + ", ".join(f"{n[p]}" for p in order)
-    )
-    ax.set_title(title, fontsize=8)
+    threshold = float(det["paper_threshold"].iloc[0]) if "paper_threshold" in det else None
+    layers = [
+        ("M", df[df["role"] == "genuine"], colors[0]),
+        ("all honest", df[df["role"] == "honest"], colors[1]),
+    ]
+    for ax, pop in zip(axes.flat, pops, strict=False):
+        d = df[df["population"] == pop]
+        for name, data, color in [*layers, (pop, d, colors[2])]:
+            ax.hist(data["error"], bins=edges, density=True, histtype="step", color=color,
+                    linewidth=1.4 if name == pop else 1.0, label=name)  # fmt: skip
+        ax.set_xscale("log")
+        models = det[det["population"] == pop]
+        head = f"{pop} ({len(models)} models)"
+        if threshold is not None:
+            ax.axvline(threshold, color="red", linestyle="--", linewidth=1)
+            head += f"\npaper's rule flags {int(models['paper_flagged'].sum())}/{len(models)}"
+        ax.set_title(head, fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(pops) :]:
+        ax.axis("off")
+    handles = [
+        pyplot_line(colors[0], "M (genuine)"),
+        pyplot_line(colors[1], "all honest fine-tunes"),
+        pyplot_line(colors[2], "the panel's population"),
+    ]
+    if threshold is not None:
+        handles.append(pyplot_line("red", f"the paper's Tr = {threshold:.3g}", "--"))
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+    fig.supxlabel("auto-encoder reconstruction error per trigger image (MSE, log scale)", fontsize=8,
+                  y=0.06)  # fmt: skip
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     save(fig, png, pdf, dpi)
+
+
+def pyplot_line(color, label: str, linestyle: str = "-"):
+    """A legend entry: a line of ``color``."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([0], [0], color=color, linestyle=linestyle, label=label)
 
 
 def model_level_roc_figures(
@@ -208,10 +223,11 @@ def model_level_roc_figures(
     context: str = "paper",
 ) -> None:
     """ROC curves of the main detectors (one panel per attack population, all honest fine-tunes
-    as negatives) and a heatmap of AUROC over detector x attack population."""
+    as negatives; one shared legend below the panels, each detector with its own colour and line
+    style) and a heatmap of AUROC over detector x attack population on a diverging scale centred
+    at 0.5 (an inverted detector reads as such)."""
     import seaborn as sns
 
-    pyplot = plt()
     sel = {"dataset": dataset, "arch": arch, "scenario": scenario}
     roc = pd.read_csv(roc_csv)
     roc = roc[
@@ -233,41 +249,57 @@ def model_level_roc_figures(
     sns.set_theme(context=context, style="whitegrid")
     ncol = min(4, len(pops))
     nrow = -(-len(pops) // ncol)
-    fig, axes = pyplot.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.0 * nrow), squeeze=False)
-    colors = dict(zip(main, sns.color_palette(palette, len(main)), strict=True))
+    fig, axes = plt().subplots(
+        nrow, ncol, figsize=(3.0 * ncol, 2.8 * nrow + 1.2), sharex=True, sharey=True, squeeze=False
+    )
+    styles = series_styles(main, palette)
     for ax, pop in zip(axes.flat, pops, strict=False):
         c = curves[curves["population"] == pop]
         for det in main:
             p = c[c["detector"] == det]
-            a = roc.loc[(roc["population"] == pop) & (roc["detector"] == det), "auroc"].iloc[0]
-            ax.plot(
-                p["fpr"],
-                p["tpr"],
-                drawstyle="steps-post",
-                color=colors[det],
-                label=f"{det} ({a:.2f})",
-            )
+            ax.plot(p["fpr"], p["tpr"], drawstyle="steps-post", linewidth=1.2, **styles[det])
+        a = roc[roc["population"] == pop].set_index("detector")["auroc"]
+        best = a[main].idxmax()
         ax.axvline(fpr, color="grey", linestyle=":", linewidth=1)
-        ax.set_title(pop, fontsize=8)
-        ax.set_xlabel("false-alarm rate")
-        ax.set_ylabel("detection rate")
-        ax.legend(fontsize=5, loc="lower right")
+        ax.text(fpr, 0.02, f" false-alarm rate {fpr:g}", color="grey", fontsize=6, rotation=90,
+                va="bottom", ha="right")  # fmt: skip
+        ax.set_title(f"{pop}: best {best} ({a[best]:.2f})", fontsize=7)
+        ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(pops) :]:
         ax.axis("off")
+    fig.supxlabel("false-alarm rate (honest models flagged)", fontsize=8)
+    fig.supylabel("detection rate", fontsize=8)
+    handles = [pyplot_line(styles[d]["color"], d, styles[d]["linestyle"]) for d in main]
+    fig.legend(handles=handles, loc="lower center", ncol=min(5, len(main)), fontsize=7,
+               frameon=False)  # fmt: skip
     n = roc[["n_honest", "n_attacked"]]
     fig.suptitle(
         f"{title}: {int(n['n_honest'].max())} honest vs "
         f"{int(n['n_attacked'].min())}-{int(n['n_attacked'].max())} attacked models",
         fontsize=9,
     )
+    legend_rows = -(-len(main) // min(5, len(main)))
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * legend_rows, 1, 1))
     save(fig, out["roc_png"], out["roc_pdf"], dpi)
 
     heat = roc.pivot_table(index="detector", columns="population", values="auroc", sort=False)
     heat = heat[pops]
-    fig, ax = pyplot.subplots(figsize=(1.1 * len(pops) + 3, 0.35 * len(heat) + 1.5))
-    sns.heatmap(heat, annot=True, fmt=".2f", vmin=0.5, vmax=1.0, cmap="viridis", ax=ax)
+    fig, ax = plt().subplots(figsize=(1.1 * len(pops) + 3, 0.32 * len(heat) + 1.6))
+    sns.heatmap(
+        heat,
+        annot=True,
+        fmt=".2f",
+        vmin=0.0,
+        vmax=1.0,
+        center=0.5,
+        cmap="RdBu",
+        cbar_kws={"label": "AUROC (0.5 = chance; below: inverted)"},
+        annot_kws={"fontsize": 7},
+        ax=ax,
+    )
     ax.set_title(f"AUROC, {title}", fontsize=9)
     ax.set_xlabel("attack population (kind, share of the target class, epochs)")
+    ax.set_ylabel("")
     save(fig, out["auroc_png"], out["auroc_pdf"], dpi)
 
 

@@ -11,6 +11,7 @@ from poisondetect.report.common import (
     labelled,
     plt,
     save,
+    series_styles,
     themed_table,
     write_table,
 )
@@ -151,20 +152,27 @@ def sample_level_detector_figures(
     save(fig, out["fig5_png"], out["fig5_pdf"], dpi)
 
 
-# Figs. 6 and 7: one faceted seaborn plot per analysis table (panels per attack)
+# Figs. 6 and 7: one faceted seaborn plot per analysis table (panels per attack; Fig. 6 a row per
+# measure: the retrained SVM's accuracy and the detector's F1, against the poison rate)
 _SUMMARY_FIGURES = {
     "accuracy": {
         "plot": "relplot",
+        "measures": {"svm_accuracy": "SVM test accuracy", "f1": "F1 (own decision)"},
         "kw": {
             "x": "poison %",
-            "y": "svm_accuracy",
+            "y": "value",
             "hue": "detector",
+            "style": "detector",  # its own marker and dashes: coinciding lines stay apart
+            "markers": True,
+            "dashes": True,
             "kind": "line",
-            "marker": "o",
             "aspect": 1.0,
+            "alpha": 0.85,
+            "row": "measure",
+            "facet_kws": {"sharey": "row"},
         },
-        "axes": ("poisons per 100 training points", "SVM test accuracy"),
-        "title": "Retrained SVM after filtering",
+        "axes": ("poisons per 100 training points", ""),
+        "title": "Retrained SVM and F1 against the poison rate",
     },
     "clean_vs_contaminated": {
         "plot": "catplot",
@@ -193,14 +201,33 @@ def sample_level_summary_figure(
     palette: str = "colorblind",
     context: str = "paper",
 ) -> None:
-    """Fig. 6 (``figure="accuracy"``: accuracy of the retrained SVM vs poison rate, per attack and
-    detector) or Fig. 7 (``"clean_vs_contaminated"``: F1 of detectors trained on clean vs
-    contaminated data), one panel per attack."""
+    """Fig. 6 (``figure="accuracy"``: the retrained SVM's accuracy and each detector's F1 against
+    the poison rate, per attack, with no defence and clean data for reference) or Fig. 7
+    (``"clean_vs_contaminated"``: F1 of detectors trained on clean vs contaminated data), one
+    panel per attack."""
     spec = _SUMMARY_FIGURES[figure]
     sns, d = themed_table(table_csv, context)
     d = d.rename(columns={"poison_pct": "poison %"})
-    g = getattr(sns, spec["plot"])(d, col="attack", palette=palette, height=3, **spec["kw"])
+    if "measures" in spec:  # long format: one row of panels per measure
+        d = d.melt(
+            id_vars=[c for c in d.columns if c not in spec["measures"]],
+            value_vars=list(spec["measures"]),
+            var_name="measure",
+        )
+        d["measure"] = d["measure"].map(spec["measures"])
+        d = d.dropna(subset=["value"])
+    kw = dict(spec["kw"])
+    if kw.get("hue") == "detector":  # a colour-blind-safe palette of enough colours
+        styles = series_styles(d["detector"].unique(), palette)
+        kw["palette"] = [styles[n]["color"] for n in d["detector"].unique()]
+    else:
+        kw["palette"] = palette
+    g = getattr(sns, spec["plot"])(d, col="attack", height=3, **kw)
     g.set_axis_labels(*spec["axes"])
+    if "measures" in spec:
+        g.set_titles(row_template="{row_name}", col_template="{col_name}")
+        for ax, measure in zip(g.axes[:, 0], g.row_names, strict=True):
+            ax.set_ylabel(measure)
     if spec["plot"] == "catplot":
         g.set_xticklabels(rotation=45, ha="right")
     g.figure.suptitle(f"{spec['title']}, task {task}", y=1.02)

@@ -45,8 +45,9 @@ def analyse_filtering(
 ) -> None:
     """The tidy tables behind Figs. 5-7 from ``filtering.csv`` (rows in the table's order).
 
-    - ``accuracy``: SVM accuracy after filtering per attack, poison % and detector (contaminated
-      training), the no-defence rows, and one ``clean_data`` row per attack and poison %.
+    - ``accuracy``: SVM accuracy after filtering and F1 (the detector's own decision; undefined
+      without poisons) per attack, poison % and detector (contaminated training), the no-defence
+      rows, and one ``clean_data`` row per attack and poison %.
     - ``clean_vs_contaminated``: F1 of every detector by the data it was trained on.
     - ``ablation``: F1 of the ``ablation`` detectors at ``n_poison`` poisons and ``seed``
       (attacks in the order of ``attacks``, detectors in the order of ``ablation``).
@@ -54,9 +55,10 @@ def analyse_filtering(
     df = pd.read_csv(filtering_csv)
     d = _task_rows(df, task, ("contaminated",)).copy()
     d["poison_pct"] = d["poison_rate"] * 100
+    d.loc[d["n_poison"] == 0, "f1"] = float("nan")  # no poison: F1 is undefined
     clean = d.groupby(["attack", "poison_pct"], as_index=False)["clean_accuracy"].mean()
     clean["detector"], clean["svm_accuracy"] = "clean_data", clean["clean_accuracy"]
-    cols = ["attack", "poison_pct", "n_poison", "seed", "detector", "svm_accuracy"]
+    cols = ["attack", "poison_pct", "n_poison", "seed", "detector", "svm_accuracy", "f1"]
     acc = pd.concat([d, clean], ignore_index=True).reindex(columns=cols)
     cvc = _task_rows(df, task, ("contaminated", "clean"))
     cvc = cvc[cvc["decision"] == "own"][

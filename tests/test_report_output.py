@@ -1,0 +1,88 @@
+"""Outputs a researcher keeps: LaTeX tables that compile unchanged under booktabs, figures and
+tables without time stamps, and a rerun of the workflow that writes the same bytes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+from conftest import TINY_CONFIG, snakemake, write_config
+
+from poisondetect.report.common import latex_table
+
+PDFLATEX = shutil.which("pdflatex")
+DOCUMENT = r"""\documentclass{article}
+\usepackage{booktabs}
+\begin{document}
+%s
+\end{document}
+"""
+
+
+def _compiles(tex: str, tmp_path) -> None:
+    (tmp_path / "t.tex").write_text(DOCUMENT % tex)
+    proc = subprocess.run(
+        [PDFLATEX, "-interaction=nonstopmode", "-halt-on-error", "t.tex"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def _check_text(tex: str) -> None:
+    """One header row between booktabs' rules, no cline or multirow, a caption and a label."""
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule"):
+        assert tex.count(rule) == 1, rule
+    assert "\\cline" not in tex and "\\multirow" not in tex and "\\hline" not in tex
+    head = tex.split("\\toprule", 1)[1].split("\\midrule", 1)[0]
+    assert head.count("\\\\") == 1  # exactly one header row
+    assert "\\caption{" in tex and "\\label{" in tex
+
+
+def test_latex_table_has_one_header_row_and_escapes_text(tmp_path):
+    idx = pd.MultiIndex.from_tuples(
+        [("digits", "cnn", 0), ("digits", "cnn", 1)], names=["dataset", "arch", "seed"]
+    )
+    cols = pd.MultiIndex.from_tuples([("flip", 3), ("optimal", 3)], names=["attack", "n_poison"])
+    df = pd.DataFrame([[0.5, None], [0.25, 1.0]], index=idx, columns=cols)
+    df[("note", "")] = ["a_b & 50%", "±1"]
+    tex = latex_table(df, "A caption with 5\\%.", "tab:x")
+    _check_text(tex)
+    assert "a\\_b \\& 50\\%" in tex and "--" in tex and "0.25" in tex
+    assert "flip 3" in tex and "dataset" in tex
+    if PDFLATEX:
+        _compiles(tex, tmp_path)
+
+
+def test_every_table_of_the_workflow_is_clean_latex(tiny_run, tmp_path):
+    tables = sorted((tiny_run / "results").rglob("*.tex"))
+    assert len(tables) >= 6
+    for path in tables:
+        _check_text(path.read_text())
+    if not PDFLATEX:
+        pytest.skip("no pdflatex here: the tables' text was checked, not compiled")
+    for path in tables:
+        _compiles(path.read_text(), tmp_path)
+
+
+def test_a_second_run_writes_the_same_bytes(tiny_run, tmp_path):
+    """The tiny workflow run again in another directory: every result file (tables, figures,
+    checkpoints, dumps, bundles) is byte-identical; only the jobs' timing files differ."""
+    write_config(tmp_path, TINY_CONFIG)
+    snakemake(tmp_path)
+    first = {
+        p.relative_to(tiny_run): p
+        for p in (tiny_run / "results").rglob("*")
+        if p.is_file() and "benchmarks" not in p.parts
+    }
+    second = {
+        p.relative_to(tmp_path): p
+        for p in (tmp_path / "results").rglob("*")
+        if p.is_file() and "benchmarks" not in p.parts
+    }
+    assert first.keys() == second.keys()
+    differ = [str(rel) for rel, p in first.items() if p.read_bytes() != second[rel].read_bytes()]
+    assert not differ, differ
+    kinds = {p.suffix for p in first}
+    assert {".csv", ".tex", ".png", ".pdf", ".safetensors", ".parquet", ".json"} <= kinds
