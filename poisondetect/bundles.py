@@ -142,3 +142,11 @@ def read_bundle(
         )
     verify_digest(path, arrays, meta)
     return arrays, meta
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """A bundle's metadata, from its header only (nothing verified here)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return parse_metadata(path, (f.metadata() or {}).get(METADATA_KEY))

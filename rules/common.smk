@@ -167,7 +167,9 @@ def ml_detector_inputs(w):
         inputs["errors"] = ml_path("scores/ae_errors.parquet").format(**dict(w.items()))
     if "statistics" in needs:  # the statistics of every detector that reads none itself
         inputs["statistics"] = [
-            ml_path("scores/{detector}.csv").format(**{**dict(w.items()), "detector": d})
+            ml_path("scores/{detector}.csv").format(
+                **{**dict(w.items()), "detector": d}
+            )
             for d in ML["detectors"]
             if "statistics" not in ml_detector(d).needs
         ]

@@ -245,12 +245,14 @@ rule collect_model_level:
     input:
         scores=ml_cell_files("scores.csv"),
         detections=ml_cell_files("detection.csv"),
+        bundles=ml_cell_files("detector.safetensors"),
     output:
         scores="results/model_level/scores.csv",
         detection="results/model_level/detection.csv",
         roc="results/model_level/roc.csv",
         curves="results/model_level/roc_curves.csv",
         conclusions="results/model_level/conclusions.txt",
+        bundles="results/model_level/bundles.csv",
     log:
         "logs/model_level/collect.log",
     benchmark:

@@ -16,4 +16,6 @@ run_logged(
     bootstrap=sm.params.bootstrap,
     level=sm.params.level,
     min_success=sm.params.min_success,
+    bundles=list(sm.input.bundles),
+    bundles_out=sm.output.bundles,
 )

@@ -117,6 +117,18 @@ def roc_table(
     return pd.DataFrame(rows), pd.DataFrame(curves)
 
 
+def bundle_table(bundles: list[str]) -> pd.DataFrame:
+    """Every cell's detector bundle (each says its cell) with the content digest it was written
+    with: what a user compares with the digest ``audit`` prints."""
+    from poisondetect.bundles import read_metadata
+
+    rows = []
+    for path in bundles:
+        meta = read_metadata(path)
+        rows.append({**meta.get("cell", {}), "bundle": path, "digest": meta.get("digest", "")})
+    return pd.DataFrame(rows)
+
+
 def collect(
     cell_scores: list[str],
     cell_detections: list[str],
@@ -126,6 +138,8 @@ def collect(
     curves_out: str,
     conclusions_out: str,
     *,
+    bundles: list[str] = (),
+    bundles_out: str | None = None,
     fpr: float,
     bootstrap: int,
     level: float,
@@ -138,12 +152,10 @@ def collect(
     roc, curves = roc_table(
         scores, det, fpr=fpr, bootstrap=bootstrap, level=level, min_success=min_success
     )
-    for df, out in (
-        (scores, scores_out),
-        (det, detection_out),
-        (roc, roc_out),
-        (curves, curves_out),
-    ):
+    tables = [(scores, scores_out), (det, detection_out), (roc, roc_out), (curves, curves_out)]
+    if bundles_out:
+        tables.append((bundle_table(list(bundles)), bundles_out))
+    for df, out in tables:
         with atomic_path(out) as tmp:
             df.to_csv(tmp, index=False)
     log.info(
@@ -153,6 +165,8 @@ def collect(
         len(roc),
     )
     lines = summary_lines(roc, det)
+    if bundles_out:
+        lines.append(f"detector bundles for audit and their content digests: {bundles_out}")
     for line in lines:
         log.info("%s", line)
     atomic_write_text(conclusions_out, "".join(f"{line}\n" for line in lines))
