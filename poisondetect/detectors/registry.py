@@ -34,6 +34,10 @@ _REGISTRY: dict[str, dict[str, str | type]] = {
         "accuracy_drop": "poisondetect.detectors.model_level:AccuracyDrop",
         "prediction_change": "poisondetect.detectors.model_level:PredictionChange",
         "mahalanobis": "poisondetect.detectors.model_level:Mahalanobis",
+        "trigger_inversion": "poisondetect.detectors.trigger_inversion:TriggerInversion",
+        "differential_trigger_inversion": (
+            "poisondetect.detectors.trigger_inversion:DifferentialTriggerInversion"
+        ),
     },
 }
 
