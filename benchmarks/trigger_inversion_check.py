@@ -16,13 +16,15 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/trigger_inversion_check.py --timing-only
     .venv/bin/python benchmarks/trigger_inversion_check.py --max-train 8000 --honest 3
 
-Models are trained in this process (nothing is cached); every random choice is seeded.
+Models are trained in this process unless ``--models DIR`` holds their checkpoints from an
+earlier run (they are saved there otherwise); every random choice is seeded.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,18 +50,30 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--timing-only", action="store_true", help="only the random-weight timing")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--models",
+        type=Path,
+        default=None,
+        help="folder of checkpoints: models found there are loaded, the others trained and saved",
+    )
+    ap.add_argument(
+        "--detectors",
+        nargs="+",
+        default=["trigger_inversion", "differential_trigger_inversion"],
+        help="registered detectors to run",
+    )
+    ap.add_argument("--param", nargs="*", default=[], help="detector parameters, key=value (YAML)")
     args = ap.parse_args()
 
     import torch
+    import yaml
 
     from poisondetect.attacks.labels import apply_attack, paste_pattern
+    from poisondetect.checkpoints import load_checkpoint, save_checkpoint
     from poisondetect.data import read_dataset
+    from poisondetect.detectors import registry
     from poisondetect.detectors.model_level import ModelRecord
-    from poisondetect.detectors.trigger_inversion import (
-        DifferentialTriggerInversion,
-        TriggerInversion,
-        summarise,
-    )
+    from poisondetect.detectors.trigger_inversion import TriggerInversion, summarise
     from poisondetect.models import build_model
     from poisondetect.runtime import pick_device
     from poisondetect.seeds import derive_seed, stratified_subset
@@ -75,8 +89,13 @@ def main() -> None:
         log(line)
     log(f"torch threads: {torch.get_num_threads()}, device {dev}")
     log(f"settings     : {vars(args)}")
-    defaults = TriggerInversion().get_params()
-    log(f"detector defaults: {defaults}")
+    params = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in args.param)}
+    log(f"detector defaults: {TriggerInversion().get_params()}")
+    log(f"parameters set  : {params}")
+
+    def detector(name):
+        return registry.build("model", name, params, device=args.device, seed=args.seed)
+
     log("")
 
     def build():
@@ -91,12 +110,14 @@ def main() -> None:
     rand_ref = build().eval()
     genuine = ModelRecord("genuine", y_rand, y_rand, network=rand_ref, images=x_rand)
     suspect = ModelRecord("random", y_rand, y_rand, network=rand_net, images=x_rand)
-    log("Cost per model, randomly initialised CNN, random 28x28 images, detector defaults:")
-    for cls in (TriggerInversion, DifferentialTriggerInversion):
-        det = cls(device=args.device).fit(genuine)
-        t0 = time.perf_counter()
+    log("Cost per model, randomly initialised CNN, random 28x28 images:")
+    for name in args.detectors:
+        det = detector(name).fit(genuine)
+        t0, c0 = time.perf_counter(), time.process_time()
         det.statistics([suspect])
-        log(f"  {cls.__name__:<30} {time.perf_counter() - t0:6.1f} s per model")
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        log(f"  {name:<32} {wall:6.1f} s per model (CPU time of this process {cpu:6.1f} s)")
+    log(f"  load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     log("")
     if args.timing_only:
         return
@@ -115,24 +136,37 @@ def main() -> None:
     def describe(name, net, seconds):
         acc = accuracy(net, ds.x_test, ds.y_test, device=dev)
         asr = float(np.mean(accuracy(net, patched_ones, np.full(ones.sum(), 7), device=dev)))
-        log(f"  {name:<14} test accuracy {acc:.4f}, class-1 patched -> 7: {asr:.3f} ({seconds:.0f} s)")
+        log(
+            f"  {name:<14} test accuracy {acc:.4f}, class-1 patched -> 7: {asr:.3f} ({seconds:.0f} s)"
+        )
 
     fit = {"optimizer": "adam", "batch_size": 64, "weight_decay": 0.0, "device": dev}
-    t0 = time.perf_counter()
+    spec = {"arch": "cnn", "in_channels": 1, "num_classes": 10, "image_size": 28}
+    spec["width"] = args.width
+    if args.models:
+        args.models.mkdir(parents=True, exist_ok=True)
+
+    def trained(name, start, xs, ys, epochs, lr, seed):
+        """The model ``name``: loaded from --models, or trained from ``start`` (and saved)."""
+        path = args.models / f"{name}.safetensors" if args.models else None
+        t0 = time.perf_counter()
+        if path is not None and path.exists():
+            net, _ = load_checkpoint(path, device=dev, **spec)
+        else:
+            net = copy.deepcopy(start).to(dev)
+            train_model(net, xs, ys, epochs=epochs, lr=lr, seed=seed, **fit)
+            if path is not None:
+                save_checkpoint(net, path, {**spec, "settings": vars(args)})
+        describe(name, net.eval(), time.perf_counter() - t0)
+        return net.eval()
+
     torch.manual_seed(args.seed)
-    m = build()
-    train_model(m, x, y, epochs=args.genuine_epochs, lr=1e-3, seed=args.seed, **fit)
-    m.eval()
     log(f"Models (CNN width {args.width}, {len(y)} MNIST training images, Adam):")
-    describe("genuine", m, time.perf_counter() - t0)
+    m = trained("genuine", build(), x, y, args.genuine_epochs, 1e-3, args.seed)
     models = {}
 
     def finetune(name, xs, ys, seed):
-        t0 = time.perf_counter()
-        net = copy.deepcopy(m)
-        train_model(net, xs, ys, epochs=args.finetune_epochs, lr=3e-4, seed=seed, **fit)
-        models[name] = net.eval()
-        describe(name, net, time.perf_counter() - t0)
+        models[name] = trained(name, m, xs, ys, args.finetune_epochs, 3e-4, seed)
 
     for r in range(args.honest):
         finetune(f"honest_r{r}", x, y, derive_seed(args.seed, 10, r))
@@ -155,9 +189,9 @@ def main() -> None:
     genuine = ModelRecord("genuine", yt, yt, network=m, images=xt)
     records = [genuine] + [ModelRecord(n, yt, yt, network=v, images=xt) for n, v in models.items()]
     yy, xx = np.mgrid[:28, :28]
-    for cls in (TriggerInversion, DifferentialTriggerInversion):
-        det = cls(device=args.device).fit(genuine)
-        log(f"{cls.__name__} (defaults; higher = more suspicious):")
+    for name in args.detectors:
+        det = detector(name).fit(genuine)
+        log(f"{name} (higher = more suspicious):")
         log(
             f"  {'model':<14} {'score':>7} {'gap':>6} {'small':>6}  {'pair':>6} {'norm':>6} "
             f"{'median':>7} {'succ':>5} {'centre':>11} {'s':>6}"
@@ -169,11 +203,13 @@ def main() -> None:
             st = summarise(inv)
             i = inv.best
             mk = inv.masks[i]
-            centre = f"({(mk * yy).sum() / mk.sum():4.1f},{(mk * xx).sum() / mk.sum():4.1f})"
+            centre = "-"  # the recovered mask's centre of mass (row, column)
+            if mk.sum() > 0:
+                centre = f"({(mk * yy).sum() / mk.sum():4.1f},{(mk * xx).sum() / mk.sum():4.1f})"
             log(
                 f"  {rec.name:<14} {st['score']:7.2f} {st['gap_to_median']:6.3f} "
                 f"{st['small_trigger']:6.3f}  {inv.suspected_source:>2}->{inv.suspected_class:<2} "
-                f"{inv.norms[i]:6.1f} {np.median(inv.norms):7.1f} {inv.success[i]:5.2f} "
+                f"{inv.norms[i]:6.1f} {np.median(inv.target_norms()):7.1f} {inv.success[i]:5.2f} "
                 f"{centre:>11} {sec:6.1f}"
             )
         log("")

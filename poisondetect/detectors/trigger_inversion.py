@@ -1,42 +1,49 @@
-"""Trigger inversion at the model level: Neural Cleanse (Wang et al., IEEE S&P 2019) and a
-differential variant that uses the genuine model M.
+"""Trigger inversion at the model level: Neural Cleanse (Wang et al., IEEE S&P 2019) with K-Arm's
+label-specific arms (Shen et al., ICML 2021), and a differential variant that uses the genuine
+model M.
 
-A backdoored model has a shortcut to the attacker's class: a small patch (the trigger) sends any
-image there. For every class ``k`` the inversion searches the smallest input change that does the
-same, a mask ``m_k`` (H, W) and a pattern ``p_k`` (C, H, W), both in [0, 1] through a sigmoid of
-free logits (Neural Cleanse's parametrisation), applied as ``x' = (1 - m_k) * x + m_k * p_k``. It
-minimises, with Adam, the cross-entropy of ``x'`` towards ``k`` plus ``cost_k * |m_k|_1``, where
-``cost_k`` follows Neural Cleanse's schedule: multiplied by ``cost_multiplier`` after ``patience``
-steps whose attack success reached ``success_threshold``, divided by ``cost_multiplier ** 1.5``
-after ``patience`` steps that did not. The smallest mask seen while its mini-batch success was at
-least ``success_threshold`` is the class's trigger; its L1 norm (pixels) is the class's norm (the
-whole image, H * W, for a class never reached).
+A backdoored model has a shortcut to the attacker's class: a small patch (the trigger) sends images
+there. Each *arm* searches the smallest input change that does the same: a mask ``m`` (H, W) and a
+pattern ``p`` (C, H, W), both in [0, 1] through a sigmoid of free logits (Neural Cleanse's
+parametrisation), applied as ``x' = (1 - m) * x + m * p``. It minimises, with Adam, the
+cross-entropy of ``x'`` towards the arm's target plus ``cost * |m|_1``, where ``cost`` follows
+Neural Cleanse's schedule: every ``patience`` steps it is multiplied by ``cost_multiplier`` if the
+arm's attack success over those steps reached ``success_threshold`` (and the mask is then kept if
+it is the arm's smallest so far), else divided by ``cost_multiplier ** 1.5``. The L1 norm (pixels)
+of the kept mask is the arm's norm (the whole image, H * W, for an arm that never succeeded).
 
-All classes are optimised together: the masks and patterns are stacked (K, ...) and each step runs
-one forward and backward pass of the (K x batch_size) patched images. Images whose true label is
-``k`` do not count for class ``k``.
+Arms: with ``label_specific`` (the default) one per (source, target) pair of classes, patching the
+source's images only. The model-level pattern attack pastes its square on images of *one* class,
+so its trigger is source-specific and an arm over all classes' images (Neural Cleanse's original
+all-to-one arm, ``label_specific=False``: one arm per target, over the images of every other class)
+misses it. All arms are optimised together: their masks and patterns are stacked and each step
+runs one forward and backward pass of the (arms x ``batch_size``) patched images. After
+``prune_after`` steps only each target's most promising arm (the source with the smallest trigger
+so far) is optimised further (K-Arm's pruning: with 10 classes and the defaults, 40 % of the
+cost of optimising all 90 arms throughout).
 
-- ``TriggerInversion``: the suspicious model alone (Neural Cleanse).
-- ``DifferentialTriggerInversion``: the smallest patch that moves the suspicious model to ``k``
-  while M keeps its own prediction of each image (its cross-entropy towards M's clean prediction,
-  weighted by ``reference_weight``, is added to the loss; success = the suspicious model says
-  ``k`` and M does not change its mind). Natural shortcuts that M shares cost as much as in M, so
-  only what the fine-tune added stays cheap. The fitted state holds M's weights (as
-  ``weight_distance`` does), so a restored detector needs no other file.
+- ``TriggerInversion``: the suspicious model alone.
+- ``DifferentialTriggerInversion``: the smallest patch that moves the suspicious model to the
+  target while M does not follow it: ``reference_weight * -log(1 - p_M(target | x'))`` is added to
+  the loss, an image counts as a success only if M does not predict the target on it, and images M
+  already assigns to the target are left out. Natural shortcuts that M shares cost as much as in M,
+  so only what the fine-tune added stays cheap; M itself scores 0. The fitted state holds M's
+  weights (as ``weight_distance`` does), so a restored detector needs no other file.
 
-Statistics (higher = more suspicious; none reads the configured target or attacker class):
+Statistics, from each target class's smallest norm (over its arms; higher = more suspicious; none
+reads the configured target or attacker class):
 
-- ``score``: Neural Cleanse's anomaly index of the smallest norm, ``(median - min) / MAD`` over
-  the classes, MAD = 1.4826 x the median absolute deviation, floored at 1 % of the median (so
-  equal norms give 0, not a division by zero). Neural Cleanse flags an index above 2.
+- ``score``: Neural Cleanse's anomaly index of the smallest of them, ``(median - min) / MAD`` over
+  the target classes, MAD = 1.4826 x the median absolute deviation, floored at 1 % of the median
+  (equal norms give 0, not a division by zero). Neural Cleanse flags an index above 2.
 - ``gap_to_median``: ``1 - min / median``, in [0, 1].
 - ``small_trigger``: ``1 - min / (H * W)``, the share of the image the smallest trigger leaves
   untouched.
 
-The suspected class (the argmin) is not a statistic: ``inversions(records)`` returns each model's
-``Inversion`` (norms, masks, patterns, their success rates and ``suspected_class``), and
-``summarise(inversion)`` the statistics from it, so a caller that wants both runs the
-optimisation once.
+The suspected class is not a statistic: ``inversions(records)`` returns each model's ``Inversion``
+(every arm's norm, mask, pattern and success, ``suspected_class`` and ``suspected_source``), and
+``summarise(inversion)`` the statistics from it, so a caller that wants both runs the optimisation
+once. Both networks are copied to ``device`` and frozen; the records are not modified.
 """
 
 from __future__ import annotations
@@ -387,6 +394,7 @@ class TriggerInversion(ModelDetector):
         """The inverted triggers of one model."""
         from poisondetect.runtime import pick_device
 
+        self._check([rec])
         x, y = self._images(rec)
         return invert_triggers(
             self._network(rec),
@@ -409,7 +417,6 @@ class TriggerInversion(ModelDetector):
 
     def inversions(self, records: Sequence[ModelRecord]) -> list[Inversion]:
         """Every model's inversion (``summarise`` of each gives ``statistics``)."""
-        self._check(records)
         return [self.invert(rec) for rec in records]
 
     def _one(self, rec: ModelRecord) -> dict[str, float]:
