@@ -193,7 +193,7 @@ def main() -> None:
         det = detector(name).fit(genuine)
         log(f"{name} (higher = more suspicious):")
         log(
-            f"  {'model':<14} {'score':>7} {'gap':>6} {'small':>6}  {'pair':>6} {'norm':>6} "
+            f"  {'model':<14} {'score':>6} {'anomaly':>7} {'small':>6}  {'pair':>6} {'norm':>6} "
             f"{'median':>7} {'succ':>5} {'centre':>11} {'s':>6}"
         )
         for rec in records:
@@ -207,7 +207,7 @@ def main() -> None:
             if mk.sum() > 0:
                 centre = f"({(mk * yy).sum() / mk.sum():4.1f},{(mk * xx).sum() / mk.sum():4.1f})"
             log(
-                f"  {rec.name:<14} {st['score']:7.2f} {st['gap_to_median']:6.3f} "
+                f"  {rec.name:<14} {st['score']:6.3f} {st['anomaly_index']:7.2f} "
                 f"{st['small_trigger']:6.3f}  {inv.suspected_source:>2}->{inv.suspected_class:<2} "
                 f"{inv.norms[i]:6.1f} {np.median(inv.target_norms()):7.1f} {inv.success[i]:5.2f} "
                 f"{centre:>11} {sec:6.1f}"

@@ -104,17 +104,16 @@ def test_neural_cleanse_recovers_the_planted_trigger(all_to_one):
 
 def test_neural_cleanse_flags_the_backdoored_model_not_the_honest_one(all_to_one):
     bd, honest = summarise(all_to_one["backdoored"]), summarise(all_to_one["honest"])
-    assert honest["score"] < 2.0  # Neural Cleanse's threshold on its anomaly index
-    assert bd["score"] > honest["score"]
-    assert bd["gap_to_median"] > honest["gap_to_median"]
-    assert bd["small_trigger"] > honest["small_trigger"]
-    assert all(0.0 <= v <= 1.0 for s in (bd, honest) for k, v in s.items() if k != "score")
+    assert honest["anomaly_index"] < 2.0  # Neural Cleanse's threshold on its index
+    for key in ("score", "anomaly_index", "small_trigger"):
+        assert bd[key] > honest[key], key
+    assert all(0.0 <= s[k] <= 1.0 for s in (bd, honest) for k in ("score", "small_trigger"))
 
 
 def test_statistics_are_the_summary_of_the_inversions(models, all_to_one):
     det = TriggerInversion(label_specific=False, **FAST).fit(models["genuine"])
     stats = det.statistics([models["honest"], models["backdoored"]])
-    assert set(stats) == {"score", "gap_to_median", "small_trigger"}  # no class index among them
+    assert set(stats) == {"score", "anomaly_index", "small_trigger"}  # no class index among them
     for i, name in enumerate(("honest", "backdoored")):
         for key, value in summarise(all_to_one[name]).items():
             assert stats[key][i] == pytest.approx(value)  # and the same seed, the same numbers
@@ -126,8 +125,8 @@ def test_differential_ranks_the_backdoored_model_above_the_honest_one(models):
     genuine, honest, bd = (summarise(inv) for inv in invs)
     # nothing moves M without moving M: no arm succeeds, every statistic is 0
     assert not invs[0].found.any() and genuine == dict.fromkeys(genuine, 0.0)
-    assert bd["score"] > honest["score"]
-    assert bd["small_trigger"] > honest["small_trigger"]
+    for key in ("score", "anomaly_index", "small_trigger"):
+        assert bd[key] > honest[key], key
     assert invs[2].suspected_class == ATTACKER
 
 

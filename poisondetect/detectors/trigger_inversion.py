@@ -33,12 +33,18 @@ cost of optimising all 90 arms throughout).
 Statistics, from each target class's smallest norm (over its arms; higher = more suspicious; none
 reads the configured target or attacker class):
 
-- ``score``: Neural Cleanse's anomaly index of the smallest of them, ``(median - min) / MAD`` over
+- ``score``: ``1 - min / median``, how far the smallest target's trigger lies below the median
+  target's, in [0, 1].
+- ``anomaly_index``: Neural Cleanse's anomaly index of the smallest, ``(median - min) / MAD`` over
   the target classes, MAD = 1.4826 x the median absolute deviation, floored at 1 % of the median
   (equal norms give 0, not a division by zero). Neural Cleanse flags an index above 2.
-- ``gap_to_median``: ``1 - min / median``, in [0, 1].
 - ``small_trigger``: ``1 - min / (H * W)``, the share of the image the smallest trigger leaves
   untouched.
+
+``score`` is the relative gap rather than Neural Cleanse's index because the index, a ratio to the
+MAD of only ten norms, is noisy: in ``benchmarks/trigger_inversion_check.py`` on MNIST it ranked
+the clean genuine model (2.44) above both backdoored fine-tunes (1.48, 1.89), while the gap kept
+every clean model (0.33 to 0.44) below them (0.67, 0.80).
 
 The suspected class is not a statistic: ``inversions(records)`` returns each model's ``Inversion``
 (every arm's norm, mask, pattern and success, ``suspected_class`` and ``suspected_source``), and
@@ -120,8 +126,8 @@ def summarise(inv: Inversion) -> dict[str, float]:
     med, low = float(np.median(norms)), float(norms.min())
     mad = max(MAD_SCALE * float(np.median(np.abs(norms - med))), MAD_FLOOR * med, 1e-12)
     return {
-        "score": (med - low) / mad,
-        "gap_to_median": 1.0 - low / max(med, 1e-12),
+        "score": 1.0 - low / max(med, 1e-12),
+        "anomaly_index": (med - low) / mad,
         "small_trigger": 1.0 - low / area,
     }
 
@@ -332,7 +338,8 @@ def invert_triggers(
 
 
 class TriggerInversion(ModelDetector):
-    """Neural Cleanse on the suspicious model: the anomaly index of its smallest class trigger."""
+    """Neural Cleanse on the suspicious model: how much smaller its smallest target's trigger is
+    than the median target's."""
 
     needs = ("network", "images")
     config_name = "trigger_inversion"
