@@ -46,8 +46,9 @@ class ModelRecord:
     activations: np.ndarray | None = None  # (N, d) penultimate activations
     errors: np.ndarray | None = None  # (N,) auto-encoder reconstruction errors
     weights: dict[str, np.ndarray] | None = None  # parameter name -> array
-    network: object | None = None  # the model itself (torch nn.Module in eval mode, on the CPU)
-    images: np.ndarray | None = None  # (N, C, H, W) float32 in [0, 1]: the trigger images
+    network: object | None = None  # the model itself: torch nn.Module in eval mode
+    images: np.ndarray | None = None  # (N, C, H, W) float32 in [0, 1]: the trigger images in the
+    # order of labels (the same array for every record of a cell)
 
     def need(self, field: str) -> np.ndarray | dict:
         value = getattr(self, field)
