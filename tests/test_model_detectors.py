@@ -193,13 +193,30 @@ def test_records_of_other_trigger_images_are_refused(population):
         det.score_samples([other])
 
 
+def _give_networks(records) -> None:
+    """A small random CNN per record (different weights for each) and the same random images."""
+    import torch
+
+    from poisondetect.models import build_model
+
+    images = np.random.default_rng(0).random((len(records[0].labels), 1, 4, 4), dtype=np.float32)
+    for i, rec in enumerate(records):
+        torch.manual_seed(i)
+        rec.network = build_model("cnn", 1, 5, 4, width=0.1).eval()
+        rec.images = images
+
+
 @pytest.mark.parametrize("name", registry.names("model"))
 def test_every_detector_clones_and_round_trips_its_fitted_state(population, name):
     genuine, honest, attacked = population
     genuine.weights = {"classifier.weight": np.ones((2, 2))}
     for r in [*honest, attacked]:
         r.weights = {"classifier.weight": np.full((2, 2), 1.1)}
-    det = registry.build("model", name)
+    params = {}
+    if "network" in registry.get("model", name).needs:  # trigger inversion: tiny nets, few steps
+        _give_networks([genuine, *honest, attacked])
+        params = {"steps": 3, "prune_after": 1, "n_images": 20, "device": "cpu"}
+    det = registry.build("model", name, params)
     copy = clone(det)
     assert copy.get_params() == det.get_params() and copy is not det
     context = {"reference": honest[0]} if det.uses_reference else {}

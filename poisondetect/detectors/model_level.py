@@ -50,6 +50,9 @@ class ModelRecord:
     errors: np.ndarray | None = None  # (N,) auto-encoder reconstruction errors
     weights: dict[str, np.ndarray] | None = None  # parameter name -> array
     statistics: dict[str, float] | None = None  # other detectors' statistics ("det:stat" -> value)
+    network: object | None = None  # the model itself: torch nn.Module in eval mode
+    images: np.ndarray | None = None  # (N, C, H, W) float32 in [0, 1]: the trigger images in the
+    # order of labels (the same array for every record of a cell)
 
     def need(self, field: str) -> np.ndarray | dict:
         value = getattr(self, field)

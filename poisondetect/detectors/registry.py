@@ -60,6 +60,14 @@ _REGISTRY: dict[str, dict[str, tuple[str | type, str]]] = {
         ),
         "prediction_flow": ("poisondetect.detectors.profiles:PredictionFlow", "prediction_flow"),
         "combined": ("poisondetect.detectors.combined:Combined", "combined"),
+        "trigger_inversion": (
+            "poisondetect.detectors.trigger_inversion:TriggerInversion",
+            "trigger_inversion",
+        ),
+        "differential_trigger_inversion": (
+            "poisondetect.detectors.trigger_inversion:DifferentialTriggerInversion",
+            "differential_trigger_inversion",
+        ),
     },
 }
 
