@@ -161,8 +161,10 @@ def ml_detector_inputs(w):
     """What one detector reads: every model's dump; checkpoints and AE errors where it needs them."""
     needs = ml_detector(w.detector).needs
     inputs = {"activations": ml_model_files("activations")(w)}
-    if "weights" in needs:
+    if "weights" in needs or "network" in needs:
         inputs["checkpoints"] = ml_model_files("model")(w)
+    if "images" in needs:
+        inputs["data"] = f"results/data/{w.dataset}.npz"
     if "errors" in needs:
         inputs["errors"] = ml_path("scores/ae_errors.parquet").format(**dict(w.items()))
     if "statistics" in needs:  # the statistics of every detector that reads none itself
@@ -174,6 +176,25 @@ def ml_detector_inputs(w):
             if "statistics" not in ml_detector(d).needs
         ]
     return inputs
+
+
+def ml_detector_trigger(w):
+    """The trigger set's settings, for the detectors that read the trigger images (else None)."""
+    return ML["trigger_set"] if "images" in ml_detector(w.detector).needs else None
+
+
+def ml_detector_device(w):
+    """The configured device, for the detectors that run a network (else None: a CPU job)."""
+    return config["device"] if "network" in ml_detector(w.detector).needs else None
+
+
+def ml_detector_resource(key):
+    """A GPU job's resource for the detectors that run a network; CPU jobs ask for no GPU."""
+    return lambda w: (
+        gpu_resources()[key]
+        if "network" in ml_detector(w.detector).needs
+        else {"gpu": 0}.get(key, gpu_resources()[key])
+    )
 
 
 def ml_reference(w):

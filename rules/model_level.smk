@@ -192,13 +192,20 @@ rule score_detector:
     benchmark:
         ml_path("score_{detector}.tsv", "results/benchmarks")
     conda:
-        "../envs/cpu.yaml"
+        "../envs/gpu.yaml"
     container:
-        config["containers"]["cpu"]
+        config["containers"]["gpu"]
+    resources:  # a GPU for the detectors that run the networks (trigger inversion), else none
+        gpu=ml_detector_resource("gpu"),
+        cpus_per_gpu=ml_detector_resource("cpus_per_gpu"),
+        mem_mb=ml_detector_resource("mem_mb"),
+        runtime=ml_detector_resource("runtime"),
     params:
         detector_params=lambda w: ML["detectors"][w.detector],
         n_fit=ml_n_fit(),
         reference=ml_reference,
+        trigger=ml_detector_trigger,
+        device=ml_detector_device,
     script:
         "../scripts/score_detector.py"
 

@@ -15,4 +15,8 @@ run_logged(
     statistics=list(sm.input.get("statistics", [])),
     n_fit_replicates=sm.params.n_fit,
     reference=sm.params.reference,
+    data=sm.input.get("data"),
+    trigger=sm.params.trigger,
+    seed=int(sm.wildcards.seed),
+    device=sm.params.device,
 )

@@ -50,15 +50,24 @@ class ModelRecord:
     errors: np.ndarray | None = None  # (N,) auto-encoder reconstruction errors
     weights: dict[str, np.ndarray] | None = None  # parameter name -> array
     statistics: dict[str, float] | None = None  # other detectors' statistics ("det:stat" -> value)
-    network: object | None = None  # the model itself: torch nn.Module in eval mode
+    network: object | None = None  # the model itself: torch nn.Module in eval mode (or a loader)
     images: np.ndarray | None = None  # (N, C, H, W) float32 in [0, 1]: the trigger images in the
     # order of labels (the same array for every record of a cell)
 
     def need(self, field: str) -> np.ndarray | dict:
+        """A field the detector needs; a ``network`` given as a loader (a function of no argument)
+        is loaded now and not kept, so a cell's networks are in memory one at a time."""
         value = getattr(self, field)
         if value is None:
             raise PoisonDetectError(f"model {self.name!r}: the detector needs its {field}")
-        return value
+        return (
+            value() if field == "network" and callable(value) and not _is_module(value) else value
+        )
+
+
+def _is_module(value) -> bool:
+    """A torch module (callable too) rather than a loader of one; torch is not imported here."""
+    return hasattr(value, "state_dict")
 
 
 def _same_images(genuine: ModelRecord, rec: ModelRecord) -> None:

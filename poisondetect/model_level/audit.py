@@ -90,11 +90,18 @@ def _record(model: str, net, x, y, arrays, meta, *, batch_size: int, device):
         ae.score_samples(acts), f"{model}: reconstruction errors", NONFINITE_HINT, "trigger images"
     )
     return ModelRecord(
-        Path(model).name, y, preds, activations=acts, errors=errors, weights=model_weights(net)
+        Path(model).name,
+        y,
+        preds,
+        activations=acts,
+        errors=errors,
+        weights=model_weights(net),
+        network=net,
+        images=x,
     )
 
 
-def _statistics(record, arrays: dict, meta: dict) -> list[dict]:
+def _statistics(record, arrays: dict, meta: dict, device: str = "auto") -> list[dict]:
     """Every statistic of every detector in the bundle on ``record``, with its calibration."""
     from poisondetect.detectors import registry
     from poisondetect.detectors.base import restore_fitted
@@ -106,7 +113,7 @@ def _statistics(record, arrays: dict, meta: dict) -> list[dict]:
     order = sorted(meta["detectors"], key=lambda n: "statistics" in registry.get("model", n).needs)
     for name in order:
         spec = meta["detectors"][name]
-        det = registry.build("model", name, spec["params"])
+        det = registry.build("model", name, spec["params"], device=device)
         if "statistics" in det.needs:
             record.statistics = {r["detector"]: r["score"] for r in results}
         prefix = f"det.{name}."
@@ -162,7 +169,7 @@ def audit(
         **{k: gm.get(k) for k in ("in_channels", "num_classes", "image_size", "width")},
     )
     record = _record(model, net, x, y, arrays, meta, batch_size=trig["batch_size"], device=dev)
-    results = _statistics(record, arrays, meta)
+    results = _statistics(record, arrays, meta, device)
     by_name = {r["detector"]: r for r in results}
     verdict_from = [statistic_name(*parse_statistic(v)) for v in cal["verdict"]]
     flagged_by = [v for v in verdict_from if by_name[v]["flagged"]]

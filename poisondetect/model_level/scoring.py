@@ -103,6 +103,37 @@ def read_statistics(score_files: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _network_loaders(checkpoints: list[str]) -> dict:
+    """A loader of each checkpoint's network, keyed by the model its metadata names."""
+    from functools import partial
+
+    from poisondetect.bundles import read_metadata
+    from poisondetect.checkpoints import load_checkpoint
+
+    return {
+        read_metadata(path).get("model", path): partial(
+            lambda p: load_checkpoint(p, device="cpu")[0], path
+        )
+        for path in checkpoints
+    }
+
+
+def trigger_images(data: str, trigger: dict, seed: int, activations: list[str]) -> np.ndarray:
+    """The cell's trigger images (the rows the dumps index), checked against the dumps' labels."""
+    from poisondetect.activations import read_activations
+    from poisondetect.data import load_prepared
+    from poisondetect.model_level.cell import trigger_set
+
+    _idx, x, y = trigger_set(load_prepared(data), trigger["max_samples"], seed)
+    dump = read_activations(activations[0])
+    if not np.array_equal(y[dump.index], dump.label):
+        raise PoisonDetectError(
+            f"{data}: its trigger set is not the one the activation dumps were made on; rerun "
+            "prepare_data and what follows"
+        )
+    return x
+
+
 def load_records(
     activations: list[str],
     *,
@@ -110,12 +141,16 @@ def load_records(
     checkpoints: list[str] | None = None,
     errors: str | None = None,
     statistics: list[str] | None = None,
+    images: np.ndarray | None = None,
 ) -> dict:
-    """ModelRecords of a cell's models, with only the fields a detector needs."""
+    """ModelRecords of a cell's models, with only the fields a detector needs (``images``: the
+    trigger set's images, in the dumps' row order, for the detectors that need them; networks as
+    loaders, loaded when a detector needs one)."""
     from poisondetect.detectors.model_level import ModelRecord
 
     err = pd.read_parquet(errors) if errors and "errors" in needs else None
     nets = _networks(checkpoints or []) if "weights" in needs else {}
+    loaders = _network_loaders(checkpoints or []) if "network" in needs else {}
     stats = read_statistics(statistics or []) if "statistics" in needs else {}
     records = {}
     for name, a in read_dumps(activations).items():
@@ -135,6 +170,12 @@ def load_records(
             rec.weights = model_weights(nets[name])
         if "statistics" in needs:
             rec.statistics = stats.get(name, {})
+        if "network" in needs:
+            if name not in loaders:
+                raise PoisonDetectError(f"no checkpoint of model {name!r} among the inputs")
+            rec.network = loaders[name]
+        if "images" in needs:
+            rec.images = images[a.index]
         records[name] = rec
     return records
 
@@ -145,6 +186,7 @@ def fit_and_score(
     records: dict,
     n_fit_replicates: int | dict[str, int],
     reference: str | None = None,
+    run: dict | None = None,
 ) -> tuple[object, pd.DataFrame]:
     """Fit one detector on M and the honest fitting replicates (and, where it uses them, the
     reference honest fine-tune ``reference`` and the shadow attacks); score every model.
@@ -160,7 +202,7 @@ def fit_and_score(
     genuine = records["genuine"]
     split = {m: split_of(parse_model(m), n_fit_replicates) for m in records}
     fit_names = [m for m in records if split[m] == "fit"]
-    det = registry.build("model", name, params)
+    det = registry.build("model", name, params, **(run or {}))  # seed, device where it takes them
     context = {}
     if det.uses_reference and reference is not None:
         if reference not in records:
@@ -201,6 +243,10 @@ def score_detector(
     statistics: list[str] | None = None,
     n_fit_replicates: int | dict[str, int],
     reference: str | None = None,
+    data: str | None = None,
+    trigger: dict | None = None,
+    seed: int = 0,
+    device: str | None = None,
 ) -> None:
     """One detector over the whole population of a cell: its scores (a table that names the
     detector) and its fitted state (a bundle that names it too)."""
@@ -210,16 +256,25 @@ def score_detector(
 
     cls = registry.get("model", detector)
     t0 = time.perf_counter()
+    images = trigger_images(data, trigger, seed, activations) if "images" in cls.needs else None
     records = load_records(
-        activations, needs=cls.needs, checkpoints=checkpoints, errors=errors, statistics=statistics
+        activations,
+        needs=cls.needs,
+        checkpoints=checkpoints,
+        errors=errors,
+        statistics=statistics,
+        images=images,
     )
-    det, df = fit_and_score(detector, params, records, n_fit_replicates, reference)
+    run = {"seed": seed, **({"device": device} if device else {})}
+    det, df = fit_and_score(detector, params, records, n_fit_replicates, reference, run=run)
     with atomic_path(scores_out) as tmp:
         df.to_csv(tmp, index=False)
     arrays, plain = fitted_state(det)
+    # its full parameters (the run's seed included; not the device: audit picks its own)
+    full = {k: v for k, v in det.get_params().items() if k != "device"}
     write_bundle(
         state_out,
         {f"det.{detector}.{k}": v for k, v in arrays.items()},
-        {"kind": STATE_KIND, "detector": detector, "params": params, "fitted": plain},
+        {"kind": STATE_KIND, "detector": detector, "params": full, "fitted": plain},
     )
     log.info("%s: %d models scored in %.1fs", detector, len(records), time.perf_counter() - t0)
