@@ -70,6 +70,7 @@ def main() -> None:
 
     from poisondetect.attacks.labels import apply_attack, paste_pattern
     from poisondetect.checkpoints import load_checkpoint, save_checkpoint
+    from poisondetect.classifiers import accuracy, train_model
     from poisondetect.data import read_dataset
     from poisondetect.detectors import registry
     from poisondetect.detectors.model_level import ModelRecord
@@ -77,7 +78,6 @@ def main() -> None:
     from poisondetect.models import build_model
     from poisondetect.runtime import pick_device
     from poisondetect.seeds import derive_seed, stratified_subset
-    from poisondetect.training import accuracy, train_model
 
     torch.set_num_threads(args.threads)
     dev = pick_device(args.device)

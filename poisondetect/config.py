@@ -154,18 +154,23 @@ def _validate(cfg: dict, schema: dict) -> None:
 
 def expand_all(cfg: dict) -> bool:
     """Replace ``detectors: all`` of either level by every registered detector of that level that
-    the configuration can run (model level: a block with the defaults for each; a detector that
-    learns from shadow attacks only where there are some); True when something was expanded."""
+    the configuration can run (model level: a block with the defaults for each, or the block given
+    beside an ``all: {}`` key; a detector that learns from shadow attacks only where there are
+    some); True when something was expanded."""
     from poisondetect.detectors.registry import get, names
 
     expanded = False
     sl, ml = cfg.get("sample_level", {}), cfg.get("model_level", {})
     if sl.get("detectors") == "all":
         sl["detectors"], expanded = names("sample"), True
-    if ml.get("detectors") == "all":  # those the configuration can run: shadow attacks or not
+    dets = ml.get("detectors")
+    if dets == "all" or (isinstance(dets, dict) and "all" in dets):
+        # those the configuration can run (shadow attacks or not), with the blocks given beside
+        # `all` for some of them
         shadows = ml.get("attacks", {}).get("shadow_replicates", 0)
         runnable = [n for n in names("model") if shadows or not get("model", n).uses_shadow]
-        ml["detectors"], expanded = {name: {} for name in runnable}, True
+        given = {k: v for k, v in dets.items() if k != "all"} if isinstance(dets, dict) else {}
+        ml["detectors"], expanded = {**{name: {} for name in runnable}, **given}, True
     return expanded
 
 

@@ -129,3 +129,22 @@ def test_schema_is_package_data_and_the_only_copy():
     assert SCHEMA_PATH.parent.parent == REPO / "poisondetect" == REPO / poisondetect.__name__
     assert not (REPO / "schemas").exists()
     assert "poisondetect/schemas/config.schema.yaml" in (REPO / "rules/common.smk").read_text()
+
+
+def test_all_detectors_with_some_blocks():
+    """`all: {}` beside a few blocks runs every registered detector (those that learn from shadow
+    attacks where there are shadows), the named ones with their settings."""
+    from poisondetect.detectors import registry
+
+    ml = validate_config(
+        {"model_level": {"detectors": {"all": {}, "ae_class": {"min_spread": 0.5}}}}
+    )["model_level"]
+    plain = [n for n in registry.names("model") if not registry.get("model", n).uses_shadow]
+    assert sorted(ml["detectors"]) == sorted(plain)
+    assert ml["detectors"]["ae_class"]["min_spread"] == 0.5
+    shadows = validate_config(
+        {"model_level": {"detectors": "all", "attacks": {"replicates": 3, "shadow_replicates": 1}}}
+    )["model_level"]
+    assert sorted(shadows["detectors"]) == sorted(registry.names("model"))
+    with pytest.raises(PoisonDetectError, match="shadow_replicates >= 1"):
+        validate_config({"model_level": {"detectors": {"combined": {}}}})

@@ -24,7 +24,7 @@ def clean_logging():
 
 
 def _stage():
-    log = logging.getLogger("poisondetect.training")
+    log = logging.getLogger("poisondetect.classifiers")
     for epoch in range(3):
         log.info("epoch %d: loss 0.5", epoch)
     log.warning("the learning rate looks large")

@@ -31,5 +31,9 @@ def test_job_modes_plan_the_same_outputs(tmp_path):
     assert coarse["finetune_honest"] == 1 and coarse["finetune_attack"] == 2
     n_det = len(TINY_CONFIG["sample_level"]["detectors"])
     assert fine["fit_filter"] == 2 * 2 * n_det and coarse["fit_filters"] == 2 * 2
-    assert fine_files == coarse_files
+    # the same result files; per detector, the shared networks are files of their own (fitted
+    # once per cell by fit_network jobs), per cell they are fitted once inside the cell's job
+    nets = {f for f in fine_files if "/nets/" in f}
+    assert fine["fit_network"] == len(nets) == 2 * 2 * 4  # an RAE, a CAE, MagNet's two
+    assert fine_files - nets == coarse_files
     assert any(re.search(r"models/flip_f50_e2_r1\.safetensors$", f) for f in fine_files)

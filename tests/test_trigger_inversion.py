@@ -47,9 +47,9 @@ def models():
     """Records of M, an honest fine-tune and a backdoored fine-tune on the digits test set."""
     import torch
 
+    from poisondetect.classifiers import train_model
     from poisondetect.data import read_dataset
     from poisondetect.models import build_model
-    from poisondetect.training import train_model
 
     torch.set_num_threads(1)
     ds = read_dataset("digits")

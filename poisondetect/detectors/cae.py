@@ -81,7 +81,8 @@ def save_network(det, path) -> None:
             "id": network_id(kind, networks(kind, settings)[kind][1]),
             "settings": settings,
             "input_shape": list(det.input_shape_),
-            "history": det.history_,
+            # without wall times: the same fit writes the same bytes
+            "history": [{k: v for k, v in rec.items() if k != "seconds"} for rec in det.history_],
         },
     )
 

@@ -29,6 +29,18 @@ def _flat_header(col) -> str:
     return " ".join(str(p) for p in parts if str(p) not in ("", "nan"))
 
 
+_LATEX_SPECIAL = {c: f"\\{c}" for c in "&%$#_{}"} | {
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    """Plain text (a task or data set name) for a LaTeX caption."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
 def latex_table(df: pd.DataFrame, caption: str, label: str) -> str:
     """A LaTeX table that compiles as it is with the booktabs package: one header row (the row
     index becomes ordinary columns, a multi-level header is joined), \\toprule / \\midrule /

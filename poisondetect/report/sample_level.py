@@ -9,6 +9,7 @@ import pandas as pd
 from poisondetect.report.common import (
     detector_label,
     labelled,
+    latex_escape,
     plt,
     save,
     series_styles,
@@ -40,7 +41,7 @@ def sample_level_tables(filtering_csv: str, task: str, out: dict[str, str]) -> N
         f1.round(3),
         out["f1_csv"],
         out["f1_tex"],
-        f"F1 of the poison filters (the detector's own decision), task {task}, by attack and poisons per "
+        f"F1 of the poison filters (the detector's own decision), task {latex_escape(task)}, by attack and poisons per "
         "round (mean over the evaluation rounds and seeds).",
         f"tab:f1-{task}",
     )
@@ -56,7 +57,7 @@ def sample_level_tables(filtering_csv: str, task: str, out: dict[str, str]) -> N
         acc.round(2),
         out["acc_csv"],
         out["acc_tex"],
-        f"Test accuracy (\\%) of the SVM retrained on the filtered training set, task {task}; "
+        f"Test accuracy (\\%) of the SVM retrained on the filtered training set, task {latex_escape(task)}; "
         "'no defence' keeps every point, 'clean data' has no poisons.",
         f"tab:acc-{task}",
     )
