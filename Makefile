@@ -93,13 +93,18 @@ venv: $(STAMP)
 
 dev-venv: $(DEV_STAMP)
 
+# The terminal shows Snakemake's progress (not every job's details: those are in logs/), then the
+# conclusions (printed when the workflow succeeds) and where the results are.
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES)
-	$(BIN)/snakemake --report results/report.zip
+	$(BIN)/snakemake --cores $(CORES) --quiet rules
+	@$(MAKE) --no-print-directory report
 	@echo "Results: results/model_level/, results/sample_level/; report: results/report.zip"
 
 report: $(STAMP)
-	$(BIN)/snakemake --report results/report.zip
+	@mkdir -p logs
+	@$(BIN)/snakemake --report results/report.zip > logs/report.log 2>&1 \
+	  || { cat logs/report.log; echo "error: the report failed (log: logs/report.log)" >&2; exit 2; }
+	@echo "Report: results/report.zip (log: logs/report.log)"
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest
