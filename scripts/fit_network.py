@@ -1,5 +1,5 @@
 from poisondetect.logs import run_logged
-from poisondetect.sample_level.stages import fit_network
+from poisondetect.sample_level.networks import fit_network
 
 sm = snakemake  # noqa: F821
 run_logged(

@@ -78,6 +78,17 @@ def _same_images(genuine: ModelRecord, rec: ModelRecord) -> None:
         )
 
 
+def paired_activations(rec: ModelRecord, genuine: np.ndarray) -> np.ndarray:
+    """A record's activations, image by image beside the genuine model's (same shape, float32)."""
+    a = np.asarray(rec.need("activations"), dtype=np.float32)
+    if a.shape != genuine.shape:
+        raise PoisonDetectError(
+            f"model {rec.name!r}: activations of shape {a.shape}, the genuine model's are "
+            f"{genuine.shape} (another architecture?)"
+        )
+    return a
+
+
 def class_means(values: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Mean of ``values`` over the rows of each class (one entry per class in ``classes``)."""
     return np.array([values[labels == c].mean() for c in classes], dtype=np.float64)
@@ -216,12 +227,7 @@ class ActivationDrift(ModelDetector):
         return self
 
     def _one(self, rec: ModelRecord) -> dict[str, float]:
-        a = np.asarray(rec.need("activations"), dtype=np.float32)
-        if a.shape != self.activations_.shape:
-            raise PoisonDetectError(
-                f"model {rec.name!r}: activations of shape {a.shape}, the genuine model's are "
-                f"{self.activations_.shape} (another architecture?)"
-            )
+        a = paired_activations(rec, self.activations_)
         d = np.linalg.norm(a - self.activations_, axis=1).astype(np.float64) / self.scale_
         return {
             "score": float(d.mean()),

@@ -22,7 +22,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from poisondetect.detectors.model_level import ModelDetector, ModelRecord, class_means
+from poisondetect.detectors.model_level import (
+    ModelDetector,
+    ModelRecord,
+    class_means,
+    paired_activations,
+)
 from poisondetect.errors import PoisonDetectError
 
 _TINY = 1e-12
@@ -68,12 +73,7 @@ class DriftClassProfile(ModelDetector):
         return self
 
     def _one(self, rec: ModelRecord) -> dict[str, float]:
-        a = np.asarray(rec.need("activations"), dtype=np.float32)
-        if a.shape != self.activations_.shape:
-            raise PoisonDetectError(
-                f"model {rec.name!r}: activations of shape {a.shape}, the genuine model's are "
-                f"{self.activations_.shape} (another architecture?)"
-            )
+        a = paired_activations(rec, self.activations_)
         d = np.linalg.norm(a - self.activations_, axis=1).astype(np.float64)
         return {
             "score": _peak_over_median(class_means(d, self.labels_, self.classes_) / self.spread_)

@@ -5,8 +5,10 @@
    change of detector never recomputes an attack), with the undefended and clean SVM accuracies.
 3. ``fit_filters``: registered detectors (``detectors.registry``, level "sample"), each fitted on
    the first rounds' pooled training data (contaminated or clean) and then used to filter each
-   evaluation round before the SVM is retrained. Nothing here depends on which detector it is.
-4. ``collect``: the tidy ``filtering.csv``.
+   evaluation round before the SVM is retrained; the networks they are made of come from
+   ``sample_level.networks``. Nothing here depends on which detector it is.
+
+``sample_level.collection`` gathers the tidy ``filtering.csv`` and the conclusions.
 
 ``filter_points`` is the ``filter`` command's path through the same detector code. The tidy tables
 behind the figures are ``sample_level.analyses``. Result files hold no wall times (the jobs'
@@ -22,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from poisondetect.detectors.networks import network_id, networks
+from poisondetect.detectors.networks import networks
 from poisondetect.errors import PoisonDetectError
-from poisondetect.io import atomic_path, atomic_write_text, read_json, write_json
+from poisondetect.io import atomic_path, write_json
 from poisondetect.names import TRAIN_ON
+from poisondetect.sample_level.networks import NetworkStore
 from poisondetect.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -173,7 +176,7 @@ def apply_detector(det, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _fitting_set(P: dict, train_on: str, nd: int) -> tuple[np.ndarray, np.ndarray]:
+def fitting_set(P: dict, train_on: str, nd: int) -> tuple[np.ndarray, np.ndarray]:
     """The pooled points of the first ``nd`` rounds the detectors learn from."""
     if nd >= len(P["x"]):
         raise PoisonDetectError(
@@ -251,7 +254,7 @@ def fit_filter(
     """
     P = load_poisoned(poisoned)
     nd, n_rounds = n_detector_rounds, len(P["x"])
-    x_fit, y_fit = _fitting_set(P, train_on, nd)
+    x_fit, y_fit = fitting_set(P, train_on, nd)
     t0 = time.perf_counter()
     det = make_detector(detector, params, shared, arch=arch, seed=seed, device=device, svm=svm)
     specs = networks(detector, params, **shared, arch=arch, seed=seed)
@@ -305,59 +308,6 @@ def fit_filter(
     write_json(summary_out, summary)
 
 
-class NetworkStore:
-    """The fitted networks (RAEs, CAEs) of one cell and train_on: read from the files of the
-    cell's ``fit_network`` jobs where there are some, else fitted here, once, and kept for the
-    other detectors of the same job."""
-
-    def __init__(self, files: list[str] = ()) -> None:
-        from poisondetect.detectors.cae import load_network
-
-        self._fitted: dict[str, object] = {}
-        self._files = list(files)
-        self._load = load_network
-
-    def get(self, kind: str, settings: dict, x: np.ndarray, y: np.ndarray, device: str):
-        nid = network_id(kind, settings)
-        if nid not in self._fitted:
-            for path in self._files:  # each file says which network it holds
-                found, det = self._load(path, device)
-                self._fitted[found] = det
-            self._files = []
-        if nid not in self._fitted:
-            self._fitted[nid] = fit_network_on(kind, settings, x, y, device)
-        return self._fitted[nid]
-
-
-def fit_network_on(kind: str, settings: dict, x: np.ndarray, y: np.ndarray, device: str):
-    """One RAE or CAE with these settings, fitted on (x, y)."""
-    from poisondetect.detectors.cae import CAE, RAE
-
-    t0 = time.perf_counter()
-    net = {"rae": RAE, "cae": CAE}[kind](**settings, device=device).fit(x, y)
-    log.info("network %s fitted on %d points in %.1fs", network_id(kind, settings), len(y),
-             time.perf_counter() - t0)  # fmt: skip
-    return net
-
-
-def fit_network(
-    poisoned: str,
-    out: str,
-    *,
-    network: tuple[str, dict],
-    train_on: str,
-    n_detector_rounds: int,
-    device: str,
-) -> None:
-    """Fit one network (``network`` = (kind, settings), ``detectors.networks``) on the pooled
-    first rounds of a cell, for every detector of the cell that is made of it."""
-    from poisondetect.detectors.cae import save_network
-
-    kind, settings = network
-    x_fit, y_fit = _fitting_set(load_poisoned(poisoned), train_on, n_detector_rounds)
-    save_network(fit_network_on(kind, settings, x_fit, y_fit, device), out)
-
-
 def fit_filters(
     poisoned: str,
     cell_dir: str,
@@ -408,70 +358,3 @@ def filter_points(
     out = apply_detector(det.fit(x, y), x, y)
     flagged = out.pop("flagged")
     return pd.DataFrame({"index": np.arange(len(y)), "label": y, **out, "flagged": flagged})
-
-
-FILTERING_COLUMNS = [
-    "task",
-    "attack",
-    "n_poison",
-    "poison_rate",
-    "detector",
-    "decision",
-    "train_on",
-    "seed",
-    "precision",
-    "recall",
-    "f1",
-    "auroc",
-    "svm_accuracy",
-    "undefended_accuracy",
-    "clean_accuracy",
-    "n_eval_rounds",
-]
-
-
-def summary_lines(df: pd.DataFrame) -> list[str]:
-    """The conclusions of a run, per task, attack and poison rate: the best detector by F1 of its
-    own decision (with its retrained-SVM accuracy) against the undefended and clean accuracies."""
-    from poisondetect.detectors.registry import label
-
-    lines = []
-    own = df[(df["decision"] == "own") & (df["train_on"] == "contaminated")]
-    keys = ["task", "attack", "poison_rate"]
-    for key, g in own.groupby(keys, sort=True):
-        means = g.groupby("detector")[["f1", "svm_accuracy"]].mean()
-        best = means.sort_values(["f1", "svm_accuracy"], ascending=False).iloc[0]
-        ref = df[(df[keys] == pd.Series(dict(zip(keys, key, strict=True)))).all(axis=1)]
-        lines.append(
-            f"{key[0]} {key[1]} {key[2] * 100:g}%: best {label('sample', best.name)} F1 "
-            f"{best['f1']:.2f}, SVM accuracy {best['svm_accuracy']:.3f} (undefended "
-            f"{ref['undefended_accuracy'].mean():.3f}, clean {ref['clean_accuracy'].mean():.3f}; "
-            f"{g['seed'].nunique()} seed(s))"
-        )
-    return lines
-
-
-def collect(summaries: list[str], out: str, conclusions_out: str | None = None) -> pd.DataFrame:
-    """The tidy filtering table, with one no-defence row per (task, attack, poisons, seed)."""
-    rows = [r for p in summaries for r in read_json(p)]
-    df = pd.DataFrame(rows)
-    keys = ["task", "attack", "n_poison", "poison_rate", "seed"]
-    none = df.drop_duplicates(keys)[
-        keys + ["undefended_accuracy", "clean_accuracy", "n_eval_rounds"]
-    ].copy()
-    none["detector"], none["decision"], none["train_on"] = "none", "none", "none"
-    none["svm_accuracy"] = none["undefended_accuracy"]
-    df = pd.concat([df, none], ignore_index=True)
-    df = (
-        df.reindex(columns=FILTERING_COLUMNS)
-        .sort_values(["task", "attack", "n_poison", "seed", "detector", "decision", "train_on"])
-        .reset_index(drop=True)
-    )
-    with atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False)
-    lines = summary_lines(df)
-    for line in lines:
-        log.info("%s", line)
-    if conclusions_out:
-        atomic_write_text(conclusions_out, "".join(f"{line}\n" for line in lines))
-    return df
