@@ -204,91 +204,10 @@ def _check_consistency(cfg: dict, data_dir: Path | None = DATA_DIR) -> None:
                     f"(declared: {', '.join(sorted(declared)) or 'none'})"
                 )
     if ml:
-        variants, atk_cfg = ml["finetune"]["variants"], ml["attacks"]
-        reference = ml["finetune"]["reference_variant"]
-        has_sampled = ml["finetune"]["sampled"]["replicates"] > 0
-        known = [*variants, *(["sampled"] if has_sampled else [])]
-        if reference not in known and _uses_reference(ml["detectors"]):
-            problems.append(
-                f"model_level.finetune.reference_variant = '{reference}' must name one of "
-                f"the honest variants ({', '.join(known)})"
-            )
-        if atk_cfg["shadow_replicates"] >= atk_cfg["replicates"]:
-            problems.append(
-                f"model_level.attacks.shadow_replicates = {atk_cfg['shadow_replicates']} leaves no "
-                f"evaluated replicate of {atk_cfg['replicates']}; it must be smaller"
-            )
-        for reserved in ("sampled", "shadow"):
-            if reserved in variants:
-                problems.append(
-                    f"model_level.finetune.variants.{reserved}: '{reserved}' is a reserved name "
-                    "(the sampled null, the shadow split); give this variant another name"
-                )
-        sampled = ml["finetune"]["sampled"]
-        for key in ("lr_factor", "epochs", "weight_decay"):
-            lo, hi = sampled[key]
-            if lo > hi or (key == "lr_factor" and lo <= 0) or (key == "epochs" and lo < 1):
-                problems.append(
-                    f"model_level.finetune.sampled.{key} = {[lo, hi]} must be [low, high] with "
-                    f"low <= high{' and low > 0' if key == 'lr_factor' else ''}"
-                    f"{' and low >= 1' if key == 'epochs' else ''}"
-                )
-        for name, v in variants.items():
-            if v["data"] == "unseen" and "new_data" not in ml["scenarios"]:
-                problems.append(
-                    f"model_level.finetune.variants.{name}.data = unseen needs the new_data "
-                    "scenario (in the standard scenario M has seen every training image); add "
-                    "new_data to model_level.scenarios"
-                )
-        from poisondetect.detectors import registry
-
-        if not atk_cfg["shadow_replicates"]:
-            for name in ml["detectors"]:
-                if registry.get("model", name).uses_shadow:
-                    problems.append(
-                        f"model_level.detectors.{name} learns from shadow attacks: set "
-                        "model_level.attacks.shadow_replicates >= 1 (or leave the detector out)"
-                    )
-        for name in ml["calibration"]["verdict"]:
-            if name.partition(":")[0] not in ml["detectors"]:
-                problems.append(
-                    f"model_level.calibration.verdict names '{name}', which is not a configured "
-                    f"detector ({', '.join(ml['detectors'])})"
-                )
-        atk = ml["attacks"]
-        if atk["target_class"] == atk["attacker_class"] != "random":
-            problems.append(
-                f"model_level.attacks.target_class and attacker_class are both "
-                f"{atk['target_class']}: they must differ (the attack relabels one class as another)"
-            )
-        # a scalar or a list of fractions (one per attack setting): each in (0, 1]
-        fractions = atk.get("fraction", [])
-        for f in fractions if isinstance(fractions, list) else [fractions]:
-            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
-                problems.append(
-                    f"model_level.attacks.fraction = {f!r} must be a number in (0, 1] (the share "
-                    "of the target class attacked, e.g. 0.5)"
-                )
+        problems += _model_level_problems(ml)
     sl = cfg.get("sample_level", {})
     if sl and sl.get("enabled", True):  # a disabled part is not cross-checked
-        for task, spec in sl["tasks"].items():
-            if task in (sl["run_tasks"] or sl["tasks"]) and spec["dataset"] not in declared:
-                problems.append(
-                    f"sample_level.tasks.{task}.dataset = '{spec['dataset']}' is not declared "
-                    "under 'datasets'"
-                )
-        for name in sl["run_tasks"] or []:
-            if name not in sl["tasks"]:
-                problems.append(
-                    f"sample_level.run_tasks names '{name}', which is not declared under "
-                    f"sample_level.tasks (declared: {', '.join(sorted(sl['tasks'])) or 'none'})"
-                )
-        r = sl["rounds"]
-        if r["n_detector_rounds"] >= r["n_rounds"]:
-            problems.append(
-                "sample_level.rounds.n_detector_rounds must be smaller than n_rounds "
-                "(the remaining rounds evaluate the detectors)"
-            )
+        problems += _sample_level_problems(sl, declared)
     problems += [
         f"{key} = {cls} is out of range: data set '{name}' has {n} classes (0..{n - 1}{where})"
         for name, n, where in _known_class_counts(cfg, data_dir)
@@ -299,6 +218,101 @@ def _check_consistency(cfg: dict, data_dir: Path | None = DATA_DIR) -> None:
         raise PoisonDetectError(
             "invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)
         )
+
+
+def _model_level_problems(ml: dict) -> list[str]:
+    """The model level's cross-key checks: populations, detectors, calibration, attacks."""
+    problems = []
+    variants, atk_cfg = ml["finetune"]["variants"], ml["attacks"]
+    reference = ml["finetune"]["reference_variant"]
+    has_sampled = ml["finetune"]["sampled"]["replicates"] > 0
+    known = [*variants, *(["sampled"] if has_sampled else [])]
+    if reference not in known and _uses_reference(ml["detectors"]):
+        problems.append(
+            f"model_level.finetune.reference_variant = '{reference}' must name one of "
+            f"the honest variants ({', '.join(known)})"
+        )
+    if atk_cfg["shadow_replicates"] >= atk_cfg["replicates"]:
+        problems.append(
+            f"model_level.attacks.shadow_replicates = {atk_cfg['shadow_replicates']} leaves no "
+            f"evaluated replicate of {atk_cfg['replicates']}; it must be smaller"
+        )
+    for reserved in ("sampled", "shadow"):
+        if reserved in variants:
+            problems.append(
+                f"model_level.finetune.variants.{reserved}: '{reserved}' is a reserved name "
+                "(the sampled null, the shadow split); give this variant another name"
+            )
+    sampled = ml["finetune"]["sampled"]
+    for key in ("lr_factor", "epochs", "weight_decay"):
+        lo, hi = sampled[key]
+        if lo > hi or (key == "lr_factor" and lo <= 0) or (key == "epochs" and lo < 1):
+            problems.append(
+                f"model_level.finetune.sampled.{key} = {[lo, hi]} must be [low, high] with "
+                f"low <= high{' and low > 0' if key == 'lr_factor' else ''}"
+                f"{' and low >= 1' if key == 'epochs' else ''}"
+            )
+    for name, v in variants.items():
+        if v["data"] == "unseen" and "new_data" not in ml["scenarios"]:
+            problems.append(
+                f"model_level.finetune.variants.{name}.data = unseen needs the new_data "
+                "scenario (in the standard scenario M has seen every training image); add "
+                "new_data to model_level.scenarios"
+            )
+    from poisondetect.detectors import registry
+
+    if not atk_cfg["shadow_replicates"]:
+        for name in ml["detectors"]:
+            if registry.get("model", name).uses_shadow:
+                problems.append(
+                    f"model_level.detectors.{name} learns from shadow attacks: set "
+                    "model_level.attacks.shadow_replicates >= 1 (or leave the detector out)"
+                )
+    for name in ml["calibration"]["verdict"]:
+        if name.partition(":")[0] not in ml["detectors"]:
+            problems.append(
+                f"model_level.calibration.verdict names '{name}', which is not a configured "
+                f"detector ({', '.join(ml['detectors'])})"
+            )
+    atk = ml["attacks"]
+    if atk["target_class"] == atk["attacker_class"] != "random":
+        problems.append(
+            f"model_level.attacks.target_class and attacker_class are both "
+            f"{atk['target_class']}: they must differ (the attack relabels one class as another)"
+        )
+    # a scalar or a list of fractions (one per attack setting): each in (0, 1]
+    fractions = atk.get("fraction", [])
+    for f in fractions if isinstance(fractions, list) else [fractions]:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            problems.append(
+                f"model_level.attacks.fraction = {f!r} must be a number in (0, 1] (the share "
+                "of the target class attacked, e.g. 0.5)"
+            )
+    return problems
+
+
+def _sample_level_problems(sl: dict, declared: set[str]) -> list[str]:
+    """The sample level's cross-key checks: tasks, rounds."""
+    problems = []
+    for task, spec in sl["tasks"].items():
+        if task in (sl["run_tasks"] or sl["tasks"]) and spec["dataset"] not in declared:
+            problems.append(
+                f"sample_level.tasks.{task}.dataset = '{spec['dataset']}' is not declared "
+                "under 'datasets'"
+            )
+    for name in sl["run_tasks"] or []:
+        if name not in sl["tasks"]:
+            problems.append(
+                f"sample_level.run_tasks names '{name}', which is not declared under "
+                f"sample_level.tasks (declared: {', '.join(sorted(sl['tasks'])) or 'none'})"
+            )
+    r = sl["rounds"]
+    if r["n_detector_rounds"] >= r["n_rounds"]:
+        problems.append(
+            "sample_level.rounds.n_detector_rounds must be smaller than n_rounds "
+            "(the remaining rounds evaluate the detectors)"
+        )
+    return problems
 
 
 # Formats whose number of classes is fixed (image folders: one class per folder).

@@ -103,7 +103,8 @@ def run_filter(
 
     The data are read within the config's ``limits``, updated from ``POISONDETECT_LIMITS`` and
     then from ``limit_overrides`` (``KEY=VALUE`` items). The config and the data are checked
-    before torch is imported.
+    before torch is imported. (One function: the command's steps in the order a user sees their
+    errors, each a few lines.)
     """
     from poisondetect.detectors.registry import names
 

@@ -92,6 +92,10 @@ def train_epochs(
     mode), the lowest-loss weights are restored at the end (``restore_best``) and training stops after
     ``patience`` epochs without improvement (``None``: never early). ``epoch_metrics(model)`` adds
     entries to each record (e.g. test accuracy).
+
+    (One function on purpose: it is the only training loop of the package, and its steps share the
+    seeded state, the sums kept on the device and the best weights; split, they would pass all of
+    it around.)
     """
     device = torch.device(device)
     retain_freed_memory()  # every batch's tensors reuse freed memory instead of new pages

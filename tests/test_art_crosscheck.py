@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from sklearn.svm import SVC
 
-from poisondetect.attacks.svm import gradient_attack, validation_hinge_gradient
+from poisondetect.attacks.gradient import validation_hinge_gradient
+from poisondetect.attacks.svm import gradient_attack
 
 art = pytest.importorskip("art", reason="adversarial-robustness-toolbox (test-only) not installed")
 

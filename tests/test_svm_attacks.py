@@ -7,6 +7,7 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.svm import SVC
 
+from poisondetect.attacks.gradient import validation_hinge_gradient
 from poisondetect.attacks.svm import (
     flip_attack,
     mixed_attack,
@@ -14,7 +15,6 @@ from poisondetect.attacks.svm import (
     optimal_attack,
     poison,
     semi_optimal_attack,
-    validation_hinge_gradient,
 )
 from poisondetect.errors import PoisonDetectError
 from poisondetect.rounds import make_rounds

@@ -1,10 +1,11 @@
 """Poisoning attacks.
 
 ``svm``: sample-level attacks on a binary SVM (flip / optimal / semi-optimal / mixed), which add
-poisons to a round's training set. The model-level attacks on image data sets live in
+poisons to a round's training set; ``gradient``: the optimal attack's KKT gradient. The model-level attacks on image data sets live in
 ``poisondetect.attacks.labels`` (import it directly).
 """
 
+from poisondetect.attacks.gradient import validation_hinge_gradient
 from poisondetect.attacks.svm import (
     ATTACK_OPTIONS,
     KINDS,
@@ -15,7 +16,6 @@ from poisondetect.attacks.svm import (
     optimal_attack,
     poison,
     semi_optimal_attack,
-    validation_hinge_gradient,
 )
 
 __all__ = [

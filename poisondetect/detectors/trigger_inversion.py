@@ -190,7 +190,10 @@ def invert_triggers(
 ) -> Inversion:
     """Trigger inversion of every arm of ``net`` at once, on ``images`` (N, C, H, W) in [0, 1]
     with true ``labels`` (N,); with a ``reference`` network (M), the differential variant.
-    Neither network is modified (each is copied to ``device``)."""
+    Neither network is modified (each is copied to ``device``).
+
+    (One function on purpose: the optimisation loop of Neural Cleanse, whose cost schedule, kept
+    smallest triggers and pruning share the state of every arm from step to step.)"""
     import torch
     import torch.nn.functional as F
 

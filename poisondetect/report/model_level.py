@@ -282,6 +282,14 @@ def model_level_roc_figures(
     fig.tight_layout(rect=(0, 0.04 + 0.035 * legend_rows, 1, 1))
     save(fig, out["roc_png"], out["roc_pdf"], dpi)
 
+    _auroc_heatmap(roc, pops, title, out, dpi)
+
+
+def _auroc_heatmap(roc: pd.DataFrame, pops: list[str], title: str, out: dict, dpi: int) -> None:
+    """AUROC over detector x attack population, on a diverging scale centred at 0.5 over [0, 1]
+    (an inverted detector reads as such)."""
+    import seaborn as sns
+
     heat = roc.pivot_table(index="detector", columns="population", values="auroc", sort=False)
     heat = heat[pops]
     fig, ax = plt().subplots(figsize=(1.1 * len(pops) + 3, 0.32 * len(heat) + 1.6))

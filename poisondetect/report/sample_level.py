@@ -78,8 +78,12 @@ def sample_level_detector_figures(
 
     pyplot = plt()
     sns.set_theme(context=context, style="whitegrid")
+    for draw in (_fig2, _fig3, _fig4, _fig5):
+        draw(tables, task, out, sns=sns, pyplot=pyplot, dpi=dpi, palette=palette)
 
-    # Fig. 2: the two sub-scores of every evaluation point, poisons highlighted
+
+def _fig2(tables: dict, task: str, out: dict, *, sns, pyplot, dpi: int, palette: str) -> None:
+    """Fig. 2: the two sub-scores of every evaluation point, poisons highlighted."""
     pts = pd.read_csv(tables["scatter"])
     x_col, y_col = pts.columns[6], pts.columns[7]
     cells = list(dict.fromkeys(zip(pts["attack"], pts["n_poison"], strict=True)))
@@ -106,7 +110,9 @@ def sample_level_detector_figures(
     fig.tight_layout()
     save(fig, out["fig2_png"], out["fig2_pdf"], dpi)
 
-    # Fig. 3: F1 vs K (top-K decision on the detector's score)
+
+def _fig3(tables: dict, task: str, out: dict, *, sns, pyplot, dpi: int, palette: str) -> None:
+    """Fig. 3: F1 vs K (top-K decision on the detector's score)."""
     curve = pd.read_csv(tables["f1_vs_k"])
     name = detector_label(curve["detector"].iloc[0])
     fig, ax = pyplot.subplots(figsize=(5, 3.5))
@@ -115,7 +121,9 @@ def sample_level_detector_figures(
     fig.tight_layout()
     save(fig, out["fig3_png"], out["fig3_pdf"], dpi)
 
-    # Fig. 4: F1 vs a scoring parameter (the detector's own decision), the configured value marked
+
+def _fig4(tables: dict, task: str, out: dict, *, sns, pyplot, dpi: int, palette: str) -> None:
+    """Fig. 4: F1 vs a scoring parameter (the detector's own decision), the configured value marked."""
     sweep = pd.read_csv(tables["sweep"])
     param = sweep["param"].iloc[0]
     fig, ax = pyplot.subplots(figsize=(5, 3.5))
@@ -135,7 +143,9 @@ def sample_level_detector_figures(
     fig.tight_layout()
     save(fig, out["fig4_png"], out["fig4_pdf"], dpi)
 
-    # Fig. 5: ablation (F1, the detector's own decision), detectors in the table's (the configured) order
+
+def _fig5(tables: dict, task: str, out: dict, *, sns, pyplot, dpi: int, palette: str) -> None:
+    """Fig. 5: ablation (F1, the detector's own decision), detectors in the table's (the configured) order."""
     abl = pd.read_csv(tables["ablation"])
     order = [detector_label(d) for d in dict.fromkeys(abl["detector"])]
     fig, ax = pyplot.subplots(figsize=(5.5, 3.5))

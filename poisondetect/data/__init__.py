@@ -1,0 +1,278 @@
+"""Dataset readers (digits, MNIST, Fashion-MNIST, CIFAR-10, image folders) and the prepared cache.
+
+Every reader works on local files only: nothing is ever downloaded. A missing or malformed input
+raises :class:`PoisonDetectError` naming the path and describing the layout that was expected.
+Every reader is bounded (``poisondetect.limits``): file sizes, the sizes archives and compressed
+files declare, member counts and image pixel counts are checked before the data are read, and a file
+whose first bytes say it is not what its name says is refused at once.
+
+Images come out as ``float32`` arrays shaped ``(N, C, H, W)`` with pixels in ``[0, 1]`` and labels
+as ``int64``. ``prepare_dataset`` reads a dataset once and writes a compact ``.npz`` cache (pixels
+as ``uint8`` plus the ``pixel_max`` they are divided by); ``load_prepared`` reads it back.
+
+The readers are modules of their own (``idx``, ``cifar``, ``image_folder``), ``common`` what they
+share; this module holds the public entry points, the prepared cache and the ``prepare_data`` stage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from poisondetect.data.cifar import _read_cifar10
+from poisondetect.data.common import (
+    CACHE_VERSION,
+    DATA_FORMATS,
+    FASHION_MNIST_CLASSES,
+    Dataset,
+    _layout_error,
+    _Raw,
+)
+from poisondetect.data.idx import _read_idx_dataset, read_idx
+from poisondetect.data.image_folder import _read_image_folder
+from poisondetect.errors import PoisonDetectError
+from poisondetect.io import atomic_path
+from poisondetect.limits import (
+    Limits,
+    read_npz,
+    resolve,
+)
+from poisondetect.seeds import stratified_subset as _stratified_subset
+
+__all__ = [
+    "DATA_FORMATS",
+    "FASHION_MNIST_CLASSES",
+    "Dataset",
+    "load_prepared",
+    "prepare",
+    "prepare_dataset",
+    "read_dataset",
+    "read_idx",
+]
+
+
+def read_dataset(
+    fmt: str,
+    path: str | os.PathLike | None = None,
+    *,
+    channels: int | None = None,
+    image_size: int | None = None,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    limits: Limits | Mapping | None = None,
+) -> Dataset:
+    """Read a dataset in format ``fmt`` from ``path`` (see ``DATA_FORMATS``).
+
+    ``channels`` and ``image_size`` apply to ``image_folder`` only; ``test_fraction`` and ``seed``
+    to ``digits`` only (it has no official split). ``limits``: the bounds of what is read
+    (default: ``poisondetect.limits.current_limits()``).
+    """
+    return _read_raw(
+        fmt,
+        path,
+        channels=channels,
+        image_size=image_size,
+        test_fraction=test_fraction,
+        seed=seed,
+        limits=limits,
+    ).to_dataset()
+
+
+def prepare_dataset(
+    fmt: str,
+    path: str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    seed: int = 0,
+    require_classes: list[tuple[str, int]] | None = None,
+    **reader_options,
+) -> Dataset:
+    """Read a dataset once, optionally subsample it, write the ``.npz`` cache atomically.
+
+    ``max_train`` / ``max_test`` keep a seeded, stratified subset of that many samples (original
+    order kept). ``reader_options`` go to ``read_dataset`` (``seed`` is passed on too; ``limits``
+    bounds what is read, default ``poisondetect.limits.current_limits()``). Returns the dataset as
+    ``load_prepared(out)`` will return it. ``require_classes``: (config key, class index) pairs the
+    config uses on this data set; one out of range is an error naming the key.
+    """
+    raw = _read_raw(fmt, path, seed=seed, **reader_options)
+    bad = [f"{key} = {c}" for key, c in (require_classes or []) if not 0 <= c < len(raw.classes)]
+    if bad:  # before anything is written: a wrong class never costs a training run
+        raise PoisonDetectError(
+            f"{path or fmt}: {', '.join(bad)} out of range: the data set has {len(raw.classes)} "
+            f"classes (0..{len(raw.classes) - 1}: {', '.join(raw.classes[:12])}"
+            f"{', ...' if len(raw.classes) > 12 else ''}); fix the config"
+        )
+    rng = np.random.default_rng(seed)
+    if max_train is not None:
+        keep = _stratified_subset(raw.y_train, _check_max("max_train", max_train), rng)
+        raw.x_train, raw.y_train = raw.x_train[keep], raw.y_train[keep]
+    if max_test is not None:
+        keep = _stratified_subset(raw.y_test, _check_max("max_test", max_test), rng)
+        raw.x_test, raw.y_test = raw.x_test[keep], raw.y_test[keep]
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                version=np.int64(CACHE_VERSION),
+                name=np.str_(raw.name),
+                format=np.str_(raw.fmt),
+                classes=np.array(raw.classes, dtype=np.str_),
+                pixel_max=np.int64(raw.pixel_max),
+                x_train=raw.x_train,
+                y_train=raw.y_train.astype(np.int64),
+                x_test=raw.x_test,
+                y_test=raw.y_test.astype(np.int64),
+            )
+    return raw.to_dataset()
+
+
+def load_prepared(path: str | os.PathLike, limits: Limits | Mapping | None = None) -> Dataset:
+    """Load a cache written by ``prepare_dataset``; a corrupt file raises a clear error.
+
+    The file is checked as any ``.npz`` (``poisondetect.limits.read_npz``), except that its stored
+    arrays are not size-limited: they are what the prepare step wrote under the limits then.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PoisonDetectError(
+            f"{path}: prepared dataset not found; run the prepare step (prepare_dataset) first"
+        )
+    keys = ("version", "name", "format", "classes", "pixel_max")
+    keys += ("x_train", "y_train", "x_test", "y_test")
+    hint = "delete it and rerun the prepare step"
+    arrays = read_npz(path, list(keys), limits=limits, hint=hint, own_cache=True)
+    try:
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise ValueError(f"missing arrays {missing}")
+        if int(arrays["version"]) != CACHE_VERSION:
+            raise ValueError(f"cache version {int(arrays['version'])}, expected {CACHE_VERSION}")
+        raw = _Raw(
+            name=str(arrays["name"]),
+            fmt=str(arrays["format"]),
+            x_train=arrays["x_train"],
+            y_train=arrays["y_train"],
+            x_test=arrays["x_test"],
+            y_test=arrays["y_test"],
+            classes=[str(c) for c in arrays["classes"]],
+            pixel_max=int(arrays["pixel_max"]),
+        )
+        _check_raw(raw)
+    except (ValueError, KeyError, TypeError) as e:
+        raise PoisonDetectError(
+            f"{path}: corrupt or truncated prepared dataset ({e}); {hint}"
+        ) from e
+    return raw.to_dataset()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _read_raw(
+    fmt: str,
+    path: str | os.PathLike | None,
+    *,
+    channels: int | None = None,
+    image_size: int | None = None,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+    limits: Limits | Mapping | None = None,
+) -> _Raw:
+    limits = resolve(limits)
+    if fmt not in DATA_FORMATS:
+        raise PoisonDetectError(
+            f"unknown dataset format {fmt!r}; known formats: {', '.join(DATA_FORMATS)}"
+        )
+    if fmt == "digits":
+        raw = _read_digits(test_fraction, seed)
+    else:
+        if path is None:
+            raise _layout_error(fmt, path, "no path given")
+        path = Path(path)
+        if not path.exists():
+            raise _layout_error(fmt, path, "does not exist")
+        if fmt in ("mnist", "fashion_mnist"):
+            raw = _read_idx_dataset(fmt, path, limits)
+        elif fmt == "cifar10":
+            raw = _read_cifar10(path, limits)
+        else:
+            raw = _read_image_folder(path, channels, image_size, limits)
+    _check_raw(raw)
+    return raw
+
+
+def _check_raw(raw: _Raw) -> None:
+    """Sanity checks shared by readers and the cache loader."""
+    for split in ("train", "test"):
+        x, y = getattr(raw, f"x_{split}"), getattr(raw, f"y_{split}")
+        if x.ndim != 4 or x.dtype != np.uint8:
+            raise ValueError(f"x_{split} must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
+        if y.shape != (len(x),):
+            raise ValueError(f"y_{split} has shape {y.shape}, expected ({len(x)},)")
+        if len(y) and (y.min() < 0 or y.max() >= len(raw.classes)):
+            raise ValueError(f"y_{split} has labels outside 0..{len(raw.classes) - 1}")
+    if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
+        raise ValueError(f"train {raw.x_train.shape[1:]} and test {raw.x_test.shape[1:]} differ")
+    if raw.pixel_max <= 0:
+        raise ValueError(f"pixel_max must be positive, got {raw.pixel_max}")
+
+
+def _check_max(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise PoisonDetectError(f"{name} must be a positive integer or None, got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def _read_digits(test_fraction: float, seed: int) -> _Raw:
+    from sklearn.datasets import load_digits
+
+    if not 0 < test_fraction < 1:
+        raise PoisonDetectError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    bunch = load_digits()
+    x = bunch.images.astype(np.uint8)[:, None]  # values 0..16
+    y = bunch.target.astype(np.int64)
+    test = np.zeros(len(y), dtype=bool)
+    n_test = round(len(y) * test_fraction)
+    test[_stratified_subset(y, n_test, np.random.default_rng(seed))] = True
+    return _Raw(
+        name="digits",
+        fmt="digits",
+        x_train=x[~test],
+        y_train=y[~test],
+        x_test=x[test],
+        y_test=y[test],
+        classes=[str(d) for d in range(10)],
+        pixel_max=16,
+    )
+
+
+# --------------------------------------------------------------------------- IDX (MNIST)
+
+
+def prepare(fmt: str, path: str | None, out: str, options: dict) -> None:
+    """The workflow's ``prepare_data`` stage (both parts read its cache): read a data set once and
+    write it to ``out`` with ``prepare_dataset``."""
+    import logging
+    import time
+
+    t0 = time.perf_counter()
+    ds = prepare_dataset(fmt, path, out, **options)
+    logging.getLogger(__name__).info(
+        "prepared %s (%s): %d train / %d test images of shape %s, %d classes in %.1fs",
+        ds.name,
+        fmt,
+        len(ds.y_train),
+        len(ds.y_test),
+        ds.x_train.shape[1:],
+        len(ds.classes),
+        time.perf_counter() - t0,
+    )
