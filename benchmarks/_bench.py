@@ -137,23 +137,25 @@ def read_benchmarks(workdir: Path, stage_of: Callable[[Path], str | None]) -> pd
 def stage_table(bench: pd.DataFrame, stages: list[str]) -> list[str]:
     """Per-stage sums (jobs, total, mean, max) followed by every job's own line."""
     lines = [
-        f"{'stage':<18} {'jobs':>4} {'sum s':>9} {'mean s':>8} {'max s':>8} {'max RSS MB':>11}"
+        f"{'stage':<28} {'jobs':>4} {'sum s':>9} {'mean s':>8} {'max s':>8} {'max RSS MB':>11}"
     ]
-    for st in stages:
+    found = list(dict.fromkeys(bench["stage"]))
+    for st in [*stages, *(st for st in found if st not in stages)]:
         g = bench[bench["stage"] == st]
         if g.empty:
-            lines.append(f"{st:<18} {0:>4} {'(no benchmark TSV)':>28}")
+            if not st.startswith("fit_network:"):  # a network kind a run may not have
+                lines.append(f"{st:<28} {0:>4} {'(no benchmark TSV)':>28}")
             continue
         lines.append(
-            f"{st:<18} {len(g):>4} {g['seconds'].sum():>9.1f} {g['seconds'].mean():>8.1f} "
+            f"{st:<28} {len(g):>4} {g['seconds'].sum():>9.1f} {g['seconds'].mean():>8.1f} "
             f"{g['seconds'].max():>8.1f} {g['max_rss_mb'].max():>11.0f}"
         )
-    lines.append(f"{'all jobs':<18} {len(bench):>4} {bench['seconds'].sum():>9.1f}")
+    lines.append(f"{'all jobs':<28} {len(bench):>4} {bench['seconds'].sum():>9.1f}")
     lines.append("")
     lines.append("per job:")
     for _, r in bench.sort_values(["stage", "job"]).iterrows():
         lines.append(
-            f"  {r['stage']:<18} {r['seconds']:>8.1f} s {r['max_rss_mb']:>7.0f} MB  {r['job']}"
+            f"  {r['stage']:<28} {r['seconds']:>8.1f} s {r['max_rss_mb']:>7.0f} MB  {r['job']}"
         )
     return lines
 

@@ -177,31 +177,64 @@ def build_config(args: argparse.Namespace, s: dict) -> dict:
     }
 
 
-def stage_of(rel: Path) -> str | None:
-    name = rel.stem
-    if rel.parts[0] == "prepare_data":
-        return "prepare_data"
-    if rel.parts[0] != "sample_level":
+def network_label(work: Path, rel: Path, what: str) -> str:
+    """``fit_network:<kind>/<arch>`` of a network fit (rae/conv: the RAE of RAE and CAE+;
+    cae/conv: the CAE of CAE and CAE+; rae/conv_avgpool and rae/conv_nopool: MagNet's two), read
+    from the fitted network's file; ``fit_network:<kind>`` where the file is gone."""
+    import json
+
+    from safetensors import safe_open
+
+    kind = what.split("-")[0]
+    train_on = rel.stem.rsplit("_", 1)[1]
+    path = work / "results" / rel.parent / "nets" / f"{what}_{train_on}.safetensors"
+    try:
+        with safe_open(str(path), "np") as f:
+            meta = json.loads(f.metadata()["poisondetect"])
+        return f"fit_network:{kind}/{meta['settings']['arch']}"
+    except (OSError, KeyError, ValueError):
+        return f"fit_network:{kind}"
+
+
+def stage_of_in(work: Path):
+    """The stage of a benchmark TSV (path relative to results/benchmarks) of the run in ``work``."""
+
+    def stage_of(rel: Path) -> str | None:
+        name = rel.stem
+        if rel.parts[0] == "prepare_data":
+            return "prepare_data"
+        if rel.parts[0] != "sample_level":
+            return None
+        if name == "collect":
+            return "report"
+        if name in ("make_rounds", "poison_rounds"):
+            return name
+        if name.startswith("fit_"):  # fit_{network}_{train_on} or fit_{detector}_{train_on}
+            what = name[4:].rsplit("_", 1)[0]
+            if what.split("-")[0] in ("rae", "cae") and "-" in what:
+                return network_label(work, rel, what)
+            return f"filter:{what}"
         return None
-    if name == "collect":
-        return "report"
-    if name in ("make_rounds", "poison_rounds"):
-        return name
-    if name.startswith("fit_"):  # fit_{network}_{train_on} or fit_{detector}_{train_on}
-        what = name[4:].rsplit("_", 1)[0]
-        if what.split("-")[0] in ("rae", "cae") and "-" in what:
-            return f"fit_network:{what.split('-')[0]}"
-        return f"filter:{what}"
-    return None
+
+    return stage_of
+
+
+NETWORK_STAGES = [
+    "fit_network:rae/conv",
+    "fit_network:cae/conv",
+    "fit_network:rae/conv_avgpool",
+    "fit_network:rae/conv_nopool",
+    "fit_network:rae/dense",
+    "fit_network:cae/dense",
+]
 
 
 def stages(detectors: list[str]) -> list[str]:
-    fits = ["fit_network:rae", "fit_network:cae"]
     return [
         "prepare_data",
         "make_rounds",
         "poison_rounds",
-        *fits,
+        *NETWORK_STAGES,
         *(f"filter:{d}" for d in detectors),
         "report",
     ]
@@ -362,7 +395,9 @@ def main(argv=None) -> None:
     if res:
         claims(res, log)
         log("")
-    finish_benchmark(log, work, stage_of, stages(s["detectors"]), "collect_sample_level", t_start)
+    finish_benchmark(
+        log, work, stage_of_in(work), stages(s["detectors"]), "collect_sample_level", t_start
+    )
 
 
 if __name__ == "__main__":

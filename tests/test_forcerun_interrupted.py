@@ -28,9 +28,9 @@ def test_interrupted_forcerun_is_finished_by_repeating_it(tiny_run, tmp_path):
     for log in logs:
         log.unlink()  # wait for the forced jobs' own logs
     cmd = snakemake_cmd(work, "--cores", "1", "--forcerun", "finetune_attack")
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    console = tmp_path / "interrupted.log"
+    with console.open("w") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 180
         while time.time() < deadline:
@@ -40,7 +40,7 @@ def test_interrupted_forcerun_is_finished_by_repeating_it(tiny_run, tmp_path):
         else:
             raise AssertionError("no finetune_attack job started")
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole process group
-        assert proc.wait(timeout=120) != 0
+        assert proc.wait(timeout=120) != 0, console.read_text()[-4000:]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
