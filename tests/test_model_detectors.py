@@ -130,6 +130,22 @@ def test_ae_class_picks_out_the_shifted_class(population):
     assert det.score_samples([calm])[0] < scores[-1] / 5
 
 
+def test_slow_scoring_logs_its_progress(population, monkeypatch, caplog):
+    """A detector that takes long per model (trigger inversion) says how far it is; a fast one
+    stays quiet."""
+    from poisondetect.detectors import model_level
+
+    genuine, honest, attacked = population
+    det = registry.build("model", "ae_class").fit(genuine, honest[:4])
+    with caplog.at_level("INFO", logger="poisondetect.detectors.model_level"):
+        det.score_samples(honest[4:] + [attacked])
+    assert "models scored" not in caplog.text
+    monkeypatch.setattr(model_level, "PROGRESS_SECONDS", 0.0)
+    with caplog.at_level("INFO", logger="poisondetect.detectors.model_level"):
+        det.score_samples(honest[4:] + [attacked])
+    assert "3 of 3 models scored" in caplog.text and "last flip_f50_e10_r0" in caplog.text
+
+
 def test_ae_mean_emits_the_papers_rule_as_a_margin(population):
     genuine, honest, _ = population
     det = registry.build("model", "ae_mean").fit(genuine, honest, reference=honest[0])

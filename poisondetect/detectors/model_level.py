@@ -29,6 +29,8 @@ Detectors (config names in the registry):
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +38,10 @@ import numpy as np
 
 from poisondetect.detectors.base import Detector
 from poisondetect.errors import PoisonDetectError
+
+log = logging.getLogger(__name__)
+
+PROGRESS_SECONDS = 30.0  # a slow detector (trigger inversion) logs its progress this often
 
 
 @dataclass
@@ -129,7 +135,15 @@ class ModelDetector(Detector):
 
     def _statistics(self, records: Sequence[ModelRecord]) -> dict[str, np.ndarray]:
         self._check(records)
-        rows = [self._one(rec) for rec in records]
+        rows = []
+        start = last = time.perf_counter()
+        for i, rec in enumerate(records, 1):
+            rows.append(self._one(rec))
+            now = time.perf_counter()
+            if now - last >= PROGRESS_SECONDS:  # only slow detectors get here
+                log.info("%s: %d of %d models scored (%.1f s per model, last %s)",
+                         type(self).__name__, i, len(records), (now - start) / i, rec.name)  # fmt: skip
+                last = now
         keys = rows[0].keys() if rows else ["score"]
         return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
 
