@@ -67,11 +67,14 @@ def machine_lines() -> list[str]:
 
 def fresh_workdir(workdir: Path, resume: bool) -> None:
     """Create ``workdir``; unless ``resume``, delete the outputs of an earlier run in it (only the
-    workflow's own folders, so every benchmark TSV read afterwards belongs to this run)."""
+    workflow's own folders, so every benchmark TSV read afterwards belongs to this run). A resumed
+    run redoes the killed run's half-written jobs (the default profile's ``rerun-incomplete``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     if not resume:
         for name in ("results", "logs", ".snakemake"):
             shutil.rmtree(workdir / name, ignore_errors=True)
+    else:  # a resumed run follows one that may have been killed: drop its stale lock
+        shutil.rmtree(workdir / ".snakemake" / "locks", ignore_errors=True)
 
 
 def write_config(cfg: dict, path: Path) -> None:

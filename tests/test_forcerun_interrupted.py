@@ -39,7 +39,14 @@ def test_interrupted_forcerun_is_finished_by_repeating_it(tiny_run, tmp_path):
             time.sleep(0.1)
         else:
             raise AssertionError("no finetune_attack job started")
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal: the whole process group
+        # Ctrl-C in the terminal: the whole process group. Snakemake's console handler swallows a
+        # KeyboardInterrupt that lands while it writes a line, so press it again, as a user would,
+        # until Snakemake says it is terminating (at most 20 times, 1 s apart)
+        for _ in range(20):
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(1)
+            if proc.poll() is not None or "on user request" in console.read_text():
+                break
         assert proc.wait(timeout=120) != 0, console.read_text()[-4000:]
     finally:
         if proc.poll() is None:
