@@ -129,17 +129,18 @@ def format_audit(r: dict) -> str:
     """The audit result: the bundle's digest, one line per detector statistic with its calibrated
     threshold, the calibrated verdict, and the paper's rule on a line of its own."""
     guaranteed = r["guaranteed_fpr"] * 100
+    w = max(len(d["detector"]) for d in r["detectors"]) + 2  # the name column fits the longest
     lines = [
         f"model {r['model']}: {r['n_trigger']} trigger images",
         f"detector bundle digest {r['bundle_digest']} (compare with the one the workflow logged)",
         f"calibrated thresholds: requested false-alarm rate {r['fpr'] * 100:g}%; the honest "
         f"models they were set on can guarantee at most {guaranteed:.3g}% per threshold",
-        f"  {'detector':<32}{'score':>12}{'threshold':>12}{'p-value':>9}  flagged",
+        f"  {'detector':<{w}}{'score':>12}{'threshold':>12}{'p-value':>9}  flagged",
     ]
     for d in r["detectors"]:
         mark = "*" if d["detector"] in r["verdict_from"] else " "
         lines.append(
-            f"{mark} {d['detector']:<32}{d['score']:>12.5g}{d['threshold']:>12.5g}"
+            f"{mark} {d['detector']:<{w}}{d['score']:>12.5g}{d['threshold']:>12.5g}"
             f"{d['pvalue']:>9.3f}  {'yes' if d['flagged'] else 'no'}"
         )
     by = ", ".join(r["flagged_by"]) or "none of them flags"

@@ -37,7 +37,8 @@ TINY_CONFIG = {
             "attacker_class": 7,
         },
         "autoencoder": {"hidden": [16], "latent": 4, "epochs": 10, "batch_size": 32},
-        "calibration": {"bootstrap": 200},
+        # the default verdict's trigger inversion is not among these detectors
+        "calibration": {"bootstrap": 200, "verdict": ["ae_class", "prediction_change:worst_class"]},
         # every detector but mahalanobis: tests/test_reruns.py adds it to a finished run
         "detectors": {
             "ae_mean": {},
