@@ -282,3 +282,27 @@ def test_old_style_pickle_checkpoint_is_refused_naming_what_was_found(tmp_path, 
     data_only.write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=4))
     with pytest.raises(PoisonDetectError, match="plain pickle .opcode FRAME, protocol 4"):
         load_state_dict_safely(data_only)
+
+
+def test_audit_table_columns_line_up_whatever_the_statistic_names():
+    rows = [
+        {"detector": name, "score": 0.5, "threshold": 0.25, "pvalue": 0.1, "flagged": True}
+        for name in ("ae_mean", "differential_trigger_inversion:anomaly_index")
+    ]
+    text = cli.format_audit(
+        {
+            "model": "m.safetensors",
+            "n_trigger": 10,
+            "bundle_digest": "0" * 64,
+            "fpr": 0.05,
+            "guaranteed_fpr": 0.1,
+            "detectors": rows,
+            "verdict_from": ["ae_mean"],
+            "flagged_by": ["ae_mean"],
+            "verdict": "POISONED",
+        }
+    )
+    table = [line for line in text.splitlines() if line.rstrip().endswith(("flagged", "yes"))]
+    assert len(table) == 3  # the header and both statistics
+    ends = {line.index("flagged") if "flagged" in line else line.index("yes") for line in table}
+    assert len(ends) == 1, text  # the flag column starts at the same place on every line
