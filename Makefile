@@ -2,6 +2,8 @@
 #             (embedded digits data set), build the Snakemake report.
 # make test : the same set-up plus the development tools (requirements-dev.txt), then the whole
 #             test suite.
+# make test-quick : the same, but only the unit and contract tests (no Snakemake run, no wheel or
+#             virtual environment built, no SLURM): the loop while changing code, a few minutes.
 # make lint : snakemake --lint, ruff and snakefmt checks;  make format : apply the formatters.
 #
 # Options (on the command line, e.g. `make demo PYTHON=python3.11 TORCH=cpu`):
@@ -34,7 +36,7 @@ ifeq ($(filter $(TORCH),default cpu),)
 $(error TORCH=$(TORCH) is not known: use TORCH=cpu (CPU-only build) or leave it out (PyPI's default build))
 endif
 
-.PHONY: demo test lint format report clean venv dev-venv check-python
+.PHONY: demo test test-quick lint format report clean venv dev-venv check-python
 .DEFAULT_GOAL := venv
 
 # The interpreter is checked before anything is installed: the pinned packages need Python 3.11, and
@@ -108,6 +110,12 @@ report: $(STAMP)
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest
+
+# The tiers are pytest markers (pyproject.toml): workflow, packaging, slurm.
+QUICK := not workflow and not packaging and not slurm
+
+test-quick: $(DEV_STAMP)
+	$(BIN)/python -m pytest -m "$(QUICK)"
 
 lint: $(DEV_STAMP)
 	$(BIN)/snakemake --lint

@@ -1,4 +1,9 @@
-"""Shared fixtures: a tiny configuration of the whole workflow, run once per test session."""
+"""Shared fixtures: a tiny configuration of the whole workflow, run once per test session.
+
+The suite has tiers (markers in pyproject.toml): ``make test-quick`` deselects ``workflow``,
+``packaging`` and ``slurm``; ``make test`` runs everything. A test that uses ``tiny_run`` is marked
+``workflow`` here, so the quick tier never starts the tiny workflow.
+"""
 
 from __future__ import annotations
 
@@ -123,6 +128,16 @@ def tiny_run(tmp_path_factory) -> Path:
     write_config(workdir, TINY_CONFIG)
     snakemake(workdir)
     return workdir
+
+
+# Fixtures that run Snakemake: a test using one of them belongs to the workflow tier.
+WORKFLOW_FIXTURES = frozenset({"tiny_run"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if WORKFLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.workflow)
 
 
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:

@@ -122,6 +122,7 @@ def _snakemake_default_config(workdir: Path, *args: str) -> list[str]:
             "--directory", str(workdir), *args]  # fmt: skip
 
 
+@pytest.mark.workflow
 def test_snakemake_config_that_is_not_utf8_is_one_line_naming_it(tmp_path):
     (tmp_path / "config.yaml").write_bytes(LATIN1)
     cmd = _snakemake_default_config(tmp_path, "-n", "--cores", "1")
@@ -133,6 +134,7 @@ def test_snakemake_config_that_is_not_utf8_is_one_line_naming_it(tmp_path):
     assert "Traceback" not in proc.stderr and "File " not in proc.stderr
 
 
+@pytest.mark.workflow
 def test_snakemake_invalid_config_is_one_line(tmp_path):
     write_config(tmp_path, {"model_level": {"train": {"epoch": 3}}})
     cmd = snakemake_cmd(tmp_path, "-n", "--cores", "1")

@@ -5,7 +5,11 @@ from __future__ import annotations
 import copy
 import re
 
+import pytest
+
 from conftest import TINY_CONFIG, planned_jobs, snakemake, write_config
+
+pytestmark = pytest.mark.workflow
 
 
 def _plan(tmp_path, ml_jobs: str, sl_jobs: str):

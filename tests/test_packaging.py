@@ -51,6 +51,7 @@ def _build_wheel(dest: Path) -> Path:
     return wheel
 
 
+@pytest.mark.packaging
 def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
     """`pip install` of the wheel (not editable) into a fresh venv gives a working command: its
     filter runs end to end on the digits, with the installed copy, not this checkout."""

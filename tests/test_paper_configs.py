@@ -9,6 +9,8 @@ from conftest import REPO, planned_jobs, snakemake
 
 from poisondetect.detectors import registry
 
+pytestmark = pytest.mark.workflow
+
 
 @pytest.fixture
 def workdir(tmp_path):

@@ -215,6 +215,7 @@ def snakemake(workdir: Path, *args: str, timeout: int = 120) -> subprocess.Compl
     return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.workflow
 def test_slurm_ci_profile_dry_run(toy):
     run = snakemake(
         toy, "-n", "--profile", str(PROFILES / "slurm-ci"), "--workflow-profile", "none"
@@ -223,6 +224,7 @@ def test_slurm_ci_profile_dry_run(toy):
     assert "collect_model_level" in run.stdout
 
 
+@pytest.mark.workflow
 def test_default_profile_dry_run(toy):
     run = snakemake(toy, "-n", "--workflow-profile", str(PROFILES / "default"))
     assert run.returncode == 0, run.stdout + run.stderr
@@ -240,6 +242,7 @@ def _cluster_up() -> bool:
     return bool(state) and state[0] in {"idle", "mix", "alloc"}
 
 
+@pytest.mark.workflow
 @pytest.mark.slurm
 def test_toy_workflow_through_slurm(toy):
     if not _cluster_up():

@@ -161,6 +161,7 @@ def test_full_disk_is_one_line_not_a_traceback(tmp_path, no_gpu_env):
         ),
     ],
 )
+@pytest.mark.workflow
 def test_workflow_gpu_job_without_cuda_fails_loudly_instead_of_training(
     tmp_path, monkeypatch, part, target, log
 ):
