@@ -24,6 +24,9 @@ from sklearn.svm import SVC
 from poisondetect.attacks.gradient import validation_hinge_gradient
 from poisondetect.attacks.svm import gradient_attack
 
+# many attack iterations on both sides: the workflow tier, not make test-quick
+pytestmark = pytest.mark.workflow
+
 art = pytest.importorskip("art", reason="adversarial-robustness-toolbox (test-only) not installed")
 
 STEP, ITERS, D = 0.25, 10, 10

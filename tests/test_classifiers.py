@@ -137,6 +137,7 @@ print(h[-1]["faults"] - h[1]["faults"])  # epochs 3-6, after the first two have 
 """
 
 
+@pytest.mark.workflow
 def test_training_reuses_freed_memory_instead_of_faulting_new_pages():
     """In a fresh process (as a workflow job), training steps of the paper's auto-encoder (batch
     256 of 28x28 images) fault in thousands of new pages per epoch with glibc's defaults, and

@@ -57,6 +57,7 @@ def digits_round(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.workflow
 def test_filter_reproduces_the_stage_f1(digits_round, capsys):
     tmp = digits_round
     fit_filter(

@@ -6,7 +6,6 @@ import copy
 import re
 
 import pytest
-
 from conftest import TINY_CONFIG, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.workflow

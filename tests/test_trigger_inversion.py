@@ -22,7 +22,8 @@ from poisondetect.detectors.trigger_inversion import (
 )
 from poisondetect.errors import PoisonDetectError
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+# it trains three small CNNs (a module fixture): the workflow tier, not make test-quick
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.workflow]
 
 ATTACKER = 7
 CORNER = (5, 5)  # top-left pixel of the planted 2x2 square
