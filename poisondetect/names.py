@@ -29,6 +29,8 @@ SAMPLE_ATTACKS = ("flip", "optimal", "semi_optimal", "mixed")
 SAMPLE_DETECTOR_ARCHS = ("conv", "conv_nopool", "dense")  # the task's detector_arch
 TRAIN_ON = ("contaminated", "clean")  # what the sample-level detectors are fitted on
 SAMPLE_JOB_MODES = ("per_detector", "per_cell")
+# the kinds of network the sample-level auto-encoder detectors are made of (detectors/networks.py)
+NETWORK_KINDS = ("rae", "cae")
 # a sample-level decision: the detector's own (its predict) or top-K, K = the round's poisons
 DECISIONS = ("own", "topk")
 

@@ -145,6 +145,25 @@ def test_snakemake_invalid_config_is_one_line(tmp_path):
     assert "did you mean 'epochs'" in errors[0] and "Traceback" not in proc.stderr
 
 
+@pytest.mark.workflow
+def test_snakemake_misspelt_statistic_stops_the_plan_in_one_line(tmp_path):
+    """A statistic no detector emits is found when the run is planned, not in calibrate after
+    every fine-tune: one line naming the key and the known names, no job."""
+    write_config(
+        tmp_path, {"model_level": {"calibration": {"verdict": ["prediction_flow:larges"]}}}
+    )
+    proc = subprocess.run(
+        snakemake_cmd(tmp_path, "-n", "--cores", "1"),
+        capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert "model_level.calibration.verdict names 'prediction_flow:larges'" in errors[0]
+    assert "prediction_flow:largest" in errors[0]  # the known names
+    assert "Job stats" not in proc.stdout + proc.stderr and not (tmp_path / "results").exists()
+
+
 # --------------------------------------------------------------------------- full disks
 
 

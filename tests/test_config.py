@@ -148,3 +148,59 @@ def test_all_detectors_with_some_blocks():
     assert sorted(shadows["detectors"]) == sorted(registry.names("model"))
     with pytest.raises(PoisonDetectError, match="shadow_replicates >= 1"):
         validate_config({"model_level": {"detectors": {"combined": {}}}})
+
+
+def _one_problem(config: dict) -> str:
+    """The message of the one problem ``config`` has (validation must refuse it)."""
+    with pytest.raises(PoisonDetectError) as e:
+        validate_config(config)
+    lines = [ln for ln in str(e.value).splitlines() if ln.startswith("  - ")]
+    assert len(lines) == 1, str(e.value)
+    return lines[0]
+
+
+def test_a_misspelt_verdict_statistic_is_named_with_the_known_ones():
+    from poisondetect.detectors import registry
+
+    msg = _one_problem({"model_level": {"calibration": {"verdict": ["prediction_flow:larges"]}}})
+    assert "model_level.calibration.verdict names 'prediction_flow:larges'" in msg
+    # the known names: every statistic each configured detector declares it emits
+    for stat in registry.emits("model", "prediction_flow"):
+        assert ("prediction_flow" if stat == "score" else f"prediction_flow:{stat}") in msg
+    # what the detector does emit passes
+    validate_config({"model_level": {"calibration": {"verdict": ["prediction_flow:largest"]}}})
+
+
+def test_statistics_named_anywhere_in_the_model_level_are_checked():
+    shadows = {"replicates": 3, "shadow_replicates": 1}
+    msg = _one_problem(
+        {
+            "model_level": {
+                "attacks": shadows,
+                "detectors": {"ae_mean": {}, "combined": {"exclude": ["ae_mean:paper_margn"]}},
+                "calibration": {"verdict": ["combined"]},
+            }
+        }
+    )
+    assert "model_level.detectors.combined.exclude names 'ae_mean:paper_margn'" in msg
+    assert "ae_mean:paper_margin" in msg
+    # the combined detector reads the others' statistics, never its own
+    msg = _one_problem(
+        {
+            "model_level": {
+                "attacks": shadows,
+                "detectors": {"ae_mean": {}, "combined": {"exclude": ["combined"]}},
+                "calibration": {"verdict": ["combined"]},
+            }
+        }
+    )
+    assert "exclude names 'combined'" in msg
+    msg = _one_problem({"model_level": {"calibration": {"paper_rule": "ae_mean:margin"}}})
+    assert "model_level.calibration.paper_rule names 'ae_mean:margin'" in msg
+
+
+def test_sample_level_figure_names_are_checked():
+    msg = _one_problem({"sample_level": {"figures": {"scatter": ["re", "cee"]}}})
+    assert "sample_level.figures.scatter names 'cee'" in msg and "re, ce" in msg
+    msg = _one_problem({"sample_level": {"figures": {"ablation": ["rae", "cea"]}}})
+    assert "sample_level.figures.ablation names 'cea'" in msg and "cae_plus" in msg

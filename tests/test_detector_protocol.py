@@ -53,8 +53,11 @@ def test_clone_gives_an_unfitted_copy_with_the_same_parameters(name, digits01):
     assert s.shape == (len(x),) and np.isfinite(s).all()
     flags = det.predict(x, y)
     assert flags.dtype == bool and flags.shape == (len(x),)
-    for sub in det.sub_scores(x, y).values():
+    subs = det.sub_scores(x, y)
+    for sub in subs.values():
         assert np.shape(sub) == (len(x),)
+    # what it emits is what the registry declares (the config's names are checked against that)
+    assert ("score", *subs) == registry.emits("sample", name)
 
 
 def test_parameters_are_validated_in_fit_not_in_init(digits01):

@@ -22,6 +22,8 @@ from poisondetect.population import (
     split_of,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: faster on one thread
+
 # -- metrics ----------------------------------------------------------------------------------
 
 
@@ -223,7 +225,7 @@ def _give_networks(records) -> None:
 
 
 @pytest.mark.parametrize("name", registry.names("model"))
-def test_every_detector_clones_and_round_trips_its_fitted_state(population, name):
+def test_every_detector_clones_emits_what_it_declares_and_round_trips(population, name):
     genuine, honest, attacked = population
     genuine.weights = {"classifier.weight": np.ones((2, 2))}
     for r in [*honest, attacked]:
@@ -243,11 +245,13 @@ def test_every_detector_clones_and_round_trips_its_fitted_state(population, name
             r.statistics = {"a": float(i), "b": float(i % 3)}
     det.fit(genuine, honest, **context)
     assert not [k for k in vars(clone(det)) if k.endswith("_")]  # clone is unfitted
+    # the statistics it emits are those the registry declares (the config's names are checked
+    # against that at plan time): the main score first, then the sub-scores
+    stats = det.statistics([attacked, *honest])
+    assert tuple(stats) == registry.emits("model", name)
     arrays, plain = fitted_state(det)
     restored = restore_fitted(registry.build("model", name, det.get_params()), arrays, plain)
-    np.testing.assert_array_equal(
-        restored.score_samples([attacked, *honest]), det.score_samples([attacked, *honest])
-    )
+    np.testing.assert_array_equal(restored.score_samples([attacked, *honest]), stats["score"])
 
 
 # -- population names, splits, seeds -------------------------------------------------------------

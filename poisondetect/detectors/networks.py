@@ -21,6 +21,8 @@ import hashlib
 import json
 from typing import Any
 
+from poisondetect.names import NETWORK_KINDS, regex
+
 # Parameter groups (each detector's constructor takes them as keyword arguments): the
 # auto-encoders' architecture and training, the CAE's classifier head, the run settings.
 AUTOENCODER = dict(
@@ -127,7 +129,14 @@ def networks(name: str, params: dict, **extra) -> dict[str, tuple[str, dict]]:
     return {}
 
 
+_HASH_CHARS = 12
+# what network_id returns (the workflow's {network} wildcard constraint)
+NETWORK_ID_PATTERN = rf"(?:{regex(NETWORK_KINDS)})-[0-9a-f]{{{_HASH_CHARS}}}"
+
+
 def network_id(kind: str, settings: dict) -> str:
     """A network's name: its kind and a short hash of its settings (equal settings, equal id)."""
+    if kind not in NETWORK_KINDS:
+        raise ValueError(f"unknown network kind {kind!r}; known: {', '.join(NETWORK_KINDS)}")
     text = json.dumps({"kind": kind, **settings}, sort_keys=True, default=str)
-    return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()[:_HASH_CHARS]}"

@@ -15,69 +15,119 @@ from poisondetect.errors import PoisonDetectError
 LEVELS = ("sample", "model")
 
 # name (a config key: sample_level.<name> / model_level.detectors.<name>, and the `detector` column
-# of the tables) -> (class, label in tables and figures). At the sample level the order is the
-# order of the stage's outputs.
-_REGISTRY: dict[str, dict[str, tuple[str | type, str]]] = {
+# of the tables) -> (class, label in tables and figures, the statistics it emits). At the sample
+# level the order is the order of the stage's outputs. The statistics are "score" (the main score:
+# ``score_samples``) and the names of ``sub_scores``; they are declared here, not read from the
+# class, so that the workflow checks the names a config uses at plan time without importing the
+# detectors (and torch); tests/test_detector_protocol.py checks them against what each class emits.
+_REGISTRY: dict[str, dict[str, tuple[str | type, str, tuple[str, ...]]]] = {
     "sample": {
-        "cae_plus": ("poisondetect.detectors.cae:CAEPlus", "CAE+"),
-        "cae": ("poisondetect.detectors.cae:CAE", "CAE"),
-        "rae": ("poisondetect.detectors.cae:RAE", "RAE"),
-        "od": ("poisondetect.detectors.baselines:OD", "OD"),
-        "magnet": ("poisondetect.detectors.baselines:MagNet", "MagNet"),
-        "magnet_reformer": ("poisondetect.detectors.baselines:MagNetReformer", "MagNet+reformer"),
+        "cae_plus": ("poisondetect.detectors.cae:CAEPlus", "CAE+", ("score", "re", "ce")),
+        "cae": ("poisondetect.detectors.cae:CAE", "CAE", ("score", "re", "ce")),
+        "rae": ("poisondetect.detectors.cae:RAE", "RAE", ("score",)),
+        "od": ("poisondetect.detectors.baselines:OD", "OD", ("score",)),
+        "magnet": ("poisondetect.detectors.baselines:MagNet", "MagNet", ("score", "e1", "e2")),
+        "magnet_reformer": (
+            "poisondetect.detectors.baselines:MagNetReformer",
+            "MagNet+reformer",
+            ("score", "e1", "e2"),
+        ),
         "spectral_signatures": (
             "poisondetect.detectors.spectral:SpectralSignatures",
             "Spectral signatures",
+            ("score",),
         ),
         "activation_clustering": (
             "poisondetect.detectors.spectral:ActivationClustering",
             "Activation clustering",
+            ("score", "d_small", "d_big"),
         ),
         "knn_sanitization": (
             "poisondetect.detectors.sanitization:KNNLabelSanitization",
             "kNN label sanitization",
+            ("score", "neighbour_disagreement", "neighbour_distance"),
         ),
-        "loss_filter": ("poisondetect.detectors.sanitization:LossFilter", "Loss filtering"),
+        "loss_filter": (
+            "poisondetect.detectors.sanitization:LossFilter",
+            "Loss filtering",
+            ("score", "margin", "loss"),
+        ),
     },
     "model": {
-        "ae_mean": ("poisondetect.detectors.model_level:AEMean", "ae_mean"),
-        "ae_class": ("poisondetect.detectors.model_level:AEClass", "ae_class"),
+        "ae_mean": (
+            "poisondetect.detectors.model_level:AEMean",
+            "ae_mean",
+            ("score", "paper_margin"),
+        ),
+        "ae_class": ("poisondetect.detectors.model_level:AEClass", "ae_class", ("score",)),
         "activation_drift": (
             "poisondetect.detectors.model_level:ActivationDrift",
             "activation_drift",
+            ("score", "worst_class"),
         ),
-        "weight_distance": ("poisondetect.detectors.model_level:WeightDistance", "weight_distance"),
-        "accuracy_drop": ("poisondetect.detectors.model_level:AccuracyDrop", "accuracy_drop"),
+        "weight_distance": (
+            "poisondetect.detectors.model_level:WeightDistance",
+            "weight_distance",
+            ("score", "last_layer"),
+        ),
+        "accuracy_drop": (
+            "poisondetect.detectors.model_level:AccuracyDrop",
+            "accuracy_drop",
+            ("score",),
+        ),
         "prediction_change": (
             "poisondetect.detectors.model_level:PredictionChange",
             "prediction_change",
+            ("score", "worst_class"),
         ),
-        "mahalanobis": ("poisondetect.detectors.model_level:Mahalanobis", "mahalanobis"),
-        "ae_class_profile": ("poisondetect.detectors.profiles:AEClassProfile", "ae_class_profile"),
+        "mahalanobis": (
+            "poisondetect.detectors.model_level:Mahalanobis",
+            "mahalanobis",
+            ("score", "worst_class"),
+        ),
+        "ae_class_profile": (
+            "poisondetect.detectors.profiles:AEClassProfile",
+            "ae_class_profile",
+            ("score", "peak"),
+        ),
         "drift_class_profile": (
             "poisondetect.detectors.profiles:DriftClassProfile",
             "drift_class_profile",
+            ("score",),
         ),
-        "prediction_flow": ("poisondetect.detectors.profiles:PredictionFlow", "prediction_flow"),
-        "combined": ("poisondetect.detectors.combined:Combined", "combined"),
+        "prediction_flow": (
+            "poisondetect.detectors.profiles:PredictionFlow",
+            "prediction_flow",
+            ("score", "largest"),
+        ),
+        "combined": ("poisondetect.detectors.combined:Combined", "combined", ("score",)),
         "trigger_inversion": (
             "poisondetect.detectors.trigger_inversion:TriggerInversion",
             "trigger_inversion",
+            ("score", "anomaly_index", "small_trigger"),
         ),
         "differential_trigger_inversion": (
             "poisondetect.detectors.trigger_inversion:DifferentialTriggerInversion",
             "differential_trigger_inversion",
+            ("score", "anomaly_index", "small_trigger"),
         ),
     },
 }
 
 
-def register(level: str, name: str, cls: str | type, label: str | None = None) -> None:
+def register(
+    level: str,
+    name: str,
+    cls: str | type,
+    label: str | None = None,
+    emits: tuple[str, ...] = ("score",),
+) -> None:
     """Add (or replace) a detector under ``name``; ``cls`` is a class or a "module:Class" string;
-    ``label`` names it in tables and figures (default: ``name``)."""
+    ``label`` names it in tables and figures (default: ``name``); ``emits`` the statistics it
+    emits ("score" and the names of its sub-scores)."""
     if level not in LEVELS:
         raise PoisonDetectError(f"unknown detector level {level!r}; expected one of {LEVELS}")
-    _REGISTRY[level][name] = (cls, label or name)
+    _REGISTRY[level][name] = (cls, label or name, tuple(emits))
 
 
 def unregister(level: str, name: str) -> None:
@@ -93,6 +143,15 @@ def label(level: str, name: str) -> str:
     """How tables and figures name a detector (its name when it is not registered)."""
     entry = _REGISTRY[level].get(name)
     return entry[1] if entry else name
+
+
+def emits(level: str, name: str) -> tuple[str, ...]:
+    """The statistics a registered detector emits: "score" (its main score) and the names of its
+    sub-scores (``detector:statistic`` in tables and configs; ``base.statistic_name``)."""
+    get_entry = _REGISTRY[level].get(name)
+    if get_entry is None:
+        get(level, name)  # the one-line error naming the known detectors
+    return get_entry[2]
 
 
 def get(level: str, name: str) -> type:
