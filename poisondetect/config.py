@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from poisondetect.data.formats import FORMATS
 from poisondetect.errors import PoisonDetectError
 from poisondetect.limits import read_npz
 
@@ -132,13 +133,22 @@ def validate_config(config: Mapping[str, Any], schema: dict | None = None) -> di
 
     Raises PoisonDetectError listing every invalid key (dotted path, value, what was expected).
     """
-    schema = load_schema() if schema is None else schema
+    schema = with_formats(load_schema() if schema is None else schema)
     cfg = copy.deepcopy(dict(config))
     _validate(cfg, schema)
     if expand_all(cfg):  # the blocks of the detectors `all` named get their defaults
         _validate(cfg, schema)
     _check_consistency(cfg)
     return canonical(cfg)
+
+
+def with_formats(schema: dict) -> dict:
+    """The schema with the data formats of the table of formats (``data.formats.FORMATS``) as the
+    allowed ``datasets.<name>.format`` (tests/test_names.py checks that the schema file lists
+    the same)."""
+    schema = copy.deepcopy(schema)
+    schema["$defs"]["dataset"]["properties"]["format"]["enum"] = list(FORMATS)
+    return schema
 
 
 def _validate(cfg: dict, schema: dict) -> None:
@@ -379,10 +389,6 @@ def figure_problems(sl: dict) -> list[str]:
     return problems
 
 
-# Formats whose number of classes is fixed (image folders: one class per folder).
-FIXED_CLASS_COUNTS = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10}
-
-
 def configured_classes(cfg: dict, dataset: str) -> list[tuple[str, int]]:
     """(config key, class index) of every class the enabled parts use on ``dataset``."""
     out = []
@@ -406,7 +412,8 @@ def _known_class_counts(cfg: dict, data_dir: Path | None) -> list[tuple[str, int
     Others (an image-folder archive not yet prepared) are checked by the prepare_data job."""
     known = []
     for name, spec in cfg.get("datasets", {}).items():
-        n, where = FIXED_CLASS_COUNTS.get(spec.get("format")), ""
+        fmt = FORMATS.get(spec.get("format"))
+        n, where = (fmt.classes if fmt else None), ""
         prepared = Path(data_dir) / f"{name}.npz" if data_dir is not None else None
         if n is None and prepared is not None and prepared.is_file():
             try:

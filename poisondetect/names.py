@@ -3,8 +3,9 @@
 The Snakemake rules build their wildcard constraints from these lists (``regex``), the command
 line takes its choices from them, the report its labels, and ``tests/test_names.py`` checks that
 the config schema's enums, the model registry, the data readers and the attacks agree with them.
-Adding an architecture, a data format or an attack starts here. Detector names live in
-``poisondetect.detectors.registry`` (the registry is their list). Nothing heavy is imported: the
+Adding an architecture or an attack starts here. Detector names live in
+``poisondetect.detectors.registry`` (the registry is their list), data formats in
+``poisondetect.data.formats`` (the table of formats). Nothing heavy is imported: the
 workflow plans with this module.
 """
 
@@ -13,8 +14,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from poisondetect.data.formats import FORMATS
+
 # -- data -----------------------------------------------------------------------------------------
-DATA_FORMATS = ("digits", "mnist", "fashion_mnist", "cifar10", "image_folder")
+DATA_FORMATS = tuple(FORMATS)  # the table of formats (poisondetect/data/formats.py) is their list
 
 # -- model level ----------------------------------------------------------------------------------
 ARCHS = ("cnn", "resnet18", "resnet152", "wrn28_10", "vgg16", "vgg19")

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from poisondetect.data import (
-    DATA_FORMATS,
     FASHION_MNIST_CLASSES,
+    FORMATS,
     load_prepared,
     prepare_dataset,
     read_dataset,
@@ -244,7 +244,7 @@ def test_cifar10_wrong_content(tmp_path: Path) -> None:
     (root / "data_batch_5").unlink()
     with pytest.raises(PoisonDetectError, match="missing data_batch_5") as err:
         read_dataset("cifar10", root)
-    assert DATA_FORMATS["cifar10"] in str(err.value)
+    assert FORMATS["cifar10"].description in str(err.value)
 
 
 # --------------------------------------------------------------------------- image folders
@@ -377,7 +377,7 @@ def test_missing_directory(tmp_path: Path, fmt: str) -> None:
     with pytest.raises(PoisonDetectError, match="does not exist") as err:
         read_dataset(fmt, missing)
     message = str(err.value)
-    assert str(missing) in message and DATA_FORMATS[fmt] in message
+    assert str(missing) in message and FORMATS[fmt].description in message
     assert "Nothing is downloaded" in message
 
 
@@ -387,7 +387,7 @@ def test_wrong_layout(tmp_path: Path) -> None:
     with pytest.raises(PoisonDetectError, match="missing train-images-idx3-ubyte") as err:
         read_dataset("mnist", tmp_path / "stuff")
     assert str(tmp_path / "stuff") in str(err.value)
-    assert DATA_FORMATS["mnist"] in str(err.value)
+    assert FORMATS["mnist"].description in str(err.value)
 
     flat = tmp_path / "flat"
     (flat / "cat").mkdir(parents=True)
@@ -432,3 +432,60 @@ def test_real_mnist() -> None:
         np.bincount(ds.y_test), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     )
     assert ds.x_train.max() == 1.0 and ds.x_train.min() == 0.0
+
+
+# --------------------------------------------------------------------------- a toy format
+
+
+def test_a_format_added_to_the_table_is_read_prepared_and_validated(tmp_path, monkeypatch):
+    """Adding a format is a reader and one entry of the table: read_dataset, prepare_dataset,
+    load_prepared, the config check and the layout errors take it from there (no other edit)."""
+    from poisondetect import config
+    from poisondetect.data import formats
+    from poisondetect.data.common import _layout_error, _Raw
+
+    def read_csv_pixels(path: Path, *, limits, seed: int = 0) -> _Raw:
+        """Toy: one CSV line per image, "split,label,16 pixels 0..255" (4x4 grey)."""
+        rows = [line.split(",") for line in path.read_text().splitlines() if line]
+        if not rows or any(len(r) != 18 for r in rows):
+            raise _layout_error("csv_pixels", path, "every line needs split, label, 16 pixels")
+        parts = {}
+        for split in ("train", "test"):
+            mine = [r for r in rows if r[0] == split]
+            x = np.array([[int(v) for v in r[2:]] for r in mine], np.uint8).reshape(-1, 1, 4, 4)
+            parts[split] = (x, np.array([int(r[1]) for r in mine], np.int64))
+        return _Raw("toy", "csv_pixels", *parts["train"], *parts["test"], ["a", "b"], 255)
+
+    monkeypatch.setitem(
+        formats.FORMATS,
+        "csv_pixels",
+        formats.DataFormat(read_csv_pixels, "a CSV file: split,label,16 pixels per line"),
+    )
+    rng = np.random.default_rng(0)
+    lines = [
+        ",".join([split, str(i % 2), *map(str, rng.integers(0, 256, 16))])
+        for split, n in (("train", 10), ("test", 4))
+        for i in range(n)
+    ]
+    (tmp_path / "toy.csv").write_text("\n".join(lines))
+
+    ds = read_dataset("csv_pixels", tmp_path / "toy.csv", channels=3)  # not its option: ignored
+    assert ds.x_train.shape == (10, 1, 4, 4) and ds.x_test.shape == (4, 1, 4, 4)
+    assert ds.x_train.dtype == np.float32 and 0 <= ds.x_train.min() and ds.x_train.max() <= 1
+    np.testing.assert_array_equal(ds.y_train, np.arange(10) % 2)
+    cached = prepare_dataset("csv_pixels", tmp_path / "toy.csv", tmp_path / "toy.npz", max_train=6)
+    loaded = load_prepared(tmp_path / "toy.npz")
+    assert len(loaded.y_train) == 6 and loaded.classes == ["a", "b"]
+    np.testing.assert_array_equal(loaded.x_train, cached.x_train)
+    # its layout errors quote its description; a missing path is refused before the reader runs
+    (tmp_path / "bad.csv").write_text("train,0,1\n")
+    with pytest.raises(PoisonDetectError, match="a CSV file: split,label,16 pixels per line"):
+        read_dataset("csv_pixels", tmp_path / "bad.csv")
+    with pytest.raises(PoisonDetectError, match="does not exist"):
+        read_dataset("csv_pixels", tmp_path / "missing.csv")
+    # the config accepts it (the schema's formats come from the table)
+    toy = {"format": "csv_pixels", "path": "toy.csv"}
+    cfg = config.validate_config({"datasets": {"digits": {"format": "digits"}, "toy": toy}})
+    assert cfg["datasets"]["toy"]["format"] == "csv_pixels"
+    with pytest.raises(PoisonDetectError, match="datasets.toy.format"):
+        config.validate_config({"datasets": {"toy": {"format": "csv_pixel"}}})

@@ -57,12 +57,13 @@ def test_schema_detectors_equal_the_registry():
 
 def test_code_registries_equal_the_names():
     from poisondetect.attacks.svm import KINDS
-    from poisondetect.data import DATA_FORMATS
+    from poisondetect.data import FORMATS
     from poisondetect.detectors.nets import ARCHITECTURES
     from poisondetect.models import ARCHITECTURES as MODEL_ARCHS
 
     assert tuple(MODEL_ARCHS) == names.ARCHS
-    assert tuple(DATA_FORMATS) == names.DATA_FORMATS
+    assert tuple(FORMATS) == names.DATA_FORMATS
+    assert all(callable(spec.read_function()) for spec in FORMATS.values())  # every reader exists
     assert tuple(KINDS) == names.SAMPLE_ATTACKS
     assert set(names.SAMPLE_DETECTOR_ARCHS) <= set(ARCHITECTURES)
 

@@ -10,8 +10,9 @@ Images come out as ``float32`` arrays shaped ``(N, C, H, W)`` with pixels in ``[
 as ``int64``. ``prepare_dataset`` reads a dataset once and writes a compact ``.npz`` cache (pixels
 as ``uint8`` plus the ``pixel_max`` they are divided by); ``load_prepared`` reads it back.
 
-The readers are modules of their own (``idx``, ``cifar``, ``image_folder``), ``common`` what they
-share; this module holds the public entry points, the prepared cache and the ``prepare_data`` stage.
+The readers are modules of their own (``digits``, ``idx``, ``cifar``, ``image_folder``), named by
+the one table of formats (``formats.FORMATS``), ``common`` what they share; this module holds the
+public entry points, the prepared cache and the ``prepare_data`` stage.
 """
 
 from __future__ import annotations
@@ -22,17 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from poisondetect.data.cifar import _read_cifar10
 from poisondetect.data.common import (
     CACHE_VERSION,
-    DATA_FORMATS,
     FASHION_MNIST_CLASSES,
     Dataset,
     _layout_error,
     _Raw,
 )
-from poisondetect.data.idx import _read_idx_dataset, read_idx
-from poisondetect.data.image_folder import _read_image_folder
+from poisondetect.data.formats import FORMATS, DataFormat
+from poisondetect.data.idx import read_idx
 from poisondetect.errors import PoisonDetectError
 from poisondetect.io import atomic_path
 from poisondetect.limits import (
@@ -43,8 +42,9 @@ from poisondetect.limits import (
 from poisondetect.seeds import stratified_subset as _stratified_subset
 
 __all__ = [
-    "DATA_FORMATS",
     "FASHION_MNIST_CLASSES",
+    "FORMATS",
+    "DataFormat",
     "Dataset",
     "load_prepared",
     "prepare",
@@ -64,7 +64,7 @@ def read_dataset(
     seed: int = 0,
     limits: Limits | Mapping | None = None,
 ) -> Dataset:
-    """Read a dataset in format ``fmt`` from ``path`` (see ``DATA_FORMATS``).
+    """Read a dataset in format ``fmt`` from ``path`` (``formats.FORMATS``: the formats).
 
     ``channels`` and ``image_size`` apply to ``image_folder`` only; ``test_fraction`` and ``seed``
     to ``digits`` only (it has no official split). ``limits``: the bounds of what is read
@@ -185,24 +185,19 @@ def _read_raw(
     limits: Limits | Mapping | None = None,
 ) -> _Raw:
     limits = resolve(limits)
-    if fmt not in DATA_FORMATS:
+    spec = FORMATS.get(fmt)
+    if spec is None:
         raise PoisonDetectError(
-            f"unknown dataset format {fmt!r}; known formats: {', '.join(DATA_FORMATS)}"
+            f"unknown dataset format {fmt!r}; known formats: {', '.join(FORMATS)}"
         )
-    if fmt == "digits":
-        raw = _read_digits(test_fraction, seed)
-    else:
+    if spec.needs_path:
         if path is None:
             raise _layout_error(fmt, path, "no path given")
         path = Path(path)
         if not path.exists():
             raise _layout_error(fmt, path, "does not exist")
-        if fmt in ("mnist", "fashion_mnist"):
-            raw = _read_idx_dataset(fmt, path, limits)
-        elif fmt == "cifar10":
-            raw = _read_cifar10(path, limits)
-        else:
-            raw = _read_image_folder(path, channels, image_size, limits)
+    options = dict(channels=channels, image_size=image_size, test_fraction=test_fraction, seed=seed)
+    raw = spec.read(fmt, path, limits, options)
     _check_raw(raw)
     return raw
 
@@ -227,35 +222,6 @@ def _check_max(name: str, value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise PoisonDetectError(f"{name} must be a positive integer or None, got {value!r}")
     return int(value)
-
-
-# --------------------------------------------------------------------------- digits
-
-
-def _read_digits(test_fraction: float, seed: int) -> _Raw:
-    from sklearn.datasets import load_digits
-
-    if not 0 < test_fraction < 1:
-        raise PoisonDetectError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    bunch = load_digits()
-    x = bunch.images.astype(np.uint8)[:, None]  # values 0..16
-    y = bunch.target.astype(np.int64)
-    test = np.zeros(len(y), dtype=bool)
-    n_test = round(len(y) * test_fraction)
-    test[_stratified_subset(y, n_test, np.random.default_rng(seed))] = True
-    return _Raw(
-        name="digits",
-        fmt="digits",
-        x_train=x[~test],
-        y_train=y[~test],
-        x_test=x[test],
-        y_test=y[test],
-        classes=[str(d) for d in range(10)],
-        pixel_max=16,
-    )
-
-
-# --------------------------------------------------------------------------- IDX (MNIST)
 
 
 def prepare(fmt: str, path: str | None, out: str, options: dict) -> None:

@@ -96,7 +96,8 @@ def _read_cifar_batch(path: Path, limits: Limits) -> tuple[np.ndarray, np.ndarra
     return data.reshape(-1, 3, 32, 32), y
 
 
-def _read_cifar10(directory: Path, limits: Limits) -> _Raw:
+def read_cifar10(directory: Path, *, limits: Limits) -> _Raw:
+    """CIFAR-10's python batches (the extracted cifar-10-batches-py directory)."""
     if not directory.is_dir():
         raise _layout_error("cifar10", directory, "not a directory")
     if not (directory / "batches.meta").exists() and (directory / "cifar-10-batches-py").is_dir():

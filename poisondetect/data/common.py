@@ -1,4 +1,4 @@
-"""What the data readers share: the formats, the data set record, layout errors."""
+"""What the data readers share: the data set record, the readers' output, layout errors."""
 
 from __future__ import annotations
 
@@ -8,23 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from poisondetect.errors import PoisonDetectError
-
-DATA_FORMATS: dict[str, str] = {
-    "digits": "scikit-learn's bundled 8x8 handwritten digits (sklearn.datasets.load_digits); "
-    "no path needed",
-    "mnist": "a directory holding the four IDX files train-images-idx3-ubyte, "
-    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte "
-    "(each plain or .gz), as in the original MNIST distribution",
-    "fashion_mnist": "a directory holding the four IDX files train-images-idx3-ubyte, "
-    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte "
-    "(each plain or .gz), e.g. /usr/share/datasets/fashion-mnist from Debian's "
-    "dataset-fashion-mnist package",
-    "cifar10": "the extracted cifar-10-batches-py directory (data_batch_1 ... data_batch_5, "
-    "test_batch and batches.meta, from cifar-10-python.tar.gz)",
-    "image_folder": "a directory, or a .tar / .tar.gz archive of it (optionally under one "
-    "top-level folder), holding train/<class>/<image> and test/<class>/<image> "
-    "(png, jpg, jpeg or bmp); classes are the sorted folder names, the same for train and test",
-}
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -93,8 +76,10 @@ class _Raw:
 
 
 def _layout_error(fmt: str, path: str | os.PathLike | None, problem: str) -> PoisonDetectError:
+    from poisondetect.data.formats import FORMATS
+
     return PoisonDetectError(
-        f"{path}: {problem}. Expected for format {fmt!r}: {DATA_FORMATS[fmt]}. "
+        f"{path}: {problem}. Expected for format {fmt!r}: {FORMATS[fmt].description}. "
         "Nothing is downloaded: point the config at a local copy of the data."
     )
 

@@ -109,7 +109,8 @@ def _read_idx_split(
     return images[:, None], labels.astype(np.int64)
 
 
-def _read_idx_dataset(fmt: str, directory: Path, limits: Limits) -> _Raw:
+def read_idx_dataset(directory: Path, *, fmt: str, limits: Limits) -> _Raw:
+    """An IDX data set (MNIST, Fashion-MNIST): the four files of its directory."""
     if not directory.is_dir():
         raise _layout_error(fmt, directory, "not a directory")
     x_train, y_train = _read_idx_split(fmt, directory, "train", limits)

@@ -159,8 +159,12 @@ def _decode_image(
         raise _layout_error("image_folder", source, f"cannot decode image {where} ({e})") from e
 
 
-def _read_image_folder(
-    path: Path, channels: int | None, image_size: int | None, limits: Limits
+def read_image_folder(
+    path: Path,
+    *,
+    limits: Limits,
+    channels: int | None = None,
+    image_size: int | None = None,
 ) -> _Raw:
     """An image folder (a directory or a tar archive, read as one stream): every member checked
     and decoded once, in one pass. (One function on purpose: a tar stream can be read only once,
