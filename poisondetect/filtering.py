@@ -3,7 +3,7 @@
 Reads the training set (``.npz`` with ``x``, ``y``; or an image folder / tar archive with two
 classes, via ``poisondetect.data``), takes the detector's settings from a workflow config (its
 ``sample_level.<detector>`` block and the shared ``autoencoders`` settings, schema defaults filled
-in), fits and scores with ``sample_level.stages.filter_points`` -- the workflow's own path -- and writes
+in), fits and scores with ``filter_points`` -- the workflow's own path (``sample_level.filters``) -- and writes
 the per-point CSV atomically. The training set is read within the config's ``limits`` (see
 ``poisondetect.limits``) before torch is imported: a file that is not what it claims to be is
 refused in a fraction of a second.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from poisondetect.limits import (
     read_npz,
     resolve,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def load_config(path: str | None) -> dict:
@@ -125,7 +129,6 @@ def run_filter(
 
     from poisondetect.detectors.nets import infer_image_shape
     from poisondetect.metrics import filter_metrics
-    from poisondetect.sample_level.stages import filter_points
 
     if arch is None:  # the conv nets for images (or flat square images), else dense
         try:
@@ -171,3 +174,27 @@ def run_filter(
         )
     summary["message"] = msg
     return summary
+
+
+def filter_points(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    detector: str,
+    params: dict,
+    shared: dict,
+    arch: str,
+    seed: int,
+    device: str,
+) -> pd.DataFrame:
+    """Fit a detector on a user's training set and score the same points, through the workflow's
+    own detector code (``sample_level.filters``): one row per point with ``index``, ``label``,
+    ``score``, the sub-scores and ``flagged``."""
+    import pandas as pd
+
+    from poisondetect.sample_level.filters import apply_detector, make_detector
+
+    det = make_detector(detector, params, shared, arch=arch, seed=seed, device=device)
+    out = apply_detector(det.fit(x, y), x, y)
+    flagged = out.pop("flagged")
+    return pd.DataFrame({"index": np.arange(len(y)), "label": y, **out, "flagged": flagged})

@@ -15,7 +15,8 @@ from poisondetect.detectors.networks import (
     network_id,
     networks,
 )  # noqa: E402
-from poisondetect.sample_level.stages import FILTER_FILES, NETWORK_FILE  # noqa: E402
+from poisondetect.sample_level.filters import FILTER_FILES  # noqa: E402
+from poisondetect.sample_level.networks import NETWORK_FILE  # noqa: E402
 
 with exit_on_user_error():  # an invalid config: one line, exit status 2
     _validated = validate_config(

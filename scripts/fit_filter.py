@@ -1,5 +1,5 @@
 from poisondetect.logs import run_logged
-from poisondetect.sample_level.stages import fit_filters
+from poisondetect.sample_level.filters import fit_filters
 
 sm = snakemake  # noqa: F821
 w = sm.wildcards

@@ -1,5 +1,5 @@
 from poisondetect.logs import run_logged
-from poisondetect.sample_level.stages import build_rounds
+from poisondetect.sample_level.poisoning import build_rounds
 
 sm = snakemake  # noqa: F821
 run_logged(

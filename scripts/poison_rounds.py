@@ -1,5 +1,5 @@
 from poisondetect.logs import run_logged
-from poisondetect.sample_level.stages import poison_all
+from poisondetect.sample_level.poisoning import poison_all
 
 sm = snakemake  # noqa: F821
 run_logged(

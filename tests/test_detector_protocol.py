@@ -16,7 +16,7 @@ from poisondetect.detectors.base import SampleDetector
 from poisondetect.detectors.spectral import ActivationClustering, SpectralSignatures
 from poisondetect.metrics import filter_metrics
 from poisondetect.sample_level.collection import collect
-from poisondetect.sample_level.stages import fit_filter
+from poisondetect.sample_level.filters import fit_filter
 
 FAST = {"epochs": 1, "rae_epochs": 1, "cae_epochs": 1, "batch_size": 32, "lr": 1e-2}
 

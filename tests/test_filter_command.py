@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from poisondetect.__main__ import main
 from poisondetect.attacks.svm import poison
 from poisondetect.rounds import make_rounds
-from poisondetect.sample_level.stages import fit_filter
+from poisondetect.sample_level.filters import fit_filter
 
 SETTINGS = {
     "autoencoders": {"batch_size": 32, "lr": 0.01},

@@ -53,7 +53,7 @@ def test_filtering_table_covers_the_grid(tiny_run):
 
 
 def test_poisoned_rounds_are_cached_with_their_masks(tiny_run):
-    from poisondetect.sample_level.stages import load_poisoned
+    from poisondetect.sample_level.poisoning import load_poisoned
 
     p = load_poisoned(tiny_run / "results/sample_level/digits_1v7/optimal/p3/seed0/poisoned.npz")
     n_rounds, n_train = SL["rounds"]["n_rounds"], SL["rounds"]["n_train"]

@@ -258,7 +258,7 @@ def test_filter_command_runs_them(detector, tmp_path, capsys):
 
 
 def test_loss_filter_takes_the_tasks_svm_unless_its_block_says_otherwise():
-    from poisondetect.sample_level.stages import make_detector
+    from poisondetect.sample_level.filters import make_detector
 
     task_svm = {"kernel": "rbf", "C": 2.0, "gamma": 0.5}
     det = make_detector(

@@ -10,8 +10,11 @@ import time
 import numpy as np
 
 from poisondetect.detectors.networks import network_id
+from poisondetect.sample_level.poisoning import fitting_set, load_poisoned
 
 log = logging.getLogger(__name__)
+
+NETWORK_FILE = "nets/{network}_{train_on}.safetensors"  # a network shared by the cell's detectors
 
 
 class NetworkStore:
@@ -61,7 +64,6 @@ def fit_network(
     """Fit one network (``network`` = (kind, settings), ``detectors.networks``) on the pooled
     first rounds of a cell, for every detector of the cell that is made of it."""
     from poisondetect.detectors.cae import save_network
-    from poisondetect.sample_level.stages import fitting_set, load_poisoned
 
     kind, settings = network
     x_fit, y_fit = fitting_set(load_poisoned(poisoned), train_on, n_detector_rounds)

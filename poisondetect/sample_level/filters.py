@@ -1,17 +1,11 @@
-"""Stages of the sample-level part (Razmi & Xiong, CAE / CAE+); each is called by one script.
+"""The sample-level detectors' stage (Razmi & Xiong, CAE / CAE+): ``fit_filters`` fits registered
+detectors (``detectors.registry``, level "sample"), each on the first rounds' pooled training data
+(contaminated or clean), then filters each evaluation round with it before the SVM is retrained.
+The networks they are made of come from ``sample_level.networks``. Nothing here depends on which
+detector it is.
 
-1. ``build_rounds``: class-balanced train / validation / test points for every periodic-update round.
-2. ``poison_all``: the attack's poisons added to every round's training set (cached, so that a
-   change of detector never recomputes an attack), with the undefended and clean SVM accuracies.
-3. ``fit_filters``: registered detectors (``detectors.registry``, level "sample"), each fitted on
-   the first rounds' pooled training data (contaminated or clean) and then used to filter each
-   evaluation round before the SVM is retrained; the networks they are made of come from
-   ``sample_level.networks``. Nothing here depends on which detector it is.
-
-``sample_level.collection`` gathers the tidy ``filtering.csv`` and the conclusions.
-
-``filter_points`` is the ``filter`` command's path through the same detector code. The tidy tables
-behind the figures are ``sample_level.analyses``. Result files hold no wall times (the jobs'
+``make_detector`` and ``apply_detector`` are also the ``filter`` command's path through the same
+detector code (``poisondetect.filtering``). Result files hold no wall times (the jobs'
 ``benchmark:`` files do), so a rerun on the same machine writes the same bytes.
 """
 
@@ -25,11 +19,9 @@ import numpy as np
 import pandas as pd
 
 from poisondetect.detectors.networks import networks
-from poisondetect.errors import PoisonDetectError
 from poisondetect.io import atomic_path, write_json
-from poisondetect.names import TRAIN_ON
 from poisondetect.sample_level.networks import NetworkStore
-from poisondetect.seeds import derive_seed
+from poisondetect.sample_level.poisoning import fitting_set, load_poisoned, svm_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -38,114 +30,6 @@ FILTER_FILES = {
     "scores": "filter/{detector}_{train_on}.parquet",
     "summary": "filter/{detector}_{train_on}.json",
 }
-NETWORK_FILE = "nets/{network}_{train_on}.safetensors"  # a network shared by the cell's detectors
-
-
-def svm_accuracy(x_tr, y_tr, x_te, y_te, params: dict) -> float:
-    """Test accuracy of an SVC retrained on (x_tr, y_tr); a one-class training set predicts that
-    class (filtering may remove every point of a class)."""
-    from sklearn.svm import SVC
-
-    if len(np.unique(y_tr)) < 2:
-        pred = np.full(len(y_te), y_tr[0] if len(y_tr) else 0)
-    else:
-        pred = SVC(**params).fit(x_tr, y_tr).predict(x_te)
-    return float((pred == y_te).mean())
-
-
-# -- stages -----------------------------------------------------------------------------------
-def build_rounds(data: str, out: str, *, classes: list[int], rounds: dict, seed: int) -> None:
-    from poisondetect.data import load_prepared
-    from poisondetect.rounds import make_rounds
-
-    ds = load_prepared(data)
-    flat = lambda x: x.reshape(len(x), -1)  # noqa: E731
-    r = make_rounds(
-        flat(ds.x_train),
-        ds.y_train,
-        flat(ds.x_test),
-        ds.y_test,
-        classes=tuple(classes),
-        n_rounds=rounds["n_rounds"],
-        n_train=rounds["n_train"],
-        n_val=rounds["n_val"],
-        n_test=rounds["n_test"],
-        seed=seed,
-    )
-    r.save(out)
-    log.info(
-        "%d rounds of %d train / %d val / %d test points, classes %s of %s",
-        rounds["n_rounds"],
-        rounds["n_train"],
-        rounds["n_val"],
-        rounds["n_test"],
-        classes,
-        ds.name,
-    )
-
-
-def poison_all(
-    rounds: str, out: str, *, attack: str, n_poison: int, svm: dict, optimal: dict, seed: int
-) -> None:
-    """Poison every round's training set; store it with the undefended and clean accuracies."""
-    from poisondetect.attacks.svm import poison
-    from poisondetect.rounds import Rounds
-
-    r = Rounds.load(rounds)
-    xs, ys, masks, kinds, acc_poisoned, acc_clean = [], [], [], [], [], []
-    t0 = time.perf_counter()
-    for i in range(r.n_rounds):
-        x, y, m, k = poison(
-            attack,
-            r.x_train[i],
-            r.y_train[i],
-            r.x_val[i],
-            r.y_val[i],
-            n_poison,
-            svm,
-            seed=derive_seed(seed, i),
-            **optimal,
-        )
-        xs.append(x), ys.append(y), masks.append(m), kinds.append(k)
-        acc_poisoned.append(svm_accuracy(x, y, r.x_test[i], r.y_test[i], svm))
-        acc_clean.append(svm_accuracy(r.x_train[i], r.y_train[i], r.x_test[i], r.y_test[i], svm))
-        if (i + 1) % max(1, r.n_rounds // 10) == 0 or i + 1 == r.n_rounds:
-            log.info(
-                "round %d/%d poisoned (%s, %d poisons): SVM accuracy %.3f (clean %.3f), %.1fs",
-                i + 1,
-                r.n_rounds,
-                attack,
-                n_poison,
-                acc_poisoned[-1],
-                acc_clean[-1],
-                time.perf_counter() - t0,
-            )
-    with atomic_path(out) as tmp:
-        np.savez(
-            tmp,
-            x=np.stack(xs),
-            y=np.stack(ys),
-            is_poison=np.stack(masks),
-            poison_kind=np.stack(kinds),
-            acc_undefended=np.array(acc_poisoned),
-            acc_clean=np.array(acc_clean),
-            x_test=r.x_test,
-            y_test=r.y_test,
-            x_clean=r.x_train,
-            y_clean=r.y_train,
-        )
-
-
-def load_poisoned(path: str) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except FileNotFoundError as e:
-        raise PoisonDetectError(f"{path} not found") from e
-    except Exception as e:  # truncated zip, bad header
-        raise PoisonDetectError(
-            f"{path} is corrupt or incomplete ({e}); delete it and rerun the poison_rounds job"
-        ) from e
 
 
 def make_detector(
@@ -174,19 +58,6 @@ def apply_detector(det, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
         "flagged": np.asarray(det.predict(x, y), dtype=bool),
         **det.sub_scores(x, y),
     }
-
-
-def fitting_set(P: dict, train_on: str, nd: int) -> tuple[np.ndarray, np.ndarray]:
-    """The pooled points of the first ``nd`` rounds the detectors learn from."""
-    if nd >= len(P["x"]):
-        raise PoisonDetectError(
-            f"n_detector_rounds = {nd} leaves no evaluation round of {len(P['x'])}"
-        )
-    if train_on not in TRAIN_ON:
-        raise PoisonDetectError(f"train_on must be one of {TRAIN_ON}, got {train_on!r}")
-    key = "" if train_on == "contaminated" else "_clean"
-    x, y = P[f"x{key}"][:nd], P[f"y{key}"][:nd]
-    return x.reshape(-1, x.shape[-1]), y.reshape(-1)
 
 
 def _filter_round(det, P: dict, i: int, svm: dict) -> tuple[pd.DataFrame, list[dict]]:
@@ -339,22 +210,3 @@ def fit_filters(
             network_store=store,
             **settings,
         )
-
-
-def filter_points(
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    detector: str,
-    params: dict,
-    shared: dict,
-    arch: str,
-    seed: int,
-    device: str,
-) -> pd.DataFrame:
-    """Fit a detector on a user's training set and score the same points (``filter`` command):
-    one row per point with ``index``, ``label``, ``score``, the sub-scores and ``flagged``."""
-    det = make_detector(detector, params, shared, arch=arch, seed=seed, device=device)
-    out = apply_detector(det.fit(x, y), x, y)
-    flagged = out.pop("flagged")
-    return pd.DataFrame({"index": np.arange(len(y)), "label": y, **out, "flagged": flagged})
