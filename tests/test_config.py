@@ -3,6 +3,7 @@ import yaml
 from conftest import REPO
 
 from poisondetect.config import SCHEMA_PATH, validate_config
+from poisondetect.detectors.registry import names as registry_names
 from poisondetect.errors import PoisonDetectError
 
 
@@ -204,3 +205,53 @@ def test_sample_level_figure_names_are_checked():
     assert "sample_level.figures.scatter names 'cee'" in msg and "re, ce" in msg
     msg = _one_problem({"sample_level": {"figures": {"ablation": ["rae", "cea"]}}})
     assert "sample_level.figures.ablation names 'cea'" in msg and "cae_plus" in msg
+
+
+def _schema_defaults(block: dict, schema: dict) -> dict:
+    """``key -> default`` of the properties of a schema block (YAML anchors merged, $refs
+    followed to their definitions' defaults)."""
+    out = {}
+    for key, node in block.get("properties", {}).items():
+        if "$ref" in node and "default" not in node:
+            node = schema["$defs"][node["$ref"].split("/")[-1]]
+        if "default" in node:
+            out[key] = node["default"]
+    return out
+
+
+def _plain(value):
+    """Tuples as lists (YAML has no tuples), recursively."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "level, name", [(lvl, n) for lvl in ("sample", "model") for n in registry_names(lvl)]
+)
+def test_schema_defaults_equal_the_detector_classes_defaults(level, name):
+    """Each default lives in the class (its constructor, e.g. ``detectors.networks.DEFAULTS``);
+    the schema repeats it to fill configs in, and must say the same. Settings a sample-level
+    detector shares with the others come from the ``autoencoders`` block."""
+    import inspect
+
+    from poisondetect.config import load_schema
+    from poisondetect.detectors import registry
+
+    schema = load_schema()
+    if level == "sample":
+        sl = schema["properties"]["sample_level"]["properties"]
+        blocks = [sl[name], sl["autoencoders"]]
+    else:
+        dets = schema["properties"]["model_level"]["properties"]["detectors"]
+        obj = next(b for b in dets["oneOf"] if b.get("type") == "object")
+        blocks = [obj["properties"][name]]
+    in_schema = {}
+    for block in reversed(blocks):  # the detector's own block wins
+        in_schema.update(_schema_defaults(block, schema))
+    params = inspect.signature(registry.get(level, name).__init__).parameters
+    in_class = {k: p.default for k, p in params.items() if k != "self"}
+    shared = set(in_schema) & set(in_class)
+    own = set(_schema_defaults(blocks[0], schema))
+    assert own <= set(in_class), f"schema keys the class does not take: {own - set(in_class)}"
+    assert {k: _plain(in_schema[k]) for k in shared} == {k: _plain(in_class[k]) for k in shared}
