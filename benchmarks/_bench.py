@@ -112,6 +112,19 @@ def run_workflow(workdir: Path, configfile: Path, cores: int, log: Callable[[str
     return seconds
 
 
+def stage_of(rel: Path, part: str, classify: Callable[[Path], str | None]) -> str | None:
+    """The stage of a benchmark TSV (``rel``: its path relative to results/benchmarks) of the
+    ``part`` (model_level or sample_level) a benchmark times: prepare_data, ``report`` for the
+    collection, ``classify(rel)`` for the part's own jobs, None for what the benchmark skips."""
+    if rel.parts[0] == "prepare_data":
+        return "prepare_data"
+    if rel.parts[0] != part:
+        return None
+    if rel.stem == "collect":
+        return "report"
+    return classify(rel)
+
+
 def read_benchmarks(workdir: Path, stage_of: Callable[[Path], str | None]) -> pd.DataFrame:
     """One row per ``benchmark:`` TSV under ``workdir/results/benchmarks`` with its stage name.
 

@@ -46,6 +46,7 @@ The work directory (default /tmp/poisondetect-bench/model_level_<dataset>) recei
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ from _bench import (  # noqa: E402
     finish_benchmark,
     fmt,
     has_cuda,
+    stage_of,
     start_benchmark,
 )
 
@@ -243,14 +245,9 @@ def build_config(args: argparse.Namespace, s: dict) -> dict:
     }
 
 
-def stage_of(rel: Path) -> str | None:
+def model_stage(rel: Path) -> str | None:
+    """The stage of a model-level job's benchmark TSV (``_bench.stage_of`` does the rest)."""
     name = rel.stem
-    if rel.parts[0] == "prepare_data":
-        return "prepare_data"
-    if rel.parts[0] != "model_level":
-        return None
-    if name == "collect":
-        return "report"
     if name.startswith("finetune_honest_sampled"):
         return "finetune_sampled"
     if name.startswith("finetune_honest"):
@@ -361,7 +358,8 @@ def main(argv=None) -> None:
             f"{fmt(row[('attack_success_test', 'max')] * 100, '.0f')}]"
         )
     log("")
-    finish_benchmark(log, work, stage_of, STAGES, "collect_model_level", t_start)
+    stages = functools.partial(stage_of, part="model_level", classify=model_stage)
+    finish_benchmark(log, work, stages, STAGES, "collect_model_level", t_start)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ The work directory (default /tmp/poisondetect-bench/sample_level_mnist) receives
 from __future__ import annotations
 
 import argparse
+import functools
+import re
 import sys
 import time
 from pathlib import Path
@@ -53,10 +55,12 @@ from _bench import (  # noqa: E402
     finish_benchmark,
     fmt,
     pts,
+    stage_of,
     start_benchmark,
 )
 
 from poisondetect.detectors import registry  # noqa: E402
+from poisondetect.detectors.networks import NETWORK_ID_PATTERN  # noqa: E402
 
 TASK = "mnist_4v0"
 ATTACKS = ["flip", "optimal", "semi_optimal", "mixed"]
@@ -199,24 +203,18 @@ def network_label(work: Path, rel: Path, what: str) -> str:
 def stage_of_in(work: Path):
     """The stage of a benchmark TSV (path relative to results/benchmarks) of the run in ``work``."""
 
-    def stage_of(rel: Path) -> str | None:
+    def sample_stage(rel: Path) -> str | None:
         name = rel.stem
-        if rel.parts[0] == "prepare_data":
-            return "prepare_data"
-        if rel.parts[0] != "sample_level":
-            return None
-        if name == "collect":
-            return "report"
         if name in ("make_rounds", "poison_rounds"):
             return name
         if name.startswith("fit_"):  # fit_{network}_{train_on} or fit_{detector}_{train_on}
             what = name[4:].rsplit("_", 1)[0]
-            if what.split("-")[0] in ("rae", "cae") and "-" in what:
+            if re.fullmatch(NETWORK_ID_PATTERN, what):
                 return network_label(work, rel, what)
             return f"filter:{what}"
         return None
 
-    return stage_of
+    return functools.partial(stage_of, part="sample_level", classify=sample_stage)
 
 
 NETWORK_STAGES = [
