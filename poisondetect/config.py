@@ -365,8 +365,8 @@ def statistic_problems(ml: dict) -> list[str]:
 
 
 def figure_problems(sl: dict) -> list[str]:
-    """The sample-level figures' names: detectors that are registered, and sub-scores that the
-    figures' detector emits (``registry.emits``)."""
+    """The sample-level figures' names: detectors that are registered, sub-scores that the
+    figures' detector emits (``registry.emits``) and a parameter of its config block."""
     from poisondetect.detectors import registry
 
     known = registry.names("sample")
@@ -386,6 +386,12 @@ def figure_problems(sl: dict) -> list[str]:
             for name in fig["scatter"]
             if name not in subs
         ]
+        params = sorted(sl.get(fig["detector"]) or {})  # its config block, defaults filled in
+        if fig["sweep_param"] not in params:
+            problems.append(
+                f"sample_level.figures.sweep_param = '{fig['sweep_param']}' is not a parameter "
+                f"of {fig['detector']}; known: {', '.join(params) or 'none'}"
+            )
     return problems
 
 

@@ -205,6 +205,8 @@ def test_sample_level_figure_names_are_checked():
     assert "sample_level.figures.scatter names 'cee'" in msg and "re, ce" in msg
     msg = _one_problem({"sample_level": {"figures": {"ablation": ["rae", "cea"]}}})
     assert "sample_level.figures.ablation names 'cea'" in msg and "cae_plus" in msg
+    msg = _one_problem({"sample_level": {"figures": {"sweep_param": "alpa"}}})
+    assert "sample_level.figures.sweep_param = 'alpa'" in msg and "alpha" in msg
 
 
 def _schema_defaults(block: dict, schema: dict) -> dict:
