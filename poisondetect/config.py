@@ -321,16 +321,18 @@ def _sample_level_problems(sl: dict, declared: set[str]) -> list[str]:
     return problems
 
 
-def _unknown_statistic(key: str, name: str, emitted: dict[str, tuple[str, ...]]) -> str | None:
+def _unknown_statistic(
+    key: str, name: str, emitted: dict[str, tuple[str, ...]], whose: str = "configured"
+) -> str | None:
     """A problem when ``name`` (``detector`` or ``detector:statistic``) is not among what the
-    detectors ``emitted`` (name -> the statistics it emits) emit; None when it is."""
+    ``whose`` detectors ``emitted`` (name -> the statistics it emits) emit; None when it is."""
     from poisondetect.detectors.base import parse_statistic, statistic_name
 
     detector, statistic = parse_statistic(name)
     if statistic in emitted.get(detector, ()):
         return None
     known = [statistic_name(d, s) for d, stats in emitted.items() for s in stats]
-    return f"{key} names '{name}', which no configured detector emits; known: {', '.join(known)}"
+    return f"{key} names '{name}', which no {whose} detector emits; known: {', '.join(known)}"
 
 
 def statistic_problems(ml: dict) -> list[str]:
@@ -349,7 +351,10 @@ def statistic_problems(ml: dict) -> list[str]:
     registered = {d: registry.emits("model", d) for d in registry.names("model")}
     problems.append(
         _unknown_statistic(
-            "model_level.calibration.paper_rule", ml["calibration"]["paper_rule"], registered
+            "model_level.calibration.paper_rule",
+            ml["calibration"]["paper_rule"],
+            registered,
+            "registered",
         )
     )
     read = {
@@ -358,7 +363,9 @@ def statistic_problems(ml: dict) -> list[str]:
     for detector, block in ml["detectors"].items():
         if "statistics" in registry.get("model", detector).needs:
             problems += [
-                _unknown_statistic(f"model_level.detectors.{detector}.exclude", name, read)
+                _unknown_statistic(
+                    f"model_level.detectors.{detector}.exclude", name, read, "other configured"
+                )
                 for name in (block or {}).get("exclude", [])
             ]
     return [p for p in problems if p]
