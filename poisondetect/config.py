@@ -278,6 +278,8 @@ def _model_level_problems(ml: dict) -> list[str]:
                     f"model_level.detectors.{name} learns from shadow attacks: set "
                     "model_level.attacks.shadow_replicates >= 1 (or leave the detector out)"
                 )
+    from poisondetect.detectors.registry import statistic_problems
+
     problems += statistic_problems(ml)
     atk = ml["attacks"]
     if atk["target_class"] == atk["attacker_class"] != "random":
@@ -311,6 +313,8 @@ def _sample_level_problems(sl: dict, declared: set[str]) -> list[str]:
                 f"sample_level.run_tasks names '{name}', which is not declared under "
                 f"sample_level.tasks (declared: {', '.join(sorted(sl['tasks'])) or 'none'})"
             )
+    from poisondetect.detectors.registry import figure_problems
+
     problems += figure_problems(sl)
     r = sl["rounds"]
     if r["n_detector_rounds"] >= r["n_rounds"]:
@@ -318,87 +322,6 @@ def _sample_level_problems(sl: dict, declared: set[str]) -> list[str]:
             "sample_level.rounds.n_detector_rounds must be smaller than n_rounds "
             "(the remaining rounds evaluate the detectors)"
         )
-    return problems
-
-
-def _unknown_statistic(
-    key: str, name: str, emitted: dict[str, tuple[str, ...]], whose: str = "configured"
-) -> str | None:
-    """A problem when ``name`` (``detector`` or ``detector:statistic``) is not among what the
-    ``whose`` detectors ``emitted`` (name -> the statistics it emits) emit; None when it is."""
-    from poisondetect.detectors.base import parse_statistic, statistic_name
-
-    detector, statistic = parse_statistic(name)
-    if statistic in emitted.get(detector, ()):
-        return None
-    known = [statistic_name(d, s) for d, stats in emitted.items() for s in stats]
-    return f"{key} names '{name}', which no {whose} detector emits; known: {', '.join(known)}"
-
-
-def statistic_problems(ml: dict) -> list[str]:
-    """Every detector statistic the model level names, checked before anything runs against what
-    the detectors emit (``registry.emits``): ``calibration.verdict`` and the ``exclude`` list of a
-    detector that reads the others' statistics against the configured detectors,
-    ``calibration.paper_rule`` against every registered one (calibration skips it when its
-    detector is not configured)."""
-    from poisondetect.detectors import registry
-
-    configured = {d: registry.emits("model", d) for d in ml["detectors"]}
-    problems = [
-        _unknown_statistic("model_level.calibration.verdict", name, configured)
-        for name in ml["calibration"]["verdict"]
-    ]
-    registered = {d: registry.emits("model", d) for d in registry.names("model")}
-    problems.append(
-        _unknown_statistic(
-            "model_level.calibration.paper_rule",
-            ml["calibration"]["paper_rule"],
-            registered,
-            "registered",
-        )
-    )
-    read = {
-        d: v for d, v in configured.items() if "statistics" not in registry.get("model", d).needs
-    }
-    for detector, block in ml["detectors"].items():
-        if "statistics" in registry.get("model", detector).needs:
-            problems += [
-                _unknown_statistic(
-                    f"model_level.detectors.{detector}.exclude", name, read, "other configured"
-                )
-                for name in (block or {}).get("exclude", [])
-            ]
-    return [p for p in problems if p]
-
-
-def figure_problems(sl: dict) -> list[str]:
-    """The sample-level figures' names: detectors that are registered, sub-scores that the
-    figures' detector emits (``registry.emits``) and a parameter of its config block."""
-    from poisondetect.detectors import registry
-
-    known = registry.names("sample")
-    fig = sl["figures"]
-    problems = [
-        f"sample_level.figures.{key} names '{name}', which is not a sample-level detector; "
-        f"known: {', '.join(known)}"
-        for key, names_ in (("detector", [fig["detector"]]), ("ablation", fig["ablation"]))
-        for name in names_
-        if name not in known
-    ]
-    if fig["detector"] in known:
-        subs = [s for s in registry.emits("sample", fig["detector"]) if s != "score"]
-        problems += [
-            f"sample_level.figures.scatter names '{name}', which is not a sub-score of "
-            f"{fig['detector']}; known: {', '.join(subs) or 'none'}"
-            for name in fig["scatter"]
-            if name not in subs
-        ]
-        params = sorted(sl.get(fig["detector"]) or {})  # its config block, defaults filled in
-        if fig["sweep_param"] not in params:
-            problems.append(
-                f"sample_level.figures.sweep_param = '{fig['sweep_param']}' is not a parameter "
-                f"of {fig['detector']}; known: {', '.join(params) or 'none'}"
-            )
     return problems
 
 

@@ -177,3 +177,82 @@ def build(level: str, name: str, params: dict | None = None, **extra):
         accepted = set(cls._get_param_names())
         extra = {k: v for k, v in extra.items() if k in accepted}
     return cls(**{**extra, **(params or {})})
+
+
+# -- the names a configuration uses, checked against the registry when the run is planned --------
+# (called by config.validate_config; plain data in, one problem line per wrong name out)
+
+
+def _unknown_statistic(
+    key: str, name: str, emitted: dict[str, tuple[str, ...]], whose: str = "configured"
+) -> str | None:
+    """A problem when ``name`` (``detector`` or ``detector:statistic``) is not among what the
+    ``whose`` detectors ``emitted`` (name -> the statistics it emits) emit; None when it is."""
+    from poisondetect.detectors.base import parse_statistic, statistic_name  # sklearn: lazily
+
+    detector, statistic = parse_statistic(name)
+    if statistic in emitted.get(detector, ()):
+        return None
+    known = [statistic_name(d, s) for d, stats in emitted.items() for s in stats]
+    return f"{key} names '{name}', which no {whose} detector emits; known: {', '.join(known)}"
+
+
+def statistic_problems(ml: dict) -> list[str]:
+    """Every detector statistic the model level names, checked before anything runs against what
+    the detectors emit (``registry.emits``): ``calibration.verdict`` and the ``exclude`` list of a
+    detector that reads the others' statistics against the configured detectors,
+    ``calibration.paper_rule`` against every registered one (calibration skips it when its
+    detector is not configured)."""
+    configured = {d: emits("model", d) for d in ml["detectors"]}
+    problems = [
+        _unknown_statistic("model_level.calibration.verdict", name, configured)
+        for name in ml["calibration"]["verdict"]
+    ]
+    registered = {d: emits("model", d) for d in names("model")}
+    problems.append(
+        _unknown_statistic(
+            "model_level.calibration.paper_rule",
+            ml["calibration"]["paper_rule"],
+            registered,
+            "registered",
+        )
+    )
+    read = {d: v for d, v in configured.items() if "statistics" not in get("model", d).needs}
+    for detector, block in ml["detectors"].items():
+        if "statistics" in get("model", detector).needs:
+            problems += [
+                _unknown_statistic(
+                    f"model_level.detectors.{detector}.exclude", name, read, "other configured"
+                )
+                for name in (block or {}).get("exclude", [])
+            ]
+    return [p for p in problems if p]
+
+
+def figure_problems(sl: dict) -> list[str]:
+    """The sample-level figures' names: detectors that are registered, sub-scores that the
+    figures' detector emits (``registry.emits``) and a parameter of its config block."""
+    known = names("sample")
+    fig = sl["figures"]
+    problems = [
+        f"sample_level.figures.{key} names '{name}', which is not a sample-level detector; "
+        f"known: {', '.join(known)}"
+        for key, names_ in (("detector", [fig["detector"]]), ("ablation", fig["ablation"]))
+        for name in names_
+        if name not in known
+    ]
+    if fig["detector"] in known:
+        subs = [s for s in emits("sample", fig["detector"]) if s != "score"]
+        problems += [
+            f"sample_level.figures.scatter names '{name}', which is not a sub-score of "
+            f"{fig['detector']}; known: {', '.join(subs) or 'none'}"
+            for name in fig["scatter"]
+            if name not in subs
+        ]
+        params = sorted(sl.get(fig["detector"]) or {})  # its config block, defaults filled in
+        if fig["sweep_param"] not in params:
+            problems.append(
+                f"sample_level.figures.sweep_param = '{fig['sweep_param']}' is not a parameter "
+                f"of {fig['detector']}; known: {', '.join(params) or 'none'}"
+            )
+    return problems
