@@ -110,6 +110,18 @@ def write_config(workdir: Path, config: dict) -> Path:
     return path
 
 
+def pytest_sessionstart(session):
+    """One torch thread in the test process: the tests' networks are tiny, and on a shared 2-core
+    machine a second thread per process spins against the other processes (a test that takes 2 s
+    alone took minutes beside a running workflow). Jobs and commands the tests start as
+    subprocesses keep their own settings."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a test module: tiny networks run faster, and the CPU is shared."""

@@ -22,8 +22,6 @@ from poisondetect.population import (
     split_of,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: faster on one thread
-
 # -- metrics ----------------------------------------------------------------------------------
 
 
