@@ -64,6 +64,7 @@ def test_profile_is_yaml_mapping(name):
     assert load(name)
 
 
+@pytest.mark.workflow  # runs `snakemake --help`
 @pytest.mark.parametrize("name", NAMES)
 def test_every_key_is_a_snakemake_option(name, cli_options):
     unknown = sorted(key for key in load(name) if key.lstrip("-") not in cli_options)
