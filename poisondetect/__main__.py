@@ -90,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="architecture, when the checkpoint carries no metadata (default: the genuine model's)",
     )
+    a.add_argument(
+        "--expect-digest",
+        default=None,
+        metavar="HEX",
+        help="the bundle's digest as your own run recorded it (results/model_level/bundles.csv); "
+        "default: that bundles.csv when it lies above the bundle, else none, and then integrity "
+        "is checked against the file itself only (a bundle edited and re-digested passes that)",
+    )
     _device_and_json(a)
     f = sub.add_parser(
         "filter",
@@ -126,15 +134,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def format_audit(r: dict) -> str:
-    """The audit result: the bundle's digest, one line per detector statistic with its calibrated
-    threshold, the calibrated verdict, and the paper's rule on a line of its own."""
-    guaranteed = r["guaranteed_fpr"] * 100
+    """The audit result: the bundle's digest and what it was checked against, one line per
+    detector statistic with its calibrated threshold, the calibrated verdict with its p-value and
+    the false-alarm rate its calibration guarantees, and the paper's rule on a line of its own."""
     w = max(len(d["detector"]) for d in r["detectors"]) + 2  # the name column fits the longest
     lines = [
         f"model {r['model']}: {r['n_trigger']} trigger images",
-        f"detector bundle digest {r['bundle_digest']} (compare with the one the workflow logged)",
-        f"calibrated thresholds: requested false-alarm rate {r['fpr'] * 100:g}%; the honest "
-        f"models they were set on can guarantee at most {guaranteed:.3g}% per threshold",
+        f"detector bundle digest {r['bundle_digest']}: {r['integrity']}",
         f"  {'detector':<{w}}{'score':>12}{'threshold':>12}{'p-value':>9}  flagged",
     ]
     for d in r["detectors"]:
@@ -143,11 +149,23 @@ def format_audit(r: dict) -> str:
             f"{mark} {d['detector']:<{w}}{d['score']:>12.5g}{d['threshold']:>12.5g}"
             f"{d['pvalue']:>9.3f}  {'yes' if d['flagged'] else 'no'}"
         )
-    by = ", ".join(r["flagged_by"]) or "none of them flags"
+    by = f"; most extreme on: {', '.join(r['flagged_by'])}" if r["flagged_by"] else ""
     lines.append(
-        f"calibrated verdict: {r['verdict']} (from the detectors marked *: "
-        f"{', '.join(r['verdict_from'])}; flagged by: {by})"
+        f"calibrated verdict: {r['verdict']} (one test over the statistics marked *: p-value "
+        f"{r['verdict_pvalue']:.3f} among {r['n_honest']} honest models{by})"
     )
+    rate = (
+        f"false-alarm rate this calibration guarantees: {r['guaranteed_fpr'] * 100:.3g}% "
+        f"(requested {r['fpr'] * 100:g}%"
+    )
+    if r["fpr_reachable"]:
+        rate += ")"
+    else:
+        rate += (
+            f", out of reach with {r['n_honest']} honest models: {r['replicates_needed']} are "
+            "needed; add sampled honest fine-tunes, model_level.finetune.sampled.replicates)"
+        )
+    lines.append(rate)
     if "paper" in r:
         p = r["paper"]
         lines.append(
@@ -170,7 +188,14 @@ def _audit(args: argparse.Namespace) -> tuple[dict, str, int]:
     set_limits(configured_limits(None, args.limit))
     from poisondetect.model_level.audit import audit
 
-    result = audit(args.bundle, args.model, args.data, args.device, arch=args.arch)
+    result = audit(
+        args.bundle,
+        args.model,
+        args.data,
+        args.device,
+        arch=args.arch,
+        expect_digest=args.expect_digest,
+    )
     return result, format_audit(result), EXIT_POISONED if result["flagged"] else EXIT_OK
 
 

@@ -27,7 +27,8 @@ TINY_CONFIG = {
             "lr": 0.003,
             "lr_milestones": [0.7],
         },
-        "finetune": {"replicates": 2, "variants": {"paper": {"epochs": 2}}},
+        # 3 fitting replicates and 1 held out: enough for the verdict to flag an extreme model
+        "finetune": {"replicates": 4, "variants": {"paper": {"epochs": 2}}},
         "attacks": {
             "epochs": [2],
             "fraction": [0.5],
@@ -38,7 +39,11 @@ TINY_CONFIG = {
         },
         "autoencoder": {"hidden": [16], "latent": 4, "epochs": 10, "batch_size": 32},
         # the default verdict's trigger inversion is not among these detectors
-        "calibration": {"bootstrap": 200, "verdict": ["ae_class", "prediction_change:worst_class"]},
+        "calibration": {
+            "bootstrap": 200,
+            "fit_share": 0.75,
+            "verdict": ["ae_class", "prediction_change:worst_class"],
+        },
         # every detector but mahalanobis: tests/test_reruns.py adds it to a finished run
         "detectors": {
             "ae_mean": {},
