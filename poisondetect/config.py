@@ -225,7 +225,7 @@ def _model_level_problems(ml: dict) -> list[str]:
     problems = []
     variants, atk_cfg = ml["finetune"]["variants"], ml["attacks"]
     reference = ml["finetune"]["reference_variant"]
-    has_sampled = ml["finetune"]["sampled"]["replicates"] > 0
+    has_sampled = ml["finetune"]["sampled"]["replicates"] not in (0, None)
     known = [*variants, *(["sampled"] if has_sampled else [])]
     if reference not in known and _uses_reference(ml["detectors"]):
         problems.append(

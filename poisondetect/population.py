@@ -106,10 +106,59 @@ _DRAW_CODES = {"honest": 101, "pair": 102}  # seed streams of a model's draws
 
 
 def honest_replicates(ml: dict, variant: str) -> int:
-    """How many honest fine-tunes of ``variant`` a cell has."""
+    """How many honest fine-tunes of ``variant`` a cell has (the sampled null's ``auto``:
+    ``sampled_for_calibration``)."""
     if variant == SAMPLED:
-        return ml["finetune"]["sampled"]["replicates"]
+        n = ml["finetune"]["sampled"]["replicates"]
+        return sampled_for_calibration(ml) if n == "auto" else n
     return ml["finetune"]["replicates"]
+
+
+def calibration_needs(ml: dict) -> int:
+    """Honest fitting replicates the verdict needs to reach ``calibration.fpr``
+    (``metrics.replicates_needed`` for its number of statistics)."""
+    from poisondetect.metrics import replicates_needed
+
+    return replicates_needed(ml["calibration"]["fpr"], len(ml["calibration"]["verdict"]))
+
+
+def n_fit_honest(ml: dict, scenario: str) -> int:
+    """The honest fitting replicates of a cell in ``scenario``, every variant's together."""
+    share = ml["calibration"]["fit_share"]
+    return sum(n_fit(honest_replicates(ml, v), share) for v in honest_variants(ml, scenario))
+
+
+def calibration_warning(ml: dict) -> str | None:
+    """What the workflow says at plan time when a cell's honest fitting replicates cannot give
+    the verdict the configured false-alarm rate: the rate they guarantee, and how to reach it."""
+    from poisondetect.metrics import guaranteed_fpr
+
+    need, fpr = calibration_needs(ml), ml["calibration"]["fpr"]
+    have = min(n_fit_honest(ml, s) for s in ml["scenarios"])
+    if have >= need:
+        return None
+    return (
+        f"model_level.calibration.fpr = {fpr:g}: {have} honest fitting replicates per cell "
+        f"guarantee the verdict a false-alarm rate of {guaranteed_fpr(max(have, 1), fpr):.3g} at "
+        f"best; the {len(ml['calibration']['verdict'])} verdict statistic(s) need {need} "
+        "(model_level.finetune.sampled.replicates: auto sizes the sampled null for it)"
+    )
+
+
+def sampled_for_calibration(ml: dict) -> int:
+    """The smallest sampled null whose fitting replicates, with the named variants' (those with
+    data: unseen left out: a standard scenario has none), reach ``calibration_needs``."""
+    share = ml["calibration"]["fit_share"]
+    named = sum(
+        n_fit(ml["finetune"]["replicates"], share)
+        for spec in ml["finetune"]["variants"].values()
+        if spec["data"] != "unseen"
+    )
+    need = max(1, calibration_needs(ml) - named)
+    r = 2
+    while n_fit(r, share) < need:
+        r += 1
+    return r
 
 
 def honest_variants(ml: dict, scenario: str) -> list[str]:

@@ -1,6 +1,7 @@
 # Shared set-up: config validation (with defaults), the grid, path patterns, wildcard constraints
 # (from poisondetect.names) and resources. (The Snakefile makes the package importable.)
 import os
+import sys
 
 from poisondetect import names, population  # noqa: E402
 from poisondetect.config import (
@@ -33,6 +34,10 @@ ML = config["model_level"]
 SL = config["sample_level"]
 ML_POPULATIONS = population.describe_populations(ML)  # the captions' prose
 GPU = config["resources"]["gpu_jobs"]
+# the verdict's calibration: too few honest fitting replicates for the configured rate is said
+# before any job runs (and again, with the rate reached, in every cell's calibrate log)
+if ML["enabled"] and population.calibration_warning(ML):
+    print(f"warning: {population.calibration_warning(ML)}", file=sys.stderr)
 
 # One directory per model-level grid cell.
 ML_CELL = "results/model_level/{dataset}/{arch}/{scenario}/seed{seed}"

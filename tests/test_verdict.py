@@ -98,3 +98,33 @@ def test_verdict_rows_score_fitting_replicates_out_of_sample():
     margin = v["value"] - v["calibrated_threshold"]
     assert ((margin > 0) == v["calibrated_flagged"]).all()
     assert (v["guaranteed_fpr"] <= 0.05).all()
+
+
+def _ml(sampled, verdict=("ae_class", "prediction_flow:largest"), fpr=0.05):
+    from poisondetect.config import validate_config
+
+    cfg = {
+        "model_level": {
+            "finetune": {"sampled": {"replicates": sampled}},
+            "calibration": {"verdict": list(verdict), "fpr": fpr},
+        }
+    }
+    return validate_config(cfg)["model_level"]
+
+
+@pytest.mark.parametrize(
+    "fpr, verdict",
+    [(0.05, ["ae_class"]), (0.05, ["ae_class", "prediction_flow:largest"]), (0.1, ["ae_class"])],
+)
+def test_auto_sizes_the_sampled_null_to_reach_the_rate(fpr, verdict):
+    from poisondetect import population as P
+
+    ml = _ml("auto", verdict, fpr)
+    need = replicates_needed(fpr, len(verdict))
+    scenario = ml["scenarios"][0]
+    assert P.n_fit_honest(ml, scenario) >= need
+    assert P.calibration_warning(ml) is None
+    fewer = _ml(P.honest_replicates(ml, "sampled") - 2, verdict, fpr)
+    assert P.n_fit_honest(fewer, scenario) < need  # the smallest null that does
+    warning = P.calibration_warning(fewer)
+    assert f"need {need}" in warning and "auto" in warning

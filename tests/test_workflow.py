@@ -145,7 +145,9 @@ def test_audit_reproduces_the_workflow_scores(tiny_run):
         assert out["verdict_from"] == verdict
         assert out["verdict_pvalue"] == pytest.approx(detection.loc[model, "verdict_pvalue"])
         assert out["flagged"] == bool(detection.loc[model, "verdict_flagged"])
-        assert out["guaranteed_fpr"] == pytest.approx(detection.loc[model, "verdict_guaranteed_fpr"])
+        assert out["guaranteed_fpr"] == pytest.approx(
+            detection.loc[model, "verdict_guaranteed_fpr"]
+        )
         assert proc.returncode == (3 if out["flagged"] else 0)  # 3: POISONED
         text = _audit(tiny_run, tiny_run / CELL / f"models/{model}.safetensors").stdout
         assert "calibrated verdict:" in text and "paper's rule" in text and "p-value" in text

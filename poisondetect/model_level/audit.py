@@ -64,12 +64,13 @@ def _check_calibration(bundle: str, cal: dict) -> None:
 
     fpr = cal.get("fpr")
     if not _is_number(fpr) or not 0 < fpr < 1:
-        raise _bad_bundle(bundle, f"its calibration.fpr must be a number in (0, 1), got {fpr!r:.40}")
+        raise _bad_bundle(
+            bundle, f"its calibration.fpr must be a number in (0, 1), got {fpr!r:.40}"
+        )
     for key, kind, what in (
         ("thresholds", dict, "a mapping"),
         ("verdict", list, "a list of statistic names"),
-        ("honest_models", list, "a list of model names (bundles older than this release "
-         "lack it)"),
+        ("honest_models", list, "a list of model names (bundles older than this release lack it)"),
     ):
         _check_type(bundle, f"calibration.{key}", cal.get(key), kind, what)
     honest = cal["honest_models"]
