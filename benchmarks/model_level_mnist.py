@@ -131,6 +131,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--replicates", type=int, help="evaluated replicates of every attacked population"
     )
     p.add_argument("--sampled", type=int, help="size of the sampled honest null")
+    p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="a sampled null sized for the verdict's rate (finetune.sampled.replicates: auto: "
+        "39 honest fitting replicates for two statistics at 5 %%, as many held out)",
+    )
     p.add_argument("--fractions", type=float, nargs="+", help="shares of the target class attacked")
     p.add_argument(
         "--optimizer",
@@ -172,6 +178,8 @@ def settings(args: argparse.Namespace) -> tuple[str, dict]:
             s[key] = getattr(args, key)
     if args.finetune_epochs is not None:
         s["attack_epochs"] = [args.finetune_epochs]
+    if args.calibration:
+        s["sampled"] = "auto"
     return preset, s
 
 
@@ -308,6 +316,46 @@ def roc_report(roc: pd.DataFrame, log: Report) -> None:
         log("")
 
 
+def _ci(k: int, n: int) -> str:
+    from poisondetect.metrics import clopper_pearson
+
+    lo, hi = clopper_pearson(k, n)
+    return f"{k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}]" if n else "-"
+
+
+def verdict_report(det: pd.DataFrame, min_success: float, log: Report) -> None:
+    """The audit's verdict: effective attacks detected and held-out honest models flagged (exact
+    intervals), the rate its calibration guarantees, and which honest recipes raise its false
+    alarms (every honest model, each judged out of sample, by hp_* setting)."""
+    honest = det[det["role"] == "honest"]
+    held = honest[honest["split"] == "heldout"]
+    att = det[det["split"] == "attack"]
+    eff = att[att["attack_success_test"] >= min_success]
+    log("The verdict (one statistic over calibration.verdict, one threshold):")
+    log(f"  effective attacks detected : {_ci(int(eff['verdict_flagged'].sum()), len(eff))}")
+    log(f"  all attacks detected       : {_ci(int(att['verdict_flagged'].sum()), len(att))}")
+    log(f"  held-out honest flagged    : {_ci(int(held['verdict_flagged'].sum()), len(held))}")
+    rate = held["verdict_guaranteed_fpr"].max() if len(held) else float("nan")
+    log(f"  rate its calibration guarantees: {rate:.3f}")
+    for (kind, frac), g in eff.groupby(["attack", "fraction"]):
+        log(f"    {kind} {frac * 100:g}% effective: {_ci(int(g['verdict_flagged'].sum()), len(g))}")
+    hp = [c for c in honest.columns if c.startswith("hp_")]
+    if hp:
+        log("  honest models flagged (fitting replicates against the others) by recipe:")
+    for col in hp:
+        v = honest[col]
+        if pd.api.types.is_numeric_dtype(v) and v.nunique() > 4:
+            bins = pd.qcut(v, 3, duplicates="drop")
+        else:
+            bins = v.astype(str)
+        parts = [
+            f"{b}: {int(g['verdict_flagged'].sum())}/{len(g)}"
+            for b, g in honest.groupby(bins, observed=True)
+        ]
+        log(f"    {col:<18} " + "; ".join(parts))
+    log("")
+
+
 def detector_costs(work: Path, n_models: int, log: Report) -> None:
     """Seconds per model of every detector's scoring job (fit on M, score every model)."""
     root = work / "results" / "benchmarks" / "model_level"
@@ -346,6 +394,7 @@ def main(argv=None) -> None:
     roc = pd.read_csv(work / "results" / "model_level" / "roc.csv")
     roc_report(roc, log)
     det = pd.read_csv(work / "results" / "model_level" / "detection.csv")
+    verdict_report(det, float(roc["min_success"].iloc[0]), log)
     detector_costs(work, len(det), log)
     acc = det.groupby(["split", "variant", "attack", "fraction"], dropna=False)[
         ["accuracy", "attack_success", "attack_success_test"]

@@ -42,6 +42,24 @@ def test_model_level_benchmark_config(tmp_path, preset, optimizer, dataset):
         assert ml["attacks"]["epochs"] == [25, 50]  # the paper's epochs
 
 
+def test_model_level_calibration_preset_sizes_the_null_for_the_verdict(tmp_path):
+    from poisondetect import population
+    from poisondetect.metrics import guaranteed_fpr
+
+    bench = _load("model_level_mnist")
+    args = bench.parse_args(["--quick", "--calibration", "--data", str(tmp_path)])
+    _, s = bench.settings(args)
+    ml = validate_config(bench.build_config(args, s))["model_level"]
+    fit = population.n_fit_honest(ml, "new_data")
+    held = (
+        sum(population.honest_replicates(ml, v) for v in population.honest_variants(ml, "new_data"))
+        - fit
+    )
+    assert guaranteed_fpr(fit, 0.05) <= 0.05 and fit >= population.calibration_needs(ml)
+    assert held >= 40  # the false-alarm rate measured on at least 40 held-out honest models
+    assert population.calibration_warning(ml) is None
+
+
 def test_model_level_benchmark_default_optimizer_is_sgd(tmp_path):
     bench = _load("model_level_mnist")
     assert bench.parse_args(["--data", str(tmp_path)]).optimizer == "sgd"

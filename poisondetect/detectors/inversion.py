@@ -27,6 +27,7 @@ class Inversion:
     success: np.ndarray  # (P,) attack success of the kept mask on all the arm's images
     masks: np.ndarray  # (P, H, W) float32 in [0, 1]
     patterns: np.ndarray  # (P, C, H, W) float32 in [0, 1]
+    steps_run: int = 0  # optimisation steps taken (fewer than ``steps`` once every arm stopped)
 
     @property
     def best(self) -> int:
@@ -190,6 +191,7 @@ def invert_triggers(
     window = torch.zeros(p, device=dev)
     stale = torch.zeros(p, dtype=torch.long, device=dev)  # windows without a smaller trigger
     done = torch.zeros(p, dtype=torch.bool, device=dev)  # arms stopped (converged)
+    steps_run = 0
     for step in range(steps):
         if step == prune_after and label_specific:
             # K-Arm's idea: from here on, only each target's most promising arm (the source with
@@ -227,6 +229,7 @@ def invert_triggers(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        steps_run = step + 1
         with torch.no_grad():
             window[active] += hit.reshape(a, b).float().mean(1)
             if (step + 1) % patience == 0:  # Neural Cleanse's bookkeeping, once per window
@@ -277,4 +280,5 @@ def invert_triggers(
         success=np.where(found.cpu().numpy(), success, 0.0),
         masks=best_mask[:, 0].cpu().numpy(),
         patterns=best_pattern.cpu().numpy(),
+        steps_run=steps_run,
     )
