@@ -267,7 +267,9 @@ def test_networks_are_not_modified(models):
 
 def test_converged_arms_stop_and_the_trigger_found_is_the_same(models):
     params = {**FAST, "steps": 300, "prune_after": 60}
-    full = TriggerInversion(**params).fit(models["genuine"]).invert(models["backdoored"])
+    full = (
+        TriggerInversion(**params, converge=0).fit(models["genuine"]).invert(models["backdoored"])
+    )
     fast = TriggerInversion(**params, converge=3).fit(models["genuine"])
     early = fast.invert(models["backdoored"])
     assert full.steps_run == 300 and early.steps_run < 300  # every arm stopped before the end

@@ -23,12 +23,20 @@ so far) is optimised further (K-Arm's pruning: with 10 classes and the defaults,
 cost of optimising all 90 arms throughout).
 
 - ``TriggerInversion``: the suspicious model alone.
-- ``DifferentialTriggerInversion``: the smallest patch that moves the suspicious model to the
-  target while M does not follow it: ``reference_weight * -log(1 - p_M(target | x'))`` is added to
-  the loss, an image counts as a success only if M does not predict the target on it, and images M
-  already assigns to the target are left out. Natural shortcuts that M shares cost as much as in M,
-  so only what the fine-tune added stays cheap; M itself scores 0. The fitted state holds M's
-  weights (as ``weight_distance`` does), so a restored detector needs no other file.
+- ``DifferentialTriggerInversion``, the suspicious model against M, in one of two modes.
+  ``shared`` (the default): M is inverted once, when the detector is fitted, and each model's
+  smallest trigger per target class is divided by M's for the same class; the statistics below
+  are taken over these ratios. A natural shortcut M already has is as cheap in M and cancels;
+  only what the fine-tune made cheaper stands out; a model costs one inversion, as with
+  ``TriggerInversion``. ``joint``: the smallest patch that moves the suspicious model to the
+  target while M does not follow it: ``reference_weight * -log(1 - p_M(target | x'))`` is added
+  to the loss, an image counts as a success only if M does not predict the target on it, and
+  images M already assigns to the target are left out (M in every step: twice the cost). M
+  itself scores 0 in both. The fitted state holds M's norms (shared) or weights (joint), so a
+  restored detector needs no other file.
+
+Every arm stops once it has a trigger and ``converge`` windows of ``patience`` steps have not
+shrunk it (``detectors/inversion.py``, where the optimisation lives).
 
 Statistics, from each target class's smallest norm (over its arms; higher = more suspicious; none
 reads the configured target or attacker class):
@@ -80,7 +88,7 @@ PARAMS = {
     "patience": 10,  # steps between two cost updates
     "success_threshold": 0.95,  # attack success a mask needs to count as a trigger
     "prune_after": 100,  # steps of every arm before only each target's best arm goes on
-    "converge": 0,  # an arm stops after this many windows without a smaller trigger (0: never)
+    "converge": 3,  # an arm stops after this many windows without a smaller trigger (0: never)
     "converge_tol": 0.02,  # what counts as smaller: by more than this share of its norm
     "seed": 0,
     "device": "auto",
@@ -216,7 +224,9 @@ class TriggerInversion(ModelDetector):
 class DifferentialTriggerInversion(TriggerInversion):
     """Trigger inversion against M. ``reference_mode="shared"`` (the default): M is inverted
     once, at fit, and each model's smallest trigger per target is divided by M's for the same
-    target (what the fine-tune made cheaper than it was in M; M's natural shortcuts cancel);
+    target (what the fine-tune made cheaper than it was in M; M's natural shortcuts cancel), the
+    score how far the smallest ratio lies below the median ratio (a fine-tune that cheapens
+    every target alike moves the median too);
     ``"joint"``: the smallest patch that moves the suspicious model while M does not follow it
     (M in every step's loss: twice the cost per model). Statistics as ``TriggerInversion``'s,
     on the ratios in shared mode."""
@@ -263,7 +273,9 @@ class DifferentialTriggerInversion(TriggerInversion):
         med, low, t = float(np.median(ratio)), float(ratio.min()), int(np.argmin(ratio))
         mad = max(MAD_SCALE * float(np.median(np.abs(ratio - med))), MAD_FLOOR * med, 1e-12)
         return {
-            "score": 1.0 - low,
+            # against the model's own median ratio: a fine-tune that makes every trigger cheaper
+            # (a high learning rate) moves all ratios alike, a backdoor one target's
+            "score": 1.0 - low / max(med, 1e-12),
             "anomaly_index": (med - low) / mad,
             "small_trigger": 1.0 - norms[t] / float(np.prod(inv.masks.shape[1:])),
         }
