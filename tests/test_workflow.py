@@ -68,8 +68,12 @@ def test_scores_and_roc_tables(tiny_run):
     assert (roc["n_honest"] == 2).all()
     assert (roc.loc[roc["attacks"] == "all", "n_attacked"] == 2).all()
     main = roc[~roc["detector"].str.contains(":")]
+    pops, fams = main[main["scope"] == "population"], main[main["scope"] == "family"]
     # detectors x attacks x honest variants (paper, all) x subsets (all, effective)
-    assert len(main) == len(ML_CONFIG["detectors"]) * 2 * 2 * 2
+    assert len(pops) == len(ML_CONFIG["detectors"]) * 2 * 2 * 2
+    # per family (kind): detectors x kinds x subsets, against every honest fine-tune
+    assert len(fams) == len(ML_CONFIG["detectors"]) * 2 * 2
+    assert set(fams["honest_variant"]) == {"all"} and fams["fraction"].isna().all()
 
 
 def test_tables_figures_and_logs_exist(tiny_run):

@@ -24,6 +24,11 @@ def _column(row) -> str:
     return population_label(spec)
 
 
+def _populations(roc: pd.DataFrame) -> pd.DataFrame:
+    """roc.csv's rows per attack population (not its per-family rows, scope family)."""
+    return roc[roc["scope"] == "population"] if "scope" in roc else roc
+
+
 def _attack_label(kind: str, fraction: float, epochs: int) -> str:
     return population_label(
         ModelSpec("", "attack", attack=kind, fraction=fraction, epochs=int(epochs))
@@ -95,7 +100,7 @@ def model_level_tables(detection_csv: str, roc_csv: str, out: dict[str, str]) ->
             "= \\mu + \\sigma$ of one honest fine-tune's errors.",
             "tab:detection",
         )
-    roc = pd.read_csv(roc_csv)
+    roc = _populations(pd.read_csv(roc_csv))
     r = roc[roc["honest_variant"] == "all"].copy()
     r["population"] = [
         f"{_attack_label(k, f, e)} ({subset})"
@@ -229,7 +234,7 @@ def model_level_roc_figures(
     import seaborn as sns
 
     sel = {"dataset": dataset, "arch": arch, "scenario": scenario}
-    roc = pd.read_csv(roc_csv)
+    roc = _populations(pd.read_csv(roc_csv))
     roc = roc[
         (roc[list(sel)] == pd.Series(sel)).all(axis=1)
         & (roc["honest_variant"] == "all")
