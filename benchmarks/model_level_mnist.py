@@ -39,7 +39,7 @@ Settings
            of each named honest variant, a sampled null of 30 (2-10 epochs), auto-encoder 60
            epochs: a 2-core CPU.
   --families  (with either) every attack family (flip, pattern, badnets, blend, wanet,
-           clean_label) on 10 % and 50 % of the target class's budget, at strengths where each
+           clean_label, adaptive) on 10 % and 50 % of the target class's budget, at strengths where each
            likely works (FAMILIES), attackers' recipes sampled.
 Any of --max-train, --width, --genuine-epochs, --finetune-epochs, --replicates, --sampled,
 --fractions overrides a preset. The script also prints each detector's AUROC per attack family
@@ -71,7 +71,7 @@ from _bench import (  # noqa: E402
     start_benchmark,
 )
 
-from poisondetect.names import attack_label  # noqa: E402
+from poisondetect.names import MODEL_ATTACKS, attack_label  # noqa: E402
 
 STAGES = [
     "prepare_data",
@@ -104,7 +104,7 @@ PRESETS = {
 # (a 28x28 grey image): the fractions are shares of the target class, so the all-to-one kinds
 # poison as many images as the source-specific ones (1 % and 5 % of the training set at 0.1, 0.5)
 FAMILIES = dict(
-    kinds=["flip", "pattern", "badnets", "blend", "wanet", "clean_label"],
+    kinds=list(MODEL_ATTACKS),  # every registered kind
     fractions=[0.1, 0.5],
     strengths={
         "badnets_distance": 2,
@@ -115,6 +115,10 @@ FAMILIES = dict(
         "clean_label_eps": 0.3,
         "clean_label_steps": 10,
         "clean_label_value": 1.0,
+        "adaptive_steps": 200,
+        "adaptive_feature_weight": 1.0,
+        "adaptive_mask_weight": 0.01,
+        "adaptive_cover": 0.5,
     },
 )
 DATASETS = {
@@ -169,7 +173,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--families",
         action="store_true",
         help="every attack family of the registry (flip, pattern, badnets, blend, wanet, "
-        "clean_label) at strengths where it likely works, on 10 %% and 50 %% of the target "
+        "clean_label, adaptive) at strengths where it likely works, on 10 %% and 50 %% of the target "
         "class's budget (--fractions overrides)",
     )
     p.add_argument(

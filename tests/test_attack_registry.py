@@ -26,16 +26,31 @@ def data():
     return x, y
 
 
-def _poison(kind, x, y, seed=3, **extra):
-    return registry.get(kind).poison(
+@pytest.fixture(scope="module")
+def net():
+    """A small random CNN with a ``classifier`` layer, for the kinds that attack M."""
+    torch = pytest.importorskip("torch")
+    from poisondetect.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("cnn", 1, 5, 12, width=0.1).eval()
+
+
+def _poison(kind, x, y, seed=3, instance=None, **extra):
+    k = instance or registry.get(kind)
+    return k.poison(
         x, y, target_class=2, attacker_class=4, fraction=0.5, seed=seed, num_classes=5, **extra
     )
+
+
+def _with_model(kind, net):
+    return {"model": net, "adaptive_steps": 5} if registry.get(kind).needs_model else {}
 
 
 def test_the_names_come_from_the_registry():
     assert list(names.MODEL_ATTACKS) == KINDS
     assert KINDS[:2] == ["flip", "pattern"]
-    assert {"badnets", "blend", "wanet", "clean_label"} <= set(KINDS)
+    assert {"badnets", "blend", "wanet", "clean_label", "adaptive"} <= set(KINDS)
     for kind in KINDS:
         name = population.attack_name(kind, 0.5, 10, 3)
         spec = population.parse_model(name)
@@ -81,18 +96,24 @@ def test_flip_and_pattern_give_what_they_gave_before(data):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_kind_poisons_its_budget_reproducibly(kind, data):
+def test_every_kind_poisons_its_budget_reproducibly(kind, data, net):
     x, y = data
     x0 = x.copy()
-    a, again, other = _poison(kind, x, y), _poison(kind, x, y), _poison(kind, x, y, seed=4)
+    m = _with_model(kind, net)
+    a, again = _poison(kind, x, y, **m), _poison(kind, x, y, **m)
+    other = _poison(kind, x, y, seed=4, **m)
     np.testing.assert_array_equal(x, x0)  # inputs untouched
     np.testing.assert_array_equal(a.x, again.x)
     np.testing.assert_array_equal(a.attacked, again.attacked)
     assert not np.array_equal(a.attacked, other.attacked)
     assert len(a.attacked) == 20  # round(0.5 x 40 images of the target class)
     untouched = np.setdiff1d(np.arange(len(y)), a.attacked)
-    np.testing.assert_array_equal(a.x[untouched], x[untouched])
     np.testing.assert_array_equal(a.y[untouched], y[untouched])
+    if kind == "adaptive":  # and 10 cover images of other classes: triggered, true labels
+        cover = untouched[(a.x[untouched] != x[untouched]).any(axis=(1, 2, 3))]
+        assert len(cover) == 10 and not np.isin(y[cover], [2, 4]).any()
+        untouched = np.setdiff1d(untouched, cover)
+    np.testing.assert_array_equal(a.x[untouched], x[untouched])
     assert a.x.dtype == np.float32 and a.x.min() >= 0 and a.x.max() <= 1
     src = y[a.attacked]
     kind_obj = registry.get(kind)
@@ -107,17 +128,18 @@ def test_every_kind_poisons_its_budget_reproducibly(kind, data):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_success_is_measured_on_the_models_own_trigger(kind, data):
-    """The test images carry the trigger the training images got (the same seed), from the
-    source classes only, and success counts the attacker's class."""
+def test_success_is_measured_on_the_models_own_trigger(kind, data, net):
+    """The test images carry the trigger the training images got (the same seed; an optimised
+    trigger: the one of the instance that poisoned), from the source classes only, and success
+    counts the attacker's class."""
     x, y = data
     k = registry.get(kind)
+    a = _poison(kind, x, y, instance=k, **_with_model(kind, net))
     opts = dict(target_class=2, attacker_class=4, seed=3)
     xt = k.success_images(x, y, **opts)
     src = y == 2 if k.sources == "target" else y != 4
     assert len(xt) == src.sum()
-    if kind in ("badnets", "blend", "wanet"):  # a fixed trigger: the training images' one
-        a = _poison(kind, x, y)
+    if kind in ("badnets", "blend", "wanet", "adaptive"):  # a fixed trigger: the training one
         pos = np.flatnonzero(src)
         both = np.intersect1d(pos, a.attacked)
         np.testing.assert_allclose(xt[np.searchsorted(pos, both)], a.x[both], atol=1e-6)
@@ -229,3 +251,57 @@ def test_blend_trigger_is_arts_insert_image_blend(data, tmp_path):
     )
     ours = registry.get("blend").trigger(x[:6], seed=5, blend_alpha=alpha)
     np.testing.assert_allclose(ours, theirs, atol=2.5 / 255)  # PIL's 8-bit rounding
+
+
+def test_adaptive_trigger_is_optimised_against_m(data):
+    """The optimised trigger sends M's triggered target-class images towards the attacker's
+    class (logit and penultimate activations) more than the same mask with a random pattern,
+    leaves M unchanged, and needs M."""
+    import torch
+
+    from poisondetect.attacks.registry import _penultimate
+
+    class Small(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Flatten(), torch.nn.Linear(144, 16), torch.nn.ReLU()
+            )
+            self.classifier = torch.nn.Linear(16, 5)
+
+        def forward(self, z):
+            return self.classifier(self.body(z))
+
+    _, y = data
+    rng = np.random.default_rng(0)
+    x = np.clip(rng.normal(0.1 + 0.15 * y[:, None, None, None], 0.08, (len(y), 1, 12, 12)), 0, 1)
+    x = x.astype(np.float32)
+    torch.manual_seed(0)
+    net = Small()
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        opt.step()
+    net.eval()
+    before = [p.detach().clone() for p in net.parameters()]
+    k = registry.get("adaptive")
+    _poison("adaptive", x, y, instance=k, model=net, adaptive_steps=60)
+    assert all(torch.equal(p, q) for p, q in zip(before, net.parameters(), strict=True))
+    assert k.mask_.shape == (1, 12, 12) and k.pattern_.shape == (1, 12, 12)
+    src = x[y == 2]
+    rand = np.random.default_rng(0).random(k.pattern_.shape, dtype=np.float32)
+    with torch.no_grad():
+        mu = _penultimate(net, torch.from_numpy(x[y == 4]))[1].mean(0)
+
+        def towards(z):
+            logits, feats = _penultimate(net, torch.from_numpy(z))
+            return float(logits.softmax(1)[:, 4].mean()), float(((feats - mu) ** 2).sum(1).mean())
+
+        p_opt, d_opt = towards(k.trigger(src, seed=3))
+        p_rand, d_rand = towards(np.clip((1 - k.mask_) * src + k.mask_ * rand, 0, 1))
+    assert p_opt > p_rand and d_opt < d_rand
+    with pytest.raises(PoisonDetectError, match="against M"):
+        _poison("adaptive", x, y)
+    with pytest.raises(PoisonDetectError, match="poison"):
+        registry.get("adaptive").trigger(x, seed=0)

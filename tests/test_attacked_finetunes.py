@@ -101,7 +101,9 @@ def test_every_kind_fine_tunes_through_the_stage(cell, sampled):
 
     d, train, trigger = cell
     block = {k: v for k, v in ML["attacks"].items() if k not in ("kinds", "epochs", "fraction")}
-    block.update(target_class=1, attacker_class=7, pattern_size=3, clean_label_steps=2)
+    block.update(
+        target_class=1, attacker_class=7, pattern_size=3, clean_label_steps=2, adaptive_steps=10
+    )
     recipe = {**SAMPLED, "epochs": [1, 1], "batch_size": [64], "data": ["all"]}
     models = [population.attack_name(k, 0.5, 1, 0) for k in registry.names()]
     for m in models:

@@ -381,6 +381,115 @@ class CleanLabel(Attack):
         return out
 
 
+def _penultimate(model, x):
+    """M's logits and penultimate activations (the input of ``model.classifier``)."""
+    feats = []
+    hook = model.classifier.register_forward_pre_hook(lambda _m, inp: feats.append(inp[0]))
+    try:
+        logits = model(x)
+    finally:
+        hook.remove()
+    return logits, feats[0].flatten(1)
+
+
+class Adaptive(Attack):
+    """An attack adapted to this workflow's detectors: a source-specific trigger optimised
+    against M, so that the fine-tune has little to change, plus cover images."""
+
+    name = "adaptive"
+    label = "Adaptive"
+    description = (
+        "adaptive, source-specific: a blended trigger (mask and pattern) optimised against M so "
+        "that M already sends triggered target-class images towards the attacker's class and "
+        "their penultimate activations onto the attacker class's mean (the fine-tune then moves "
+        "M's activations, its class profiles and its weights little), with an L1 penalty on the "
+        "mask; plus cover images (TaCT, Tang et al. 2021): the trigger on images of other classes "
+        "with their true labels, so only the target class flows to the attacker's"
+    )
+    settings = {
+        "adaptive_steps": 100,
+        "adaptive_feature_weight": 1.0,
+        "adaptive_mask_weight": 0.01,
+        "adaptive_cover": 0.5,
+    }
+    needs_model = True
+
+    def trigger(self, x, *, seed, **_):
+        if not hasattr(self, "mask_"):
+            raise PoisonDetectError("adaptive: the trigger is optimised by poison() first")
+        return np.clip((1 - self.mask_) * x + self.mask_ * self.pattern_, 0, 1).astype(x.dtype)
+
+    def poison(self, x, y, *, target_class, attacker_class, fraction, seed, num_classes=None,
+               model=None, device="cpu", **block):  # fmt: skip
+        _check_classes(y, attacker_class, num_classes)
+        if model is None:
+            raise PoisonDetectError("adaptive: the attack optimises its trigger against M")
+        opts = self.options(block)
+        rng = np.random.default_rng(seed)
+        idx = self.choose(y, target_class, attacker_class, fraction, rng)
+        self.optimise(x, y, model, target_class, attacker_class, seed=seed, device=device, **opts)
+        others = np.flatnonzero((y != target_class) & (y != attacker_class))
+        n_cover = min(int(round(opts["adaptive_cover"] * len(idx))), len(others))
+        cover = np.sort(rng.choice(others, size=n_cover, replace=False))
+        x2 = x.copy()
+        both = np.concatenate([idx, cover])
+        x2[both] = self.trigger(x[both], seed=seed)
+        # the cover images keep their true labels; only the poisons count as attacked
+        return AttackedSet(x=x2, y=self.relabel(y, idx, attacker_class), attacked=idx)
+
+    def optimise(self, x, y, model, target_class, attacker_class, *, seed, device,
+                 adaptive_steps, adaptive_feature_weight, adaptive_mask_weight, **_):  # fmt: skip
+        """Fit the mask (1, H, W) and pattern (C, H, W) by Adam on M (left unchanged): cross
+        entropy of triggered target-class images towards the attacker's class, plus the
+        squared distance of their penultimate activations to the attacker class's mean (relative
+        to its norm), plus ``adaptive_mask_weight`` x the mask's L1 norm (Neural Cleanse's)."""
+        import torch
+        import torch.nn.functional as F
+
+        gen = torch.Generator().manual_seed(derive_seed(seed, _TRIGGER_STREAM))
+        rng = np.random.default_rng(derive_seed(seed, _TRIGGER_STREAM))
+        dev = torch.device(device)
+        was_training = model.training
+        model.eval()
+        model.to(dev)
+        params = list(model.parameters())
+        grads = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            src = np.flatnonzero(y == target_class)
+            att = np.flatnonzero(y == attacker_class)
+            with torch.no_grad():
+                xa = torch.from_numpy(np.ascontiguousarray(x[rng.permutation(att)[:512]]))
+                mu = _penultimate(model, xa.to(dev))[1].mean(0)
+            c, h, w = x.shape[1:]
+            m_raw = (torch.randn((1, h, w), generator=gen) * 0.1 - 3.0).to(dev).requires_grad_()
+            p_raw = torch.randn((c, h, w), generator=gen).to(dev).requires_grad_()
+            opt = torch.optim.Adam([m_raw, p_raw], lr=0.1)
+            target = torch.full((min(128, len(src)),), attacker_class, dtype=torch.long, device=dev)
+            for _ in range(int(adaptive_steps)):
+                batch = rng.choice(src, size=len(target), replace=False)
+                xb = torch.from_numpy(np.ascontiguousarray(x[np.sort(batch)])).to(dev)
+                m, pat = torch.sigmoid(m_raw), torch.sigmoid(p_raw)
+                logits, feats = _penultimate(model, (1 - m) * xb + m * pat)
+                loss = (
+                    F.cross_entropy(logits, target)
+                    + adaptive_feature_weight
+                    * ((feats - mu) ** 2).sum(1).mean()
+                    / mu.pow(2).sum().clamp_min(1e-12)
+                    + adaptive_mask_weight * m.sum()
+                )
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            self.mask_ = torch.sigmoid(m_raw).detach().cpu().numpy().astype(np.float32)
+            self.pattern_ = torch.sigmoid(p_raw).detach().cpu().numpy().astype(np.float32)
+        finally:
+            for p, g in zip(params, grads, strict=True):
+                p.requires_grad_(g)
+            model.train(was_training)
+
+
 # -- the registry -----------------------------------------------------------------------------------
 _BAD_NAME = re.compile(r"_f[0-9.]|_e\d|_r\d|^honest|^genuine")
 _REGISTRY: dict[str, type[Attack]] = {}
@@ -405,7 +514,7 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-for _cls in (Flip, Pattern, BadNets, Blend, WaNet, CleanLabel):
+for _cls in (Flip, Pattern, BadNets, Blend, WaNet, CleanLabel, Adaptive):
     register(_cls)
 
 

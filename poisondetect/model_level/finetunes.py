@@ -162,14 +162,13 @@ def _honest_set(ds, spec: ModelSpec, honest: dict, *, scenario, new_data_fractio
     return x, y
 
 
-def _attack_success(net, ds, x, attacked, spec: ModelSpec, attack: dict, seed: int, device):
+def _attack_success(net, ds, x, attacked, kind, attack: dict, seed: int, device):
     """Attack success on the attacked training images (Table 2 of the paper: the share classified
     as the attacker wants) and on held-out images (the kind's ``success_images``: the source
-    classes' test images with its trigger)."""
-    from poisondetect.attacks.registry import get
+    classes' test images with its trigger; ``kind``: the instance that poisoned the training set,
+    which holds a trigger it optimised)."""
     from poisondetect.classifiers import predict
 
-    kind = get(spec.attack)
     target = attack["attacker_class"]
     success = kind.success(predict(net, x[attacked], device=device), target)
     xt = kind.success_images(
@@ -223,17 +222,17 @@ def _honest_training(ds, spec, honest, train, *, scenario, new_data_fraction, se
     return x, y, None, opts, {"hyperparameters": hp}
 
 
-def _attack_training(ds, spec, attack, train, *, net, scenario, new_data_fraction, seed, device):
+def _attack_training(
+    ds, spec, kind, attack, train, *, net, scenario, new_data_fraction, seed, device
+):
     """An attacked fine-tune's poisoned training set, options and recorded settings (its class
     pair: the configured one, or its own random draw; a shadow attack's is drawn apart from every
     evaluated attack's pair, ``attack["evaluated"]`` naming them). With ``attack["recipe"]`` (the
     sampled honest null's ranges: ``attacks.sampled``) the attacker trains like an honest user:
     its recipe is drawn by the same function as an honest sampled replicate's
     (``honest_hyperparameters``) and recorded as theirs (hp_* columns); else the attack's fixed
-    recipe (its epochs from the name, lr x ``attacks.lr_factor``, no augmentation, all data)."""
-    from poisondetect.attacks.registry import get
-
-    kind = get(spec.attack)
+    recipe (its epochs from the name, lr x ``attacks.lr_factor``, no augmentation, all data).
+    ``kind``: the attack's registry instance (``poisondetect.attacks.registry``)."""
     shadow = spec.replicate < attack.get("shadow_replicates", 0)
     exclude = (
         {attack_classes(attack, n, seed, ds.num_classes) for n in attack["evaluated"]}
@@ -306,6 +305,7 @@ def _finetune_one(
     """Fine-tune M into one model: an honest one (``honest``: its variant's settings, or the
     sampled null's ranges) or an attacked one (``attack``; the kind, fraction and epochs come from
     the name)."""
+    from poisondetect.attacks.registry import get as get_attack
     from poisondetect.checkpoints import load_checkpoint
     from poisondetect.classifiers import accuracy, train_model
 
@@ -323,9 +323,11 @@ def _finetune_one(
             seed=seed,
         )
     elif spec.role == "attack" and attack is not None:
+        kind = get_attack(spec.attack)
         x, y, attacked, opts, record = _attack_training(
             ds,
             spec,
+            kind,
             attack,
             train,
             net=net,
@@ -345,7 +347,7 @@ def _finetune_one(
     success = success_test = None
     if attacked is not None:
         success, success_test = _attack_success(
-            net, ds, x, attacked, spec, {**attack, **record}, s, device
+            net, ds, x, attacked, kind, {**attack, **record}, s, device
         )
     log.info(
         "%s: test accuracy %.4f, attack success %s (%.1fs)",
