@@ -8,7 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from poisondetect.model_level.collection import LOFO, leave_one_family_out, roc_table
+from poisondetect.model_level.collection import (
+    LOFO,
+    family_lines,
+    leave_one_family_out,
+    roc_table,
+)
 
 CELL = {"dataset": "d", "arch": "cnn", "scenario": "standard", "seed": 0}
 # flip and badnets raise ae_mean; blend lowers it and raises weight_distance: unlike any other
@@ -76,6 +81,10 @@ def test_leave_one_family_out_never_sees_the_left_out_family(monkeypatch):
     assert min(a["flip"], a["badnets"]) > 0.8
     assert a["blend"] < 0.5
     assert (r["scope"] == "family").all() and (r["n_honest"] == 14).all()
+    lines = family_lines(roc)
+    assert len(lines) == 3 and all("combined:lofo AUROC" in line for line in lines)
+    assert any(line.startswith("d/cnn/standard family blend: effective: best weight_distance")
+               for line in lines)  # fmt: skip
 
 
 def test_no_refit_without_shadows_or_combined():

@@ -300,7 +300,7 @@ def collect(
         scores[["detector", "statistic"]].drop_duplicates().shape[0],
         len(roc),
     )
-    lines = summary_lines(roc, det)
+    lines = summary_lines(roc, det) + family_lines(roc)
     if bundles_out:
         lines.append(f"detector bundles for audit and their content digests: {bundles_out}")
     for line in lines:
@@ -363,4 +363,23 @@ def summary_lines(roc: pd.DataFrame, detection: pd.DataFrame) -> list[str]:
             f"{_best(g[g['attacks'] == 'effective'])}; all: best {_best(g[g['attacks'] == 'all'])}; "
             f"{rules}"
         )
+    return lines
+
+
+def family_lines(roc: pd.DataFrame) -> list[str]:
+    """Per attack family (its fractions and epochs pooled) over the effective attacks: the best
+    detector, and the combined detector's all-family and leave-one-family-out AUROC."""
+    if "scope" not in roc:
+        return []
+    r = roc[(roc["scope"] == "family") & (roc["attacks"] == "effective")]
+    lines = []
+    for key, g in r.groupby([*_GROUP, "attack"], sort=True):
+        main = g[~g["detector"].str.contains(":")]
+        line = f"{'/'.join(key[:3])} family {key[3]}: effective: best {_best(main)}"
+        for det in ("combined", f"combined:{LOFO}"):
+            c = g[(g["detector"] == det) & (g["n_attacked"] > 0)]
+            if len(c):
+                c = c.iloc[0]
+                line += f"; {det} AUROC {c['auroc']:.2f} [{c['auroc_lo']:.2f}, {c['auroc_hi']:.2f}]"
+        lines.append(line)
     return lines
