@@ -6,12 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from poisondetect.population import ModelSpec, population_label
+from poisondetect.population import ModelSpec, parse_model, population_label
 from poisondetect.report.common import CELL, plt, save, series_styles, write_table
 
 
 def _column(row) -> str:
-    """Column label of a model's population: Genuine, Honest <variant>, FA 50% e10, PAA 5% e5."""
+    """Column label of a model's population: Genuine, Honest <variant>, FA 50% e10, PAA 5% e5
+    (from the model's name where the row has one: an attacker that drew its recipe trained other
+    epochs than its population's name says)."""
+    if isinstance(row.get("model"), str):
+        return population_label(parse_model(row["model"]))
     fraction, epochs = row.get("fraction"), row.get("epochs")
     spec = ModelSpec(
         "",
