@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from poisondetect.attacks import registry as attack_registry
 from poisondetect.errors import PoisonDetectError
 from poisondetect.names import MODEL_ATTACKS, attack_label, regex
 from poisondetect.seeds import derive_seed
@@ -358,10 +359,8 @@ def describe_populations(ml: dict) -> str:
         if "random" in (atk["target_class"], atk["attacker_class"])
         else f"class {atk['target_class']} relabelled {atk['attacker_class']}"
     )
-    kinds = _words(
-        {"flip": "flipping (FA)", "pattern": "pattern addition (PAA)"}.get(k, k)
-        for k in atk["kinds"]
-    )
+    titles = attack_registry.titles()
+    kinds = _words(titles.get(k, k) for k in atk["kinds"])
     shadows = atk["shadow_replicates"]
     attacked = (
         f"{atk['replicates']} attacked fine-tunes"

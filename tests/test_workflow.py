@@ -70,8 +70,12 @@ def test_scores_and_roc_tables(tiny_run):
     assert (roc["n_honest"] == 4).all()
     assert (roc.loc[roc["attacks"] == "all", "n_attacked"] == 2).all()
     main = roc[~roc["detector"].str.contains(":")]
+    pops, fams = main[main["scope"] == "population"], main[main["scope"] == "family"]
     # detectors x attacks x honest variants (paper, all) x subsets (all, effective)
-    assert len(main) == len(detectors) * 2 * 2 * 2
+    assert len(pops) == len(detectors) * 2 * 2 * 2
+    # per family (kind): detectors x kinds x subsets, against every honest fine-tune
+    assert len(fams) == len(detectors) * 2 * 2
+    assert set(fams["honest_variant"]) == {"all"} and fams["fraction"].isna().all()
     # the verdict's rows: its detection and false-alarm rates with exact intervals
     v = roc[(roc["detector"] == "verdict") & (roc["n_attacked"] > 0)]
     assert v["detection_lo"].le(v["detection_rate"]).all()

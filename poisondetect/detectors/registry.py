@@ -47,6 +47,7 @@ _REGISTRY: dict[str, dict[str, tuple[str | type, str]]] = {
             "activation_drift",
         ),
         "weight_distance": ("poisondetect.detectors.model_level:WeightDistance", "weight_distance"),
+        "final_layer": ("poisondetect.detectors.weights:FinalLayer", "final_layer"),
         "accuracy_drop": ("poisondetect.detectors.model_level:AccuracyDrop", "accuracy_drop"),
         "prediction_change": (
             "poisondetect.detectors.model_level:PredictionChange",

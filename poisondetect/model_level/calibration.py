@@ -228,7 +228,6 @@ def calibrate(
     """Calibrate every detector of a cell; write its scores table, its detection table (the
     paper's rule and the calibrated verdict) and the detector bundle that ``audit`` uses."""
     from poisondetect.bundles import write_bundle
-
     from poisondetect.metrics import guaranteed_fpr, replicates_needed
 
     table, thresholds = scores_table(
