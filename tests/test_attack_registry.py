@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from poisondetect import names, population
-from poisondetect.attacks import registry
+from poisondetect.attacks import families, registry
 from poisondetect.attacks.labels import flip_attack, pattern_attack
 from poisondetect.config import load_schema
 from poisondetect.errors import PoisonDetectError
@@ -153,9 +153,9 @@ def test_triggers_look_like_their_papers(data):
     diff = np.argwhere(bd[0, 0] != x[0, 0])
     assert sorted(map(tuple, diff)) == [(8, 10), (9, 9), (10, 8), (10, 10)]  # 12x12, corner
     bl = registry.get("blend").trigger(x[:2], seed=0, blend_alpha=0.2)
-    p = registry.blend_pattern(x.shape[1:], 0)
+    p = families.blend_pattern(x.shape[1:], 0)
     np.testing.assert_allclose(bl, 0.8 * x[:2] + 0.2 * p, atol=1e-6)
-    assert not np.allclose(p, registry.blend_pattern(x.shape[1:], 1))  # each model its own
+    assert not np.allclose(p, families.blend_pattern(x.shape[1:], 1))  # each model its own
     wn = registry.get("wanet").trigger(x[:2], seed=0, wanet_k=4, wanet_strength=0.5)
     small = np.abs(wn - x[:2]).mean()
     assert 0 < small < 0.1  # a smooth, small warp
@@ -241,7 +241,7 @@ def test_blend_trigger_is_arts_insert_image_blend(data, tmp_path):
 
     x, _ = data
     x = (np.round(x * 255) / 255).astype(np.float32)  # ART reads images as 8-bit
-    p = registry.blend_pattern(x.shape[1:], 5)
+    p = families.blend_pattern(x.shape[1:], 5)
     p8 = np.round(p * 255).astype(np.uint8)
     path = tmp_path / "pattern.png"
     Image.fromarray(p8[0], mode="L").save(path)
@@ -259,7 +259,7 @@ def test_adaptive_trigger_is_optimised_against_m(data):
     leaves M unchanged, and needs M."""
     import torch
 
-    from poisondetect.attacks.registry import _penultimate
+    from poisondetect.attacks.families import _penultimate
 
     class Small(torch.nn.Module):
         def __init__(self):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from poisondetect.attacks.registry import AttackedSet, _check_classes
+from poisondetect.attacks.base import AttackedSet, _check_classes
 from poisondetect.attacks.registry import get as _get_attack
 from poisondetect.errors import PoisonDetectError
 
