@@ -128,3 +128,21 @@ def test_auto_sizes_the_sampled_null_to_reach_the_rate(fpr, verdict):
     assert P.n_fit_honest(fewer, scenario) < need  # the smallest null that does
     warning = P.calibration_warning(fewer)
     assert f"need {need}" in warning and "auto" in warning
+
+
+def test_the_conclusions_give_the_verdicts_rates_with_exact_intervals():
+    from poisondetect.model_level.collection import verdict_lines
+
+    rows = [("attack", 0.9, True), ("attack", 0.5, True), ("attack", 0.01, False)]
+    rows += [("heldout", np.nan, False)] * 9 + [("heldout", np.nan, True), ("fit", np.nan, False)]
+    det = pd.DataFrame(
+        [
+            dict(dataset="d", arch="cnn", scenario="s", split=sp, attack_success_test=a,
+                 verdict_flagged=f, verdict_guaranteed_fpr=0.05)
+            for sp, a, f in rows
+        ]
+    )  # fmt: skip
+    (line,) = verdict_lines(det, 0.2)
+    assert line.startswith("d/cnn/s verdict") and "guarantees a false-alarm rate of 0.05" in line
+    assert "2/2 = 1.00 [0.16, 1.00] effective" in line and "2/3 = 0.67" in line
+    assert "1/10 = 0.10 [0.00, 0.45] held-out honest" in line

@@ -300,7 +300,7 @@ def collect(
         scores[["detector", "statistic"]].drop_duplicates().shape[0],
         len(roc),
     )
-    lines = summary_lines(roc, det) + family_lines(roc)
+    lines = verdict_lines(det, min_success) + summary_lines(roc, det) + family_lines(roc)
     if bundles_out:
         lines.append(f"detector bundles for audit and their content digests: {bundles_out}")
     for line in lines:
@@ -327,6 +327,38 @@ def _best(g: pd.DataFrame) -> str:
     )
 
 
+def _rate(models: pd.DataFrame, column: str) -> str:
+    """k/n flagged, the rate and its exact 95 % interval."""
+    from poisondetect.metrics import clopper_pearson
+
+    k, n = int(models[column].sum()), len(models)
+    if not n:
+        return "0/0"
+    lo, hi = clopper_pearson(k, n)
+    return f"{k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def verdict_lines(detection: pd.DataFrame, min_success: float) -> list[str]:
+    """The audit's verdict per dataset x arch x scenario (seeds pooled): the false-alarm rate its
+    calibration guarantees, the effective and all attacks it flags and the held-out honest
+    models it flags, with exact intervals."""
+    lines = []
+    if "verdict_guaranteed_fpr" not in detection:
+        return lines
+    for key, d in detection.groupby(_GROUP, sort=True):
+        att = d[d["split"] == "attack"]
+        eff = att[att["attack_success_test"] >= min_success]
+        held = d[d["split"] == "heldout"]
+        rate = float(held["verdict_guaranteed_fpr"].max()) if len(held) else float("nan")
+        lines.append(
+            f"{'/'.join(key)} verdict (one test, its calibration guarantees a false-alarm rate "
+            f"of {rate:.3g}): flags {_rate(eff, 'verdict_flagged')} effective attacks, "
+            f"{_rate(att, 'verdict_flagged')} attacked models and "
+            f"{_rate(held, 'verdict_flagged')} held-out honest models"
+        )
+    return lines
+
+
 def summary_lines(roc: pd.DataFrame, detection: pd.DataFrame) -> list[str]:
     """The conclusions of a run, per attack population: the best detector against all honest
     fine-tunes over the effective attacks and over all of them (AUROC and its interval, the
@@ -336,6 +368,7 @@ def summary_lines(roc: pd.DataFrame, detection: pd.DataFrame) -> list[str]:
     r = roc[
         (roc["honest_variant"] == "all")
         & ~roc["detector"].str.contains(":")
+        & (roc["detector"] != "verdict")  # the best *detector*; the verdict has its own line
         & (roc.get("scope", "population") == "population")
     ]
     for key, g in r.groupby(_GROUP + ["attack", "fraction", "epochs"], sort=True):
@@ -374,8 +407,15 @@ def family_lines(roc: pd.DataFrame) -> list[str]:
     r = roc[(roc["scope"] == "family") & (roc["attacks"] == "effective")]
     lines = []
     for key, g in r.groupby([*_GROUP, "attack"], sort=True):
-        main = g[~g["detector"].str.contains(":")]
+        main = g[~g["detector"].str.contains(":") & (g["detector"] != "verdict")]
         line = f"{'/'.join(key[:3])} family {key[3]}: effective: best {_best(main)}"
+        v = g[(g["detector"] == "verdict") & (g["n_attacked"] > 0)]
+        if len(v):
+            v = v.iloc[0]
+            line += (
+                f"; the verdict detects {v['detection_rate']:.2f} [{v['detection_lo']:.2f}, "
+                f"{v['detection_hi']:.2f}]"
+            )
         for det in ("combined", f"combined:{LOFO}"):
             c = g[(g["detector"] == det) & (g["n_attacked"] > 0)]
             if len(c):
