@@ -116,11 +116,11 @@ def honest_replicates(ml: dict, variant: str) -> int:
 
 
 def calibration_needs(ml: dict) -> int:
-    """Honest fitting replicates the verdict needs to reach ``calibration.fpr``
-    (``metrics.replicates_needed`` for its number of statistics)."""
+    """Honest fitting replicates the verdict needs to reach ``calibration.fpr``:
+    ceil(1 / fpr) - 1 (``metrics.replicates_needed``; 19 at 5 %)."""
     from poisondetect.metrics import replicates_needed
 
-    return replicates_needed(ml["calibration"]["fpr"], len(ml["calibration"]["verdict"]))
+    return replicates_needed(ml["calibration"]["fpr"])
 
 
 def n_fit_honest(ml: dict, scenario: str) -> int:
@@ -141,8 +141,8 @@ def calibration_warning(ml: dict) -> str | None:
     return (
         f"model_level.calibration.fpr = {fpr:g}: {have} honest fitting replicates per cell "
         f"guarantee the verdict a false-alarm rate of {guaranteed_fpr(max(have, 1), fpr):.3g} at "
-        f"best; the {len(ml['calibration']['verdict'])} verdict statistic(s) need {need} "
-        "(model_level.finetune.sampled.replicates: auto sizes the sampled null for it)"
+        f"best; it needs {need} (model_level.finetune.sampled.replicates: auto sizes the sampled "
+        "null for it)"
     )
 
 

@@ -120,14 +120,14 @@ def test_auto_sizes_the_sampled_null_to_reach_the_rate(fpr, verdict):
     from poisondetect import population as P
 
     ml = _ml("auto", verdict, fpr)
-    need = replicates_needed(fpr, len(verdict))
+    need = replicates_needed(fpr)
     scenario = ml["scenarios"][0]
     assert P.n_fit_honest(ml, scenario) >= need
     assert P.calibration_warning(ml) is None
     fewer = _ml(P.honest_replicates(ml, "sampled") - 2, verdict, fpr)
     assert P.n_fit_honest(fewer, scenario) < need  # the smallest null that does
     warning = P.calibration_warning(fewer)
-    assert f"need {need}" in warning and "auto" in warning
+    assert f"needs {need}" in warning and "auto" in warning
 
 
 def test_the_conclusions_give_the_verdicts_rates_with_exact_intervals():
