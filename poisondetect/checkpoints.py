@@ -25,7 +25,14 @@ from torch import nn
 
 from poisondetect.bundles import read_safetensors, verify_digest, write_bundle
 from poisondetect.errors import PoisonDetectError, count_nonfinite
-from poisondetect.limits import check_file_size, current_limits, kind_of, over_limit, read_head
+from poisondetect.limits import (
+    check_file_size,
+    check_regular_file,
+    current_limits,
+    kind_of,
+    over_limit,
+    read_head,
+)
 from poisondetect.models import build_model, image_hw
 
 CHECKPOINT_KIND = "poisondetect.checkpoint"
@@ -241,8 +248,9 @@ def load_state_dict_safely(
     ``state_dict`` (and optionally ``metadata``) entries.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PoisonDetectError(f"{path}: checkpoint file not found")
+    check_regular_file(path)  # a FIFO would hang the reader, a device fill its memory
     suffix = path.suffix.lower()
     if suffix in (".safetensors", *PICKLE_SUFFIXES):
         loader = _load_safetensors if suffix == ".safetensors" else _load_weights_only

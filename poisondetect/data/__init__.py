@@ -33,7 +33,7 @@ from poisondetect.data.common import (
 )
 from poisondetect.data.idx import _read_idx_dataset, read_idx
 from poisondetect.data.image_folder import _read_image_folder
-from poisondetect.errors import PoisonDetectError
+from poisondetect.errors import PoisonDetectError, short
 from poisondetect.io import atomic_path
 from poisondetect.limits import (
     Limits,
@@ -41,6 +41,11 @@ from poisondetect.limits import (
     resolve,
 )
 from poisondetect.seeds import stratified_subset as _stratified_subset
+
+USER_PREPARED_HINT = (
+    "give the prepared .npz of the data set that the workflow wrote under results/data/ "
+    "(arrays version, name, format, classes, pixel_max, x_train, y_train, x_test, y_test)"
+)
 
 __all__ = [
     "DATA_FORMATS",
@@ -132,21 +137,32 @@ def prepare_dataset(
     return raw.to_dataset()
 
 
-def load_prepared(path: str | os.PathLike, limits: Limits | Mapping | None = None) -> Dataset:
+def load_prepared(
+    path: str | os.PathLike,
+    limits: Limits | Mapping | None = None,
+    *,
+    user_file: bool = False,
+    label: str | None = None,
+) -> Dataset:
     """Load a cache written by ``prepare_dataset``; a corrupt file raises a clear error.
 
-    The file is checked as any ``.npz`` (``poisondetect.limits.read_npz``), except that its stored
-    arrays are not size-limited: they are what the prepare step wrote under the limits then.
+    The file is checked as any ``.npz`` (``poisondetect.limits.read_npz``), except that the
+    workflow's own cache is not size-limited on disk nor in its stored arrays: they are what the
+    prepare step wrote under the limits then. ``user_file`` (a path a user gave, e.g. ``audit
+    --data``): every limit applies, and the errors (named ``label``) never advise deleting it.
     """
     path = Path(path)
-    if not path.is_file():
+    label = label or str(path)
+    if not user_file and not path.exists():
         raise PoisonDetectError(
             f"{path}: prepared dataset not found; run the prepare step (prepare_dataset) first"
         )
     keys = ("version", "name", "format", "classes", "pixel_max")
     keys += ("x_train", "y_train", "x_test", "y_test")
-    hint = "delete it and rerun the prepare step"
-    arrays = read_npz(path, list(keys), limits=limits, hint=hint, own_cache=True)
+    hint = USER_PREPARED_HINT if user_file else "delete it and rerun the prepare step"
+    arrays = read_npz(
+        path, list(keys), limits=limits, label=label, hint=hint, own_cache=not user_file
+    )
     try:
         missing = [k for k in keys if k not in arrays]
         if missing:
@@ -166,8 +182,8 @@ def load_prepared(path: str | os.PathLike, limits: Limits | Mapping | None = Non
         _check_raw(raw)
     except (ValueError, KeyError, TypeError) as e:
         raise PoisonDetectError(
-            f"{path}: corrupt or truncated prepared dataset ({e}); {hint}"
-        ) from e
+            f"{label}: corrupt or truncated prepared dataset ({short(str(e), 160)}); {hint}"
+        ) from None
     return raw.to_dataset()
 
 
