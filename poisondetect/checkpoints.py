@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from poisondetect.bundles import read_safetensors, verify_digest, write_bundle
-from poisondetect.errors import PoisonDetectError, count_nonfinite
+from poisondetect.errors import PoisonDetectError, count_nonfinite, short
 from poisondetect.limits import (
     check_file_size,
     check_regular_file,
@@ -219,11 +219,15 @@ def _load_weights_only(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             f"{path}: not a readable weights file, truncated or corrupt ({_first_line(e)}); "
             f"{GET_INTACT_COPY}"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch's weights-only unpickler, given hostile bytes,
+        # raises whatever its parsing meets (IndexError on an empty stack, KeyError, TypeError...):
+        # each means a file that is not a readable state dict
         raise PoisonDetectError(
-            f"{path}: not a readable weights file, truncated or corrupt ({_first_line(e)}); "
-            f"{GET_INTACT_COPY}"
-        ) from e
+            f"{path}: not a readable weights file, truncated or corrupt "
+            f"({type(e).__name__}: {short(_first_line(e), 160)}); {GET_INTACT_COPY}"
+        ) from None
     if not isinstance(obj, dict):
         raise _refuse(path, f"it holds a {type(obj).__name__}, not a state dict")
     metadata: dict[str, Any] = {}

@@ -132,7 +132,8 @@ def check_config_file(path: str | Path) -> None:
     """For the Snakefile, before its ``configfile:`` directive: if ``path`` exists and cannot be
     read as a YAML mapping, stop Snakemake with one line naming the file (exit status 2) instead of
     Snakemake's traceback without the file name. (A ``--configfile`` given on the command line is
-    read by Snakemake before the Snakefile runs: this cannot check that one.)"""
+    read by Snakemake before the Snakefile runs: this cannot check that one; ``poisondetect run``
+    does, before it starts Snakemake.)"""
     from poisondetect.errors import exit_on_user_error
 
     if Path(path).exists():
