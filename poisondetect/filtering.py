@@ -20,6 +20,7 @@ from poisondetect.errors import PoisonDetectError, short_repr
 from poisondetect.io import atomic_path, check_output_path
 from poisondetect.limits import (
     Limits,
+    check_regular_file,
     configured_limits,
     describe_head,
     kind_of,
@@ -97,6 +98,8 @@ def read_training_set(
     limits = resolve(limits)
     if not p.exists():
         raise PoisonDetectError(f"--data {path}: not found")
+    if not p.is_dir():  # a FIFO or a device is refused at once, naming --data
+        check_regular_file(p, f"--data {path}")
     if p.is_file() and p.suffix != ".npz" and kind_of(read_head(p)) in ("zip", "npy"):
         raise PoisonDetectError(
             f"--data {path}: the file is {describe_head(read_head(p))}: name it .npz if it holds "
