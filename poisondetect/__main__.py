@@ -184,22 +184,11 @@ def _audit(args: argparse.Namespace) -> tuple[dict, str, int]:
 def check_audit_data(path: str) -> None:
     """``audit --data``: a user's file, checked like every user's file before the audit reads it
     (a regular file, ``max_file_mb``, every member's declared size, stored or not, the npy headers,
-    the arrays a prepared data set holds), with errors naming ``--data`` that never advise
-    deleting it."""
-    from poisondetect.data import USER_PREPARED_HINT
-    from poisondetect.errors import PoisonDetectError
-    from poisondetect.limits import check_npz
+    then the arrays of a prepared data set: uint8 images, integer labels in range), with errors
+    naming ``--data`` that never advise deleting it."""
+    from poisondetect.data import read_prepared
 
-    label = f"--data {path}"
-    keys = ["version", "name", "format", "classes", "pixel_max"]
-    keys += ["x_train", "y_train", "x_test", "y_test"]
-    found = check_npz(path, keys, label=label, hint=USER_PREPARED_HINT)
-    missing = [k for k in keys if k not in found]
-    if missing:
-        raise PoisonDetectError(
-            f"{label}: not a prepared data set (missing array(s) {', '.join(missing)}); "
-            f"{USER_PREPARED_HINT}"
-        )
+    read_prepared(path, user_file=True, label=f"--data {path}")
 
 
 def _filter(args: argparse.Namespace) -> tuple[dict, str, int]:

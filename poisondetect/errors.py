@@ -161,7 +161,7 @@ def count_nonfinite(values: Any) -> tuple[int, int]:
         import torch
 
         t = values.detach()
-        if not (t.is_floating_point() or t.is_complex()):
+        if t.numel() == 0 or not (t.is_floating_point() or t.is_complex()):  # nothing to count
             return 0, (t.shape[0] if t.ndim else 1)
         bad = ~torch.isfinite(t)
         if t.ndim > 1:
@@ -173,6 +173,8 @@ def count_nonfinite(values: Any) -> tuple[int, int]:
             a = a.astype(np.float64)
         else:
             return 0, (a.shape[0] if a.ndim else 1)
+    if a.size == 0:  # an empty array (a zero-size dimension): nothing non-finite
+        return 0, (a.shape[0] if a.ndim else 1)
     bad = ~np.isfinite(a)
     if a.ndim > 1:
         bad = bad.reshape(a.shape[0], -1).any(axis=1)

@@ -144,6 +144,15 @@ def test_a_users_prepared_file_never_gets_cache_advice(tmp_path):
     with pytest.raises(PoisonDetectError, match="delete it and rerun the prepare step"):
         load_prepared(out)  # the workflow's own cache: its advice stays
     assert main(["audit", "--bundle", "b", "--model", "m", "--data", str(out)]) == 2
+    # labels that are not integers (NaN) in a user's prepared file: refused naming --data
+    prepare_dataset("digits", None, out)
+    arrays = dict(np.load(out))
+    arrays["y_test"] = np.where(np.arange(len(arrays["y_test"])) == 0, np.nan, 1.0)
+    np.savez(out, **arrays)
+    with pytest.raises(PoisonDetectError, match=f"--data {out}: not a valid prepared data set"):
+        from poisondetect.__main__ import check_audit_data
+
+        check_audit_data(str(out))
 
 
 # --------------------------------------------------------------------------- archives and images

@@ -151,6 +151,18 @@ def load_prepared(
     prepare step wrote under the limits then. ``user_file`` (a path a user gave, e.g. ``audit
     --data``): every limit applies, and the errors (named ``label``) never advise deleting it.
     """
+    return read_prepared(path, limits, user_file=user_file, label=label).to_dataset()
+
+
+def read_prepared(
+    path: str | os.PathLike,
+    limits: Limits | Mapping | None = None,
+    *,
+    user_file: bool = False,
+    label: str | None = None,
+) -> _Raw:
+    """``load_prepared`` before the pixels are scaled: every check, the uint8 arrays (a check of
+    a user's file costs no float copy)."""
     path = Path(path)
     label = label or str(path)
     if not user_file and not path.exists():
@@ -180,11 +192,14 @@ def load_prepared(
             pixel_max=int(arrays["pixel_max"]),
         )
         _check_raw(raw)
-    except (ValueError, KeyError, TypeError) as e:
-        raise PoisonDetectError(
-            f"{label}: corrupt or truncated prepared dataset ({short(str(e), 160)}); {hint}"
-        ) from None
-    return raw.to_dataset()
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        what = (
+            "not a valid prepared data set"
+            if user_file
+            else "corrupt or truncated prepared dataset"
+        )
+        raise PoisonDetectError(f"{label}: {what} ({short(str(e), 160)}); {hint}") from None
+    return raw
 
 
 # --------------------------------------------------------------------------- helpers
@@ -231,6 +246,8 @@ def _check_raw(raw: _Raw) -> None:
             raise ValueError(f"x_{split} must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
         if y.shape != (len(x),):
             raise ValueError(f"y_{split} has shape {y.shape}, expected ({len(x)},)")
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"y_{split} holds {y.dtype} values; labels must be integers")
         if len(y) and (y.min() < 0 or y.max() >= len(raw.classes)):
             raise ValueError(f"y_{split} has labels outside 0..{len(raw.classes) - 1}")
     if raw.x_train.shape[1:] != raw.x_test.shape[1:]:
