@@ -167,14 +167,14 @@ def _describe(error: jsonschema.ValidationError) -> str:
         allowed = sorted(error.schema.get("properties", {}))
         unknown = sorted((str(k) for k in set(error.instance) - set(allowed)), key=str)
         parts = []
-        for name in unknown[:MAX_LISTED]:
+        for name in unknown[:3]:
             where = short(f"{key}.{name}" if key != "<top level>" else name)
             close = difflib.get_close_matches(name, allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            parts.append(f"unknown config key '{where}'{hint}; allowed here: {', '.join(allowed)}")
-        if len(unknown) > MAX_LISTED:
-            parts.append(f"and {len(unknown) - MAX_LISTED:,} more unknown keys")
-        return "; ".join(parts)
+            parts.append(f"unknown config key '{where}'{hint}")
+        if len(unknown) > 3:
+            parts.append(f"and {len(unknown) - 3:,} more unknown keys")
+        return f"{'; '.join(parts)}; allowed here: {', '.join(allowed)}"
     if error.validator == "required":
         return f"config key '{key}': {short(error.message, 160)}"
     return f"config key '{key}' = {short_repr(error.instance)}: {short(error.message, 160)}"
