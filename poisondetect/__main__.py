@@ -1,4 +1,5 @@
-"""Command line: ``poisondetect audit --bundle B --model M`` and ``poisondetect filter --data D``.
+"""Command line: ``poisondetect audit --bundle B --model M``, ``poisondetect filter --data D``, and
+``poisondetect run [SNAKEMAKE OPTIONS]`` (the workflow, every ``--configfile`` checked first).
 
 ``audit``: prints every detector's score of a suspicious checkpoint on the bundle's trigger set, its
 calibrated threshold, its rank among the honest fine-tunes (an empirical p-value) and the verdict,
