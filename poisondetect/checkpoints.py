@@ -187,11 +187,14 @@ def _load_weights_only(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         try:
             with zipfile.ZipFile(path) as zf:
                 infos = zf.infolist()
-        except (zipfile.BadZipFile, OSError, ValueError) as e:
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - zipfile, given a hostile directory, raises
+            # BadZipFile, OSError, ValueError, EOFError, NotImplementedError ("zip file version")
             raise PoisonDetectError(
-                f"{path}: not a readable weights file, truncated or corrupt ({_first_line(e)}); "
-                f"{GET_INTACT_COPY}"
-            ) from e
+                f"{path}: not a readable weights file, truncated or corrupt "
+                f"({type(e).__name__}: {short(_first_line(e), 160)}); {GET_INTACT_COPY}"
+            ) from None
         if len(infos) > limits.max_members:
             raise over_limit(str(path), "record count", "max_members", limits, len(infos))
         total = sum(i.file_size for i in infos)

@@ -262,9 +262,16 @@ def test_checkpoint_safetensors(data):
         _read_or_refuse(lambda: load_state_dict_safely(path))
 
 
+def _zip_of_version(data: bytes, version: int) -> bytes:
+    """``data`` (a zip) whose first central-directory entry needs zip version ``version / 10``."""
+    at = data.index(b"PK\x01\x02")
+    return data[: at + 6] + struct.pack("<H", version) + data[at + 8 :]
+
+
 @FUZZ
 @given(data=hostile(_pt_seeds()))
 @example(data=b"e")  # found by this module: torch's weights-only unpickler raised IndexError
+@example(data=_zip_of_version(_pt_seeds()[0], 64))  # found: zipfile's NotImplementedError
 def test_checkpoint_pt(data):
     from poisondetect.checkpoints import load_state_dict_safely
 
