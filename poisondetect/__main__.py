@@ -1,4 +1,5 @@
-"""Command line: ``poisondetect audit --bundle B --model M`` and ``poisondetect filter --data D``.
+"""Command line: ``poisondetect audit --bundle B --model M``, ``poisondetect filter --data D``, and
+``poisondetect run [SNAKEMAKE OPTIONS]`` (the workflow, every ``--configfile`` checked first).
 
 ``audit``: prints every detector's score of a suspicious checkpoint on the bundle's trigger set, its
 calibrated threshold, its rank among the honest fine-tunes (an empirical p-value) and the verdict,
@@ -36,7 +37,7 @@ from poisondetect.names import SAMPLE_DETECTOR_ARCHS
 
 LIMIT_HELP = (
     "raise or lower a bound on what is read, KEY=VALUE (repeatable): max_file_mb, "
-    "max_uncompressed_mb, max_members, max_image_pixels (defaults 4096, 4096, 250000, 89478485; "
+    "max_uncompressed_mb, max_members, max_image_pixels (defaults 256, 256, 250000, 16777216; "
     "also the config's limits block and the POISONDETECT_LIMITS environment variable)"
 )
 
@@ -64,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "run",
+        help="run the Snakemake workflow after checking every --configfile (see run --help)",
+        add_help=False,
+    )
     a = sub.add_parser(
         "audit",
         help="decide whether a returned model was poisoned",
@@ -186,6 +192,8 @@ def _audit(args: argparse.Namespace) -> tuple[dict, str, int]:
     from poisondetect.limits import configured_limits, set_limits
 
     set_limits(configured_limits(None, args.limit))
+    if args.data is not None:
+        check_audit_data(args.data)
     from poisondetect.model_level.audit import audit
 
     result = audit(
@@ -197,6 +205,16 @@ def _audit(args: argparse.Namespace) -> tuple[dict, str, int]:
         expect_digest=args.expect_digest,
     )
     return result, format_audit(result), EXIT_POISONED if result["flagged"] else EXIT_OK
+
+
+def check_audit_data(path: str) -> None:
+    """``audit --data``: a user's file, checked like every user's file before the audit reads it
+    (a regular file, ``max_file_mb``, every member's declared size, stored or not, the npy headers,
+    then the arrays of a prepared data set: uint8 images, integer labels in range), with errors
+    naming ``--data`` that never advise deleting it."""
+    from poisondetect.data import read_prepared
+
+    read_prepared(path, user_file=True, label=f"--data {path}")
 
 
 def _filter(args: argparse.Namespace) -> tuple[dict, str, int]:
@@ -216,8 +234,60 @@ def _filter(args: argparse.Namespace) -> tuple[dict, str, int]:
     return result, result.pop("message"), EXIT_OK
 
 
+RUN_HELP = """usage: poisondetect run [SNAKEMAKE OPTIONS ...]
+
+Run the Snakemake workflow (python -m snakemake with the options given) after reading every
+--configfile / --configfiles file as poisondetect reads configs: a regular file of at most 1 MB,
+UTF-8, YAML without aliases. Snakemake reads a --configfile itself before the workflow starts, so
+a bad one would give Snakemake's traceback; here it gives one "error: ..." line naming the file
+and exit status 2. Example: poisondetect run --cores all --configfile configs/paper-mnist.yaml"""
+
+
+def configfiles_of(argv: list[str]) -> list[str]:
+    """The files of every ``--configfile`` / ``--configfiles`` option of a Snakemake command line
+    (``--configfile A B``, ``--configfile=A``)."""
+    files, taking = [], False
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in ("--configfile", "--configfiles"):
+            taking = not eq
+            if eq:
+                files.append(value)
+        elif arg.startswith("-"):
+            taking = False
+        elif taking:
+            files.append(arg)
+    return files
+
+
+def run_workflow(argv: list[str]) -> int:
+    """``poisondetect run``: check every --configfile, then replace this process by Snakemake's."""
+    import os
+
+    from poisondetect.config import read_config_file
+
+    if argv[:1] in (["-h"], ["--help"]):
+        print(RUN_HELP)
+        return EXIT_OK
+    try:
+        for path in configfiles_of(argv):
+            read_config_file(path, label=f"--configfile {path}")
+    except Exception as e:
+        text = user_error_message(e)
+        if text is None:
+            raise
+        print(f"error: {text}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "snakemake", *argv])
+    return EXIT_INTERNAL_ERROR  # not reached
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command; return its exit status (module docstring; ``poisondetect.errors``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:  # Snakemake's own options follow: not parsed here
+        return run_workflow(argv[1:])
     args = _parser().parse_args(argv)  # a usage error exits with 2, as bad input
     command = {"audit": _audit, "filter": _filter}[args.command]
     try:

@@ -142,3 +142,41 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
             break
         counts[parts[0]] = int(parts[1])
     return counts
+
+
+# --------------------------------------------------------------------------- fuzzing the readers
+
+# tests/test_fuzz_readers.py: its example budget per property (POISONDETECT_FUZZ_EXAMPLES, or
+# --fuzz for the longer release run) and the distinct inputs each property tried, printed at the
+# end of the session.
+FUZZ_ENV = "POISONDETECT_FUZZ_EXAMPLES"
+FUZZ_RELEASE_EXAMPLES = 2000
+FUZZ_STATS: dict[str, set[str]] = {}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fuzz",
+        action="store_true",
+        default=False,
+        help=f"the release run of tests/test_fuzz_readers.py: {FUZZ_RELEASE_EXAMPLES} examples "
+        f"per reader (default: the CI budget; {FUZZ_ENV}=N sets any budget)",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("--fuzz", default=False):
+        os.environ.setdefault(FUZZ_ENV, str(FUZZ_RELEASE_EXAMPLES))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FUZZ_STATS:
+        return
+    from test_fuzz_readers import EXAMPLES, SEED_NOTE
+
+    terminalreporter.section("fuzzed readers")
+    terminalreporter.write_line(f"example budget: {EXAMPLES} per reader ({SEED_NOTE})")
+    for name, seen in sorted(FUZZ_STATS.items()):
+        terminalreporter.write_line(f"  {name}: {len(seen)} distinct inputs tried")
+    total = sum(len(s) for s in FUZZ_STATS.values())
+    terminalreporter.write_line(f"  all readers: {total} distinct inputs")
