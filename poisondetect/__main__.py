@@ -192,8 +192,6 @@ def _audit(args: argparse.Namespace) -> tuple[dict, str, int]:
     from poisondetect.limits import configured_limits, set_limits
 
     set_limits(configured_limits(None, args.limit))
-    if args.data is not None:
-        check_audit_data(args.data)
     from poisondetect.model_level.audit import audit
 
     result = audit(
@@ -205,16 +203,6 @@ def _audit(args: argparse.Namespace) -> tuple[dict, str, int]:
         expect_digest=args.expect_digest,
     )
     return result, format_audit(result), EXIT_POISONED if result["flagged"] else EXIT_OK
-
-
-def check_audit_data(path: str) -> None:
-    """``audit --data``: a user's file, checked like every user's file before the audit reads it
-    (a regular file, ``max_file_mb``, every member's declared size, stored or not, the npy headers,
-    then the arrays of a prepared data set: uint8 images, integer labels in range), with errors
-    naming ``--data`` that never advise deleting it."""
-    from poisondetect.data import read_prepared
-
-    read_prepared(path, user_file=True, label=f"--data {path}")
 
 
 def _filter(args: argparse.Namespace) -> tuple[dict, str, int]:

@@ -295,6 +295,75 @@ def test_bundle(data):
         _read_or_refuse(lambda: read_bundle(path, "detector", require_digest=True))
 
 
+def _audit_meta() -> dict:
+    """The metadata of a well-formed audit bundle (a small one: one statistic, three honest)."""
+    return {
+        "kind": "poisondetect.model_level_detector",
+        "autoencoder": {},
+        "detectors": {"ae_mean": {"params": {}, "fitted": {}}},
+        "trigger_set": {"data_file": "d.npz", "dataset": "digits", "max_samples": 10, "seed": 0,
+                        "n": 10, "images_sha256": "0" * 64, "batch_size": 8},
+        "genuine": {},
+        "calibration": {"fpr": 0.05, "verdict": ["ae_mean"], "honest_models": ["a", "b", "c"],
+                        "thresholds": {"ae_mean:score": {"threshold": 3.0,
+                                                         "honest_scores": [1.0, 2.0, 3.0]}}},
+    }  # fmt: skip
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+# where a forger (who re-digests) puts another value: every field the audit reads
+AUDIT_PATHS = [
+    ("calibration",), ("calibration", "fpr"), ("calibration", "verdict"),
+    ("calibration", "honest_models"), ("calibration", "thresholds"),
+    ("calibration", "thresholds", "ae_mean:score"),
+    ("calibration", "thresholds", "ae_mean:score", "threshold"),
+    ("calibration", "thresholds", "ae_mean:score", "honest_scores"),
+    ("calibration", "paper_rule"), ("detectors",), ("detectors", "ae_mean"),
+    ("detectors", "ae_mean", "params"), ("trigger_set",), ("trigger_set", "seed"),
+    ("trigger_set", "n"), ("trigger_set", "data_file"), ("genuine",), ("autoencoder",),
+]  # fmt: skip
+
+
+def _replaced(meta: dict, path: tuple, value) -> dict:
+    meta = json.loads(json.dumps(meta))
+    node = meta
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return meta
+
+
+@FUZZ
+@given(path=st.sampled_from(AUDIT_PATHS), value=JSON)
+@example(path=("calibration", "fpr"), value=10**400)  # an integer no float holds
+@example(path=("calibration", "thresholds", "ae_mean:score", "honest_scores"), value=[10**400] * 3)
+def test_audit_bundle_fields(path, value):
+    """A re-digested bundle with any field replaced by any JSON value: the audit's checks
+    accept it or refuse it in one line (never a traceback)."""
+    from safetensors.numpy import save_file
+
+    from poisondetect.bundles import content_digest
+    from poisondetect.model_level.audit import verify_bundle
+
+    meta = _replaced(_audit_meta(), path, value)
+    arrays = {"ae.w": np.zeros(2, np.float32)}
+    try:
+        text = json.dumps({**meta, "digest": content_digest(arrays, meta)}, allow_nan=True)
+    except (TypeError, ValueError):
+        return
+    _tried("audit bundle fields", text.encode())
+    with tempfile.TemporaryDirectory() as d:
+        path_ = Path(d) / "detector.safetensors"
+        save_file(arrays, str(path_), metadata={"poisondetect": text})
+        _read_or_refuse(lambda: verify_bundle(str(path_)))
+
+
 # --------------------------------------------------------------------------- training sets (.npz)
 
 NUMERIC = st.sampled_from(

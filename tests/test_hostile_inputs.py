@@ -150,9 +150,9 @@ def test_a_users_prepared_file_never_gets_cache_advice(tmp_path):
     arrays["y_test"] = np.where(np.arange(len(arrays["y_test"])) == 0, np.nan, 1.0)
     np.savez(out, **arrays)
     with pytest.raises(PoisonDetectError, match=f"--data {out}: not a valid prepared data set"):
-        from poisondetect.__main__ import check_audit_data
-
-        check_audit_data(str(out))
+        load_prepared(out, user_file=True, label=f"--data {out}")
+    # the audit reads a user's --data before anything else: refused naming it, exit 2
+    assert main(["audit", "--bundle", "b", "--model", "m", "--data", str(out)]) == 2
 
 
 # --------------------------------------------------------------------------- archives and images

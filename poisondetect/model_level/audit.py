@@ -47,7 +47,13 @@ def _bad_bundle(bundle: str, problem: str) -> PoisonDetectError:
 
 
 def _is_number(v) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite number that a float holds (JSON's integers are unbounded)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
 
 
 def _check_type(bundle: str, where: str, value, kind, what: str) -> None:
@@ -166,11 +172,11 @@ def expected_digest(bundle: str, expect: str | None) -> tuple[str | None, str]:
     return None, ""
 
 
-def _trigger_data(bundle: str, trig: dict, data: str | None) -> str:
-    """The prepared data holding the trigger set: ``--data``, else the path recorded in the bundle
-    (from the current directory, then from the bundle's own directory)."""
-    candidates = [data] if data else [trig["data_file"]]
-    if not data and trig.get("data_file_from_bundle"):
+def _trigger_data(bundle: str, trig: dict) -> str:
+    """The prepared data holding the trigger set when no ``--data`` is given: the path recorded in
+    the bundle (from the current directory, then from the bundle's own directory)."""
+    candidates = [trig["data_file"]]
+    if isinstance(trig.get("data_file_from_bundle"), str):
         candidates.append(os.path.join(os.path.dirname(bundle), trig["data_file_from_bundle"]))
     for path in candidates:
         if Path(path).is_file():
@@ -291,6 +297,10 @@ def audit(
     from poisondetect.data import load_prepared
     from poisondetect.runtime import pick_device
 
+    # a user's own files first (every limit applies, errors name the option), then the bundle
+    ds = None
+    if data is not None:
+        ds = load_prepared(data, user_file=True, label=f"--data {data}")
     expected, source = expected_digest(bundle, expect_digest)
     arrays, meta = verify_bundle(bundle)
     if expected is not None and str(meta["digest"]).lower() != expected:
@@ -302,8 +312,11 @@ def audit(
     integrity = f"digest matches {source}" if expected is not None else NO_EXPECTED_DIGEST
     trig, gm, cal = meta["trigger_set"], meta["genuine"], meta["calibration"]
     arch = check_arch(arch, gm.get("arch"), f"the detector bundle {bundle}")
-    data = _trigger_data(bundle, trig, data)
-    _idx, x, y = trigger_set(load_prepared(data), trig["max_samples"], trig["seed"])
+    if ds is None:  # the path the bundle names: a bundle from elsewhere chooses it, so a user's
+        data = _trigger_data(bundle, trig)
+        label = f"the trigger-set data {data} (named in the bundle; or pass --data)"
+        ds = load_prepared(data, user_file=True, label=label)
+    _idx, x, y = trigger_set(ds, trig["max_samples"], trig["seed"])
     if sha256_array(x, y) != trig["images_sha256"]:
         raise PoisonDetectError(
             f"{data} does not hold the trigger set this detector was calibrated on "
