@@ -31,8 +31,9 @@ except ImportError as e:
         "pip install 'poisondetect @ git+<this workflow's repository URL>@<the same tag>'"
     ) from e
 
-# A config.yaml that is not UTF-8 or not YAML stops here with one line naming it (exit status 2),
-# not with Snakemake's traceback. (A --configfile is read by Snakemake itself, before this line.)
+# A config.yaml that is not UTF-8 or not YAML (or a FIFO, over 1 MB, with YAML aliases) stops here
+# with one line naming it (exit status 2), not with Snakemake's traceback. A --configfile is read
+# by Snakemake itself, before this line: `poisondetect run --configfile F ...` checks it first.
 check_config_file("config.yaml")
 
 

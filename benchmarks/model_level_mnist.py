@@ -6,9 +6,11 @@ honest null is realistic: the paper's honest fine-tune (the reference of its thr
 tunes on unseen data and at a 3x learning rate, and the sampled null -- honest fine-tunes that
 each draw their own learning rate, epochs, batch size, weight decay, optimizer, augmentation and
 data (``finetune.sampled``). The attacks (flipping FA and pattern addition PAA on 2 %, 5 % and
-50 % of the target class) each draw their own class pair, so no detector can know the target; a
-few shadow attacks per population, on other pairs, fit the combined detector and are never
-evaluated. Every replicate has its own seed.
+50 % of the target class; with --families every kind of poisondetect/attacks/registry.py) each
+draw their own class pair, so no detector can know the target, and each draws its training recipe
+from the sampled null's ranges, as an honest user would (``attacks.sampled``; --attacker-recipe
+fixed: the fixed recipe of the runs before issue 23); a few shadow attacks per population, on
+other pairs, fit the combined detector and are never evaluated. Every replicate has its own seed.
 
 The script prints, per detector and attack population, against all honest models pooled and
 against the sampled null alone, over the effective attacks (held-out attack success >= 0.2) and
@@ -21,6 +23,7 @@ Usage (from the repository root)::
 
     .venv/bin/python benchmarks/model_level_mnist.py                 # --paper on a GPU, else --quick
     .venv/bin/python benchmarks/model_level_mnist.py --quick --cores 2
+    .venv/bin/python benchmarks/model_level_mnist.py --quick --families   # every attack family
     .venv/bin/python benchmarks/model_level_mnist.py --paper --data /path/to/mnist
     .venv/bin/python benchmarks/model_level_mnist.py --quick --dataset cifar10 \
         --data ../shared/data/cifar10_jpg.tar.gz     # the JPEG copy of CIFAR-10, a subsample
@@ -35,8 +38,12 @@ Settings
            named fine-tunes and attacks of 5 epochs, 5 replicates (+ 2 shadows) of each attack, 2
            of each named honest variant, a sampled null of 30 (2-10 epochs), auto-encoder 60
            epochs: a 2-core CPU.
+  --families  (with either) every attack family (flip, pattern, badnets, blend, wanet,
+           clean_label, adaptive) on 10 % and 50 % of the target class's budget, at strengths where each
+           likely works (FAMILIES), attackers' recipes sampled.
 Any of --max-train, --width, --genuine-epochs, --finetune-epochs, --replicates, --sampled,
---fractions overrides a preset.
+--fractions overrides a preset. The script also prints each detector's AUROC per attack family
+and the combined detector's leave-one-family-out AUROC (combined:lofo).
 
 The work directory (default /tmp/poisondetect-bench/model_level_<dataset>) receives the config
 (bench-config.yaml), the workflow's results/ and logs/, snakemake.log, and benchmark_report.txt
@@ -54,6 +61,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # this checkout's package
 
 from _bench import (  # noqa: E402
     DEFAULT_MNIST,
@@ -64,6 +72,8 @@ from _bench import (  # noqa: E402
     stage_of,
     start_benchmark,
 )
+
+from poisondetect.names import MODEL_ATTACKS, attack_label  # noqa: E402
 
 STAGES = [
     "prepare_data",
@@ -92,6 +102,27 @@ PRESETS = {
                   attack_epochs=[5], replicates=5, shadows=2, named=2, sampled=30,
                   sampled_epochs=[2, 10], fractions=[0.02, 0.05, 0.5], ae_epochs=60),
 }  # fmt: skip
+# --families: every attack kind of the registry, at strengths where it likely works on MNIST
+# (a 28x28 grey image): the fractions are shares of the target class, so the all-to-one kinds
+# poison as many images as the source-specific ones (1 % and 5 % of the training set at 0.1, 0.5)
+FAMILIES = dict(
+    kinds=list(MODEL_ATTACKS),  # every registered kind
+    fractions=[0.1, 0.5],
+    strengths={
+        "badnets_distance": 2,
+        "badnets_value": 1.0,
+        "blend_alpha": 0.2,
+        "wanet_k": 4,
+        "wanet_strength": 1.0,
+        "clean_label_eps": 0.3,
+        "clean_label_steps": 10,
+        "clean_label_value": 1.0,
+        "adaptive_steps": 200,
+        "adaptive_feature_weight": 1.0,
+        "adaptive_mask_weight": 0.01,
+        "adaptive_cover": 0.5,
+    },
+)
 DATASETS = {
     "mnist": dict(format="mnist", label="MNIST", pattern_size=5),
     "cifar10": dict(format="image_folder", label="CIFAR-10 (JPEG copy)", pattern_size=5),
@@ -133,12 +164,34 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--replicates", type=int, help="evaluated replicates of every attacked population"
     )
     p.add_argument("--sampled", type=int, help="size of the sampled honest null")
+    p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="a sampled null of 80: with the named variants' 6, 43 honest fitting replicates (the "
+        "verdict's 5 %% needs 19; two statistics are flaggable beyond every honest model from "
+        "39) and 43 held out to measure its false alarms",
+    )
     p.add_argument("--fractions", type=float, nargs="+", help="shares of the target class attacked")
     p.add_argument(
         "--optimizer",
         choices=sorted(OPTIMIZERS),
         default="sgd",
         help="optimizer of every training stage (default sgd; adam to see its pitfall)",
+    )
+    p.add_argument(
+        "--families",
+        action="store_true",
+        help="every attack family of the registry (flip, pattern, badnets, blend, wanet, "
+        "clean_label, adaptive) at strengths where it likely works, on 10 %% and 50 %% of the target "
+        "class's budget (--fractions overrides)",
+    )
+    p.add_argument(
+        "--attacker-recipe",
+        choices=["sampled", "fixed"],
+        default="sampled",
+        help="sampled (default): every attacker draws its training recipe from the sampled "
+        "honest null's ranges (attacks.sampled); fixed: the attacks' fixed recipe (lr x 0.1, "
+        "the preset's epochs) of the runs before issue 23",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -174,6 +227,15 @@ def settings(args: argparse.Namespace) -> tuple[str, dict]:
             s[key] = getattr(args, key)
     if args.finetune_epochs is not None:
         s["attack_epochs"] = [args.finetune_epochs]
+    if args.calibration:
+        s["sampled"] = 80
+    s["kinds"] = ["flip", "pattern"]
+    s["strengths"] = {}
+    if args.families:
+        s["kinds"], s["strengths"] = list(FAMILIES["kinds"]), dict(FAMILIES["strengths"])
+        if args.fractions is None:
+            s["fractions"] = list(FAMILIES["fractions"])
+    s["attacks_sampled"] = args.attacker_recipe == "sampled"
     return preset, s
 
 
@@ -216,7 +278,8 @@ def build_config(args: argparse.Namespace, s: dict) -> dict:
                 "sampled": {"replicates": s["sampled"], "epochs": s["sampled_epochs"]},
             },
             "attacks": {
-                "kinds": ["flip", "pattern"],
+                "kinds": s["kinds"],
+                "sampled": s["attacks_sampled"],
                 "epochs": s["attack_epochs"],
                 "fraction": s["fractions"],
                 "replicates": s["replicates"] + s["shadows"],
@@ -226,6 +289,7 @@ def build_config(args: argparse.Namespace, s: dict) -> dict:
                 "attacker_class": "random",
                 "pattern_size": ds["pattern_size"],
                 "pattern_value": 1.0,
+                **s["strengths"],
             },
             "trigger_set": {"max_samples": s["trigger"], "batch_size": 512},
             "autoencoder": {
@@ -274,8 +338,10 @@ def roc_report(roc: pd.DataFrame, log: Report) -> None:
     """Against all honest models pooled and the sampled null alone, over the effective attacks
     and all of them: every detector x attack population."""
     roc = roc.copy()
+    if "scope" in roc:  # the per-family rows: family_report
+        roc = roc[roc["scope"] == "population"]
     roc["population"] = [
-        f"{'FA' if k == 'flip' else 'PAA'} {f * 100:g}% e{e}"
+        f"{attack_label(k)} {f * 100:g}% e{e:g}"
         for k, f, e in zip(roc["attack"], roc["fraction"], roc["epochs"], strict=True)
     ]
     for hv, subset, title in (
@@ -303,6 +369,70 @@ def roc_report(roc: pd.DataFrame, log: Report) -> None:
             for p in pops:
                 log(f"    {p:<14} {_cell(g.loc[p])}")
         log("")
+
+
+def _ci(k: int, n: int) -> str:
+    from poisondetect.metrics import clopper_pearson
+
+    lo, hi = clopper_pearson(k, n)
+    return f"{k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}]" if n else "-"
+
+
+def verdict_report(det: pd.DataFrame, min_success: float, log: Report) -> None:
+    """The audit's verdict: effective attacks detected and held-out honest models flagged (exact
+    intervals), the rate its calibration guarantees, and which honest recipes raise its false
+    alarms (every honest model, each judged out of sample, by hp_* setting)."""
+    honest = det[det["role"] == "honest"]
+    held = honest[honest["split"] == "heldout"]
+    att = det[det["split"] == "attack"]
+    eff = att[att["attack_success_test"] >= min_success]
+    log("The verdict (one statistic over calibration.verdict, one threshold):")
+    log(f"  effective attacks detected : {_ci(int(eff['verdict_flagged'].sum()), len(eff))}")
+    log(f"  all attacks detected       : {_ci(int(att['verdict_flagged'].sum()), len(att))}")
+    log(f"  held-out honest flagged    : {_ci(int(held['verdict_flagged'].sum()), len(held))}")
+    rate = held["verdict_guaranteed_fpr"].max() if len(held) else float("nan")
+    log(f"  rate its calibration guarantees: {rate:.3f}")
+    for (kind, frac), g in eff.groupby(["attack", "fraction"]):
+        log(f"    {kind} {frac * 100:g}% effective: {_ci(int(g['verdict_flagged'].sum()), len(g))}")
+    hp = [c for c in honest.columns if c.startswith("hp_")]
+    if hp:
+        log("  honest models flagged (fitting replicates against the others) by recipe:")
+    for col in hp:
+        v = honest[col]
+        if pd.api.types.is_numeric_dtype(v) and v.nunique() > 4:
+            bins = pd.qcut(v, 3, duplicates="drop")
+        else:
+            bins = v.astype(str)
+        parts = [
+            f"{b}: {int(g['verdict_flagged'].sum())}/{len(g)}"
+            for b, g in honest.groupby(bins, observed=True)
+        ]
+        log(f"    {col:<18} " + "; ".join(parts))
+    log("")
+
+
+def family_report(roc: pd.DataFrame, log: Report) -> None:
+    """Per attack family (its fractions and epochs pooled), against all honest models, over the
+    effective attacks: every detector's AUROC, the best one, and the combined detector's
+    leave-one-family-out fit (combined:lofo: its shadows only from the other families) beside
+    its all-family fit."""
+    if "scope" not in roc:
+        return
+    r = roc[(roc["scope"] == "family") & (roc["attacks"] == "effective")]
+    r = r[~r["detector"].str.contains(":") | (r["detector"] == "combined:lofo")]
+    if r.empty:
+        return
+    log("Per attack family (fractions and epochs pooled), all honest models, effective attacks:")
+    log("  cell: AUROC [95% CI] / TPR at FPR 0.05 / detection rate / false-alarm rate")
+    for kind, g in r.groupby("attack", sort=False):
+        n = int(g["n_attacked"].max())
+        log(f"  {kind} ({attack_label(kind)}): {n} effective attacks")
+        if not n:
+            continue
+        g = g[g["n_attacked"] > 0].sort_values("auroc", ascending=False)
+        for _, row in g.iterrows():
+            log(f"    {row['detector']:<32} {_cell(row)}")
+    log("")
 
 
 def detector_costs(work: Path, n_models: int, log: Report) -> None:
@@ -335,14 +465,19 @@ def main(argv=None) -> None:
         f"{s['genuine_epochs']} epochs ({opt['optimizer']}: {opt_txt}; lr /10 after half); "
         f"honest variants paper / unseen / lr3x x {s['named']} replicates, "
         f"{s['finetune_epochs']} epochs, and a sampled null of {s['sampled']} "
-        f"({s['sampled_epochs'][0]}-{s['sampled_epochs'][1]} epochs); attacks FA, PAA on "
+        f"({s['sampled_epochs'][0]}-{s['sampled_epochs'][1]} epochs); attacks "
+        f"{', '.join(attack_label(k) for k in s['kinds'])} "
+        f"({'recipes drawn as the sampled null' if s['attacks_sampled'] else 'fixed recipe'}"
+        f"{', ' + str(s['strengths']) if s['strengths'] else ''}) on "
         f"{', '.join(f'{100 * f:g} %' for f in s['fractions'])} of a random target class -> a "
         f"random attacker class x {r} evaluated + {s['shadows']} shadow replicates, "
         f"{'/'.join(map(str, s['attack_epochs']))} epochs; AE 128-32, {s['ae_epochs']} epochs",
     )
     roc = pd.read_csv(work / "results" / "model_level" / "roc.csv")
     roc_report(roc, log)
+    family_report(roc, log)
     det = pd.read_csv(work / "results" / "model_level" / "detection.csv")
+    verdict_report(det, float(roc["min_success"].iloc[0]), log)
     detector_costs(work, len(det), log)
     acc = det.groupby(["split", "variant", "attack", "fraction"], dropna=False)[
         ["accuracy", "attack_success", "attack_success_test"]

@@ -1,4 +1,5 @@
-"""Command line: ``poisondetect audit --bundle B --model M`` and ``poisondetect filter --data D``.
+"""Command line: ``poisondetect audit --bundle B --model M``, ``poisondetect filter --data D``, and
+``poisondetect run [SNAKEMAKE OPTIONS]`` (the workflow, every ``--configfile`` checked first).
 
 ``audit``: prints every detector's score of a suspicious checkpoint on the bundle's trigger set, its
 calibrated threshold, its rank among the honest fine-tunes (an empirical p-value) and the verdict,
@@ -36,7 +37,7 @@ from poisondetect.names import SAMPLE_DETECTOR_ARCHS
 
 LIMIT_HELP = (
     "raise or lower a bound on what is read, KEY=VALUE (repeatable): max_file_mb, "
-    "max_uncompressed_mb, max_members, max_image_pixels (defaults 4096, 4096, 250000, 89478485; "
+    "max_uncompressed_mb, max_members, max_image_pixels (defaults 256, 256, 250000, 16777216; "
     "also the config's limits block and the POISONDETECT_LIMITS environment variable)"
 )
 
@@ -64,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "run",
+        help="run the Snakemake workflow after checking every --configfile (see run --help)",
+        add_help=False,
+    )
     a = sub.add_parser(
         "audit",
         help="decide whether a returned model was poisoned",
@@ -89,6 +95,14 @@ def _parser() -> argparse.ArgumentParser:
         "--arch",
         default=None,
         help="architecture, when the checkpoint carries no metadata (default: the genuine model's)",
+    )
+    a.add_argument(
+        "--expect-digest",
+        default=None,
+        metavar="HEX",
+        help="the bundle's digest as your own run recorded it (results/model_level/bundles.csv); "
+        "default: that bundles.csv when it lies above the bundle, else none, and then integrity "
+        "is checked against the file itself only (a bundle edited and re-digested passes that)",
     )
     _device_and_json(a)
     f = sub.add_parser(
@@ -126,15 +140,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def format_audit(r: dict) -> str:
-    """The audit result: the bundle's digest, one line per detector statistic with its calibrated
-    threshold, the calibrated verdict, and the paper's rule on a line of its own."""
-    guaranteed = r["guaranteed_fpr"] * 100
+    """The audit result: the bundle's digest and what it was checked against, one line per
+    detector statistic with its calibrated threshold, the calibrated verdict with its p-value and
+    the false-alarm rate its calibration guarantees, and the paper's rule on a line of its own."""
     w = max(len(d["detector"]) for d in r["detectors"]) + 2  # the name column fits the longest
     lines = [
         f"model {r['model']}: {r['n_trigger']} trigger images",
-        f"detector bundle digest {r['bundle_digest']} (compare with the one the workflow logged)",
-        f"calibrated thresholds: requested false-alarm rate {r['fpr'] * 100:g}%; the honest "
-        f"models they were set on can guarantee at most {guaranteed:.3g}% per threshold",
+        f"detector bundle digest {r['bundle_digest']}: {r['integrity']}",
         f"  {'detector':<{w}}{'score':>12}{'threshold':>12}{'p-value':>9}  flagged",
     ]
     for d in r["detectors"]:
@@ -143,11 +155,23 @@ def format_audit(r: dict) -> str:
             f"{mark} {d['detector']:<{w}}{d['score']:>12.5g}{d['threshold']:>12.5g}"
             f"{d['pvalue']:>9.3f}  {'yes' if d['flagged'] else 'no'}"
         )
-    by = ", ".join(r["flagged_by"]) or "none of them flags"
+    by = f"; most extreme on: {', '.join(r['flagged_by'])}" if r["flagged_by"] else ""
     lines.append(
-        f"calibrated verdict: {r['verdict']} (from the detectors marked *: "
-        f"{', '.join(r['verdict_from'])}; flagged by: {by})"
+        f"calibrated verdict: {r['verdict']} (one test over the statistics marked *: p-value "
+        f"{r['verdict_pvalue']:.3f} among {r['n_honest']} honest models{by})"
     )
+    rate = (
+        f"false-alarm rate this calibration guarantees: {r['guaranteed_fpr'] * 100:.3g}% "
+        f"(requested {r['fpr'] * 100:g}%"
+    )
+    if r["fpr_reachable"]:
+        rate += ")"
+    else:
+        rate += (
+            f", out of reach with {r['n_honest']} honest models: {r['replicates_needed']} are "
+            "needed; add sampled honest fine-tunes, model_level.finetune.sampled.replicates)"
+        )
+    lines.append(rate)
     if "paper" in r:
         p = r["paper"]
         lines.append(
@@ -170,7 +194,14 @@ def _audit(args: argparse.Namespace) -> tuple[dict, str, int]:
     set_limits(configured_limits(None, args.limit))
     from poisondetect.model_level.audit import audit
 
-    result = audit(args.bundle, args.model, args.data, args.device, arch=args.arch)
+    result = audit(
+        args.bundle,
+        args.model,
+        args.data,
+        args.device,
+        arch=args.arch,
+        expect_digest=args.expect_digest,
+    )
     return result, format_audit(result), EXIT_POISONED if result["flagged"] else EXIT_OK
 
 
@@ -191,8 +222,60 @@ def _filter(args: argparse.Namespace) -> tuple[dict, str, int]:
     return result, result.pop("message"), EXIT_OK
 
 
+RUN_HELP = """usage: poisondetect run [SNAKEMAKE OPTIONS ...]
+
+Run the Snakemake workflow (python -m snakemake with the options given) after reading every
+--configfile / --configfiles file as poisondetect reads configs: a regular file of at most 1 MB,
+UTF-8, YAML without aliases. Snakemake reads a --configfile itself before the workflow starts, so
+a bad one would give Snakemake's traceback; here it gives one "error: ..." line naming the file
+and exit status 2. Example: poisondetect run --cores all --configfile configs/paper-mnist.yaml"""
+
+
+def configfiles_of(argv: list[str]) -> list[str]:
+    """The files of every ``--configfile`` / ``--configfiles`` option of a Snakemake command line
+    (``--configfile A B``, ``--configfile=A``)."""
+    files, taking = [], False
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in ("--configfile", "--configfiles"):
+            taking = not eq
+            if eq:
+                files.append(value)
+        elif arg.startswith("-"):
+            taking = False
+        elif taking:
+            files.append(arg)
+    return files
+
+
+def run_workflow(argv: list[str]) -> int:
+    """``poisondetect run``: check every --configfile, then replace this process by Snakemake's."""
+    import os
+
+    from poisondetect.config import read_config_file
+
+    if argv[:1] in (["-h"], ["--help"]):
+        print(RUN_HELP)
+        return EXIT_OK
+    try:
+        for path in configfiles_of(argv):
+            read_config_file(path, label=f"--configfile {path}")
+    except Exception as e:
+        text = user_error_message(e)
+        if text is None:
+            raise
+        print(f"error: {text}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "snakemake", *argv])
+    return EXIT_INTERNAL_ERROR  # not reached
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command; return its exit status (module docstring; ``poisondetect.errors``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:  # Snakemake's own options follow: not parsed here
+        return run_workflow(argv[1:])
     args = _parser().parse_args(argv)  # a usage error exits with 2, as bad input
     command = {"audit": _audit, "filter": _filter}[args.command]
     try:

@@ -24,8 +24,15 @@ import torch
 from torch import nn
 
 from poisondetect.bundles import read_safetensors, verify_digest, write_bundle
-from poisondetect.errors import PoisonDetectError, count_nonfinite
-from poisondetect.limits import check_file_size, current_limits, kind_of, over_limit, read_head
+from poisondetect.errors import PoisonDetectError, count_nonfinite, short
+from poisondetect.limits import (
+    check_file_size,
+    check_regular_file,
+    current_limits,
+    kind_of,
+    over_limit,
+    read_head,
+)
 from poisondetect.models import build_model, image_hw
 
 CHECKPOINT_KIND = "poisondetect.checkpoint"
@@ -180,11 +187,14 @@ def _load_weights_only(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         try:
             with zipfile.ZipFile(path) as zf:
                 infos = zf.infolist()
-        except (zipfile.BadZipFile, OSError, ValueError) as e:
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - zipfile, given a hostile directory, raises
+            # BadZipFile, OSError, ValueError, EOFError, NotImplementedError ("zip file version")
             raise PoisonDetectError(
-                f"{path}: not a readable weights file, truncated or corrupt ({_first_line(e)}); "
-                f"{GET_INTACT_COPY}"
-            ) from e
+                f"{path}: not a readable weights file, truncated or corrupt "
+                f"({type(e).__name__}: {short(_first_line(e), 160)}); {GET_INTACT_COPY}"
+            ) from None
         if len(infos) > limits.max_members:
             raise over_limit(str(path), "record count", "max_members", limits, len(infos))
         total = sum(i.file_size for i in infos)
@@ -212,11 +222,15 @@ def _load_weights_only(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             f"{path}: not a readable weights file, truncated or corrupt ({_first_line(e)}); "
             f"{GET_INTACT_COPY}"
         ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch's weights-only unpickler, given hostile bytes,
+        # raises whatever its parsing meets (IndexError on an empty stack, KeyError, TypeError...):
+        # each means a file that is not a readable state dict
         raise PoisonDetectError(
-            f"{path}: not a readable weights file, truncated or corrupt ({_first_line(e)}); "
-            f"{GET_INTACT_COPY}"
-        ) from e
+            f"{path}: not a readable weights file, truncated or corrupt "
+            f"({type(e).__name__}: {short(_first_line(e), 160)}); {GET_INTACT_COPY}"
+        ) from None
     if not isinstance(obj, dict):
         raise _refuse(path, f"it holds a {type(obj).__name__}, not a state dict")
     metadata: dict[str, Any] = {}
@@ -241,8 +255,9 @@ def load_state_dict_safely(
     ``state_dict`` (and optionally ``metadata``) entries.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PoisonDetectError(f"{path}: checkpoint file not found")
+    check_regular_file(path)  # a FIFO would hang the reader, a device fill its memory
     suffix = path.suffix.lower()
     if suffix in (".safetensors", *PICKLE_SUFFIXES):
         loader = _load_safetensors if suffix == ".safetensors" else _load_weights_only

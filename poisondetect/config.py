@@ -18,7 +18,7 @@ import jsonschema
 import yaml
 
 from poisondetect.data.formats import FORMATS
-from poisondetect.errors import PoisonDetectError
+from poisondetect.errors import PoisonDetectError, short, short_repr
 from poisondetect.limits import read_npz
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
@@ -49,16 +49,57 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
         return yaml.safe_load(f)
 
 
+# A config file is a few kilobytes: anything far larger is not one (or is hostile).
+MAX_CONFIG_BYTES = 1024 * 1024
+# Nesting of a config's mappings and lists (the schema's deepest key is 5 levels down).
+MAX_CONFIG_DEPTH = 32
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases (``*name``, whose expansion is exponential: a few hundred
+    bytes become gigabytes) and with bounded nesting; anchors alone are harmless and allowed."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):  # noqa: D102 - yaml's hook
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                "an alias (*name), which a config may not use; write its value out",
+                event.start_mark,
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_CONFIG_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nesting deeper than {MAX_CONFIG_DEPTH} levels",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def load_yaml_text(text: str) -> Any:
+    """A YAML document through the loader of config files (no aliases, bounded nesting)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_config_file(path: str | Path, label: str | None = None) -> dict:
     """The mapping in a YAML (or JSON) config file; every way it can be unreadable is one line
-    naming the file (and the line, where YAML says it), never a traceback."""
+    naming the file (and the line, where YAML says it), never a traceback.
+
+    The file is read like hostile input: only a regular file (a FIFO, a device such as /dev/zero
+    or a directory is refused at once), at most ``MAX_CONFIG_BYTES``, YAML without aliases and
+    nested at most ``MAX_CONFIG_DEPTH`` levels, messages quoting at most a short excerpt."""
+    from poisondetect.limits import read_bounded
+
     label = label or str(path)
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise PoisonDetectError(f"{label}: file not found") from None
-    except IsADirectoryError:
-        raise PoisonDetectError(f"{label}: a directory, not a config file") from None
+    data = read_bounded(path, MAX_CONFIG_BYTES, label, "a config file")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -68,12 +109,16 @@ def read_config_file(path: str | Path, label: str | None = None) -> dict:
             "as UTF-8 (e.g. iconv -f latin1 -t utf-8 old.yaml > new.yaml)"
         ) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml_text(text)
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" on line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(e, "problem", None) or type(e).__name__
+        problem = short(getattr(e, "problem", None) or type(e).__name__, 120)
         raise PoisonDetectError(f"{label}: not valid YAML ({problem}{at}); fix the file") from None
+    except RecursionError:
+        raise PoisonDetectError(
+            f"{label}: nested too deeply to be a config file; fix the file"
+        ) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -88,7 +133,8 @@ def check_config_file(path: str | Path) -> None:
     """For the Snakefile, before its ``configfile:`` directive: if ``path`` exists and cannot be
     read as a YAML mapping, stop Snakemake with one line naming the file (exit status 2) instead of
     Snakemake's traceback without the file name. (A ``--configfile`` given on the command line is
-    read by Snakemake before the Snakefile runs: this cannot check that one.)"""
+    read by Snakemake before the Snakefile runs: this cannot check that one; ``poisondetect run``
+    does, before it starts Snakemake.)"""
     from poisondetect.errors import exit_on_user_error
 
     if Path(path).exists():
@@ -97,7 +143,11 @@ def check_config_file(path: str | Path) -> None:
 
 
 def _key(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    return short(".".join(str(p) for p in error.absolute_path)) or "<top level>"
+
+
+# At most this many problems of a config are listed (a hostile file can hold thousands).
+MAX_LISTED = 10
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
@@ -109,23 +159,26 @@ def _describe(error: jsonschema.ValidationError) -> str:
         if inner:
             return _describe(jsonschema.exceptions.best_match(inner))
         forms = [b.get("const", b.get("type")) for b in error.validator_value]
-        return f"config key '{_key(error)}' = {error.instance!r}: expected " + " or ".join(
-            f"'{f}'" if f == "all" else f"an {f}" for f in forms
+        return (
+            f"config key '{_key(error)}' = {short_repr(error.instance)}: expected "
+            + " or ".join(f"'{f}'" if f == "all" else f"an {f}" for f in forms)
         )
     key = _key(error)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        unknown = sorted(set(error.instance) - set(allowed))
+        unknown = sorted((str(k) for k in set(error.instance) - set(allowed)), key=str)
         parts = []
-        for name in unknown:
-            where = f"{key}.{name}" if key != "<top level>" else name
+        for name in unknown[:3]:
+            where = short(f"{key}.{name}" if key != "<top level>" else name)
             close = difflib.get_close_matches(name, allowed, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            parts.append(f"unknown config key '{where}'{hint}; allowed here: {', '.join(allowed)}")
-        return "; ".join(parts)
+            parts.append(f"unknown config key '{where}'{hint}")
+        if len(unknown) > 3:
+            parts.append(f"and {len(unknown) - 3:,} more unknown keys")
+        return f"{'; '.join(parts)}; allowed here: {', '.join(allowed)}"
     if error.validator == "required":
-        return f"config key '{key}': {error.message}"
-    return f"config key '{key}' = {error.instance!r}: {error.message}"
+        return f"config key '{key}': {short(error.message, 160)}"
+    return f"config key '{key}' = {short_repr(error.instance)}: {short(error.message, 160)}"
 
 
 def validate_config(config: Mapping[str, Any], schema: dict | None = None) -> dict:
@@ -152,9 +205,13 @@ def with_formats(schema: dict) -> dict:
 
 
 def _validate(cfg: dict, schema: dict) -> None:
-    errors = sorted(_Validator(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    errors = sorted(
+        _Validator(schema).iter_errors(cfg), key=lambda e: [str(p) for p in e.absolute_path]
+    )
     if errors:
-        lines = "\n".join(f"  - {_describe(e)}" for e in errors)
+        lines = "\n".join(f"  - {_describe(e)}" for e in errors[:MAX_LISTED])
+        if len(errors) > MAX_LISTED:
+            lines += f"\n  - and {len(errors) - MAX_LISTED:,} more"
         raise PoisonDetectError(
             f"invalid configuration:\n{lines}\n"
             "Fix these keys in your config file (or --config overrides); "
@@ -226,7 +283,13 @@ def _check_consistency(cfg: dict, data_dir: Path | None = DATA_DIR) -> None:
     ]
     if problems:
         raise PoisonDetectError(
-            "invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems)
+            "invalid configuration:\n"
+            + "\n".join(f"  - {short(p, 300)}" for p in problems[:MAX_LISTED])
+            + (
+                f"\n  - and {len(problems) - MAX_LISTED:,} more"
+                if len(problems) > MAX_LISTED
+                else ""
+            )
         )
 
 
@@ -235,7 +298,7 @@ def _model_level_problems(ml: dict) -> list[str]:
     problems = []
     variants, atk_cfg = ml["finetune"]["variants"], ml["attacks"]
     reference = ml["finetune"]["reference_variant"]
-    has_sampled = ml["finetune"]["sampled"]["replicates"] > 0
+    has_sampled = ml["finetune"]["sampled"]["replicates"] not in (0, None)
     known = [*variants, *(["sampled"] if has_sampled else [])]
     if reference not in known and _uses_reference(ml["detectors"]):
         problems.append(
@@ -292,7 +355,7 @@ def _model_level_problems(ml: dict) -> list[str]:
     for f in fractions if isinstance(fractions, list) else [fractions]:
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
             problems.append(
-                f"model_level.attacks.fraction = {f!r} must be a number in (0, 1] (the share "
+                f"model_level.attacks.fraction = {short_repr(f)} must be a number in (0, 1] (the share "
                 "of the target class attacked, e.g. 0.5)"
             )
     return problems

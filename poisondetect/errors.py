@@ -76,6 +76,31 @@ _WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)(?: at path \"([^\"]*)\")?")
 
 
+EXCERPT_CHARS = 80
+
+
+def short(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` on one line, cut to about ``limit`` characters (an excerpt of a value a user's file
+    gave: a message never echoes a whole hostile value)."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 3]}... ({len(text):,} characters)"
+
+
+def short_repr(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """``repr(value)`` cut to about ``limit`` characters (without building the repr of a huge
+    container first: containers are summarised past a few items)."""
+    if isinstance(value, (list, tuple, set, frozenset, dict)) and len(value) > 8:
+        kind = type(value).__name__
+        return f"<a {kind} of {len(value):,} items>"
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<a deeply nested {type(value).__name__}>"
+    return short(text, limit)
+
+
 def one_line(text: str) -> str:
     """``text`` on one line (a multi-line message's lines joined with spaces)."""
     return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
@@ -136,7 +161,7 @@ def count_nonfinite(values: Any) -> tuple[int, int]:
         import torch
 
         t = values.detach()
-        if not (t.is_floating_point() or t.is_complex()):
+        if t.numel() == 0 or not (t.is_floating_point() or t.is_complex()):  # nothing to count
             return 0, (t.shape[0] if t.ndim else 1)
         bad = ~torch.isfinite(t)
         if t.ndim > 1:
@@ -148,6 +173,8 @@ def count_nonfinite(values: Any) -> tuple[int, int]:
             a = a.astype(np.float64)
         else:
             return 0, (a.shape[0] if a.ndim else 1)
+    if a.size == 0:  # an empty array (a zero-size dimension): nothing non-finite
+        return 0, (a.shape[0] if a.ndim else 1)
     bad = ~np.isfinite(a)
     if a.ndim > 1:
         bad = bad.reshape(a.shape[0], -1).any(axis=1)

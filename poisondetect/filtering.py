@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from poisondetect.errors import PoisonDetectError
-from poisondetect.io import atomic_path
+from poisondetect.errors import PoisonDetectError, short_repr
+from poisondetect.io import atomic_path, check_output_path
 from poisondetect.limits import (
     Limits,
+    check_regular_file,
     configured_limits,
     describe_head,
     kind_of,
@@ -39,6 +40,46 @@ def load_config(path: str | None) -> dict:
 
     raw = read_config_file(path, label=f"--config {path}") if path is not None else {}
     return validate_config(raw)
+
+
+def _check_arrays(x: np.ndarray, y: np.ndarray, source: str) -> np.ndarray:
+    """``y`` as int64 once ``x`` is numeric and finite and ``y`` holds integer labels (integers, or
+    integer-valued finite floats); one line naming ``source`` (``--data ...``) otherwise."""
+    x, y = np.asarray(x), np.asarray(y)
+    if x.dtype.kind not in "biuf":
+        raise PoisonDetectError(
+            f"{source}: x holds {x.dtype} values, not numbers; save x as a numeric array (e.g. "
+            "float32 features, or uint8 / float images)"
+        )
+    if x.ndim < 2 or x.shape[0] == 0 or 0 in x.shape[1:]:
+        raise PoisonDetectError(
+            f"{source}: x has shape {short_repr(x.shape)}; expected (N, D) features or "
+            "(N, C, H, W) images with N >= 1"
+        )
+    if x.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1)))
+        if bad:
+            raise PoisonDetectError(
+                f"{source}: x holds NaN or infinite values on {bad} of {len(x)} rows; remove or "
+                "repair those points"
+            )
+    if y.dtype.kind == "f":
+        finite = np.isfinite(y)
+        if not finite.all():
+            raise PoisonDetectError(
+                f"{source}: y holds NaN or infinite labels on {int(np.count_nonzero(~finite))} "
+                f"of {len(y)} points; labels must be integers"
+            )
+        if not np.array_equal(y, np.round(y)) or np.abs(y).max(initial=0) > 2**53:
+            raise PoisonDetectError(
+                f"{source}: y holds non-integer labels (e.g. {short_repr(y[y != np.round(y)][:1].tolist())}); "
+                "labels must be integers (class indices)"
+            )
+    elif y.dtype.kind not in "biu":
+        raise PoisonDetectError(
+            f"{source}: y holds {y.dtype} values; labels must be integers (class indices)"
+        )
+    return y.astype(np.int64)
 
 
 def _two_classes(y: np.ndarray, source: str) -> tuple[np.ndarray, list]:
@@ -61,6 +102,8 @@ def read_training_set(
     limits = resolve(limits)
     if not p.exists():
         raise PoisonDetectError(f"--data {path}: not found")
+    if not p.is_dir():  # a FIFO or a device is refused at once, naming --data
+        check_regular_file(p, f"--data {path}")
     if p.is_file() and p.suffix != ".npz" and kind_of(read_head(p)) in ("zip", "npy"):
         raise PoisonDetectError(
             f"--data {path}: the file is {describe_head(read_head(p))}: name it .npz if it holds "
@@ -74,11 +117,21 @@ def read_training_set(
                 f"--data {path}: missing array(s) {missing}; save x (features) and y (labels)"
             )
         x, y = arrays["x"], np.asarray(arrays["y"]).ravel()
-        if len(x) != len(y):
-            raise PoisonDetectError(f"--data {path}: {len(x)} rows in x but {len(y)} labels in y")
+        if np.ndim(x) == 0 or len(x) != len(y):
+            raise PoisonDetectError(
+                f"--data {path}: {len(x) if np.ndim(x) else 'no'} rows in x but {len(y)} labels "
+                "in y; save one label per row of x"
+            )
+        y = _check_arrays(x, y, f"--data {path}")
         is_poison = arrays.get("is_poison")
         if is_poison is not None and np.shape(is_poison) != (len(y),):
             raise PoisonDetectError(f"--data {path}: is_poison must have one entry per point")
+        if is_poison is not None and not (
+            np.asarray(is_poison).dtype.kind in "biuf" and np.isin(is_poison, (0, 1)).all()
+        ):
+            raise PoisonDetectError(
+                f"--data {path}: is_poison must hold booleans (or 0 and 1), one per point"
+            )
     else:
         from poisondetect.data import read_dataset
 
@@ -125,6 +178,7 @@ def run_filter(
                 f"--task {task!r} is not declared under sample_level.tasks of the config"
             )
         arch = arch or cfg["tasks"][task]["detector_arch"]
+    check_output_path(out, f"--out {out}")
     x, y, classes, is_poison = read_training_set(data, limits)
 
     from poisondetect.detectors.nets import infer_image_shape

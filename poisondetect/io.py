@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     (``np.savez``, matplotlib) behave as for the final name.
     """
     path = Path(path)
+    refuse_special_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
@@ -42,14 +44,73 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         # writes (0666 minus the umask), so a group sharing a project directory can read it.
         if tmp_path.is_file():
             os.chmod(tmp_path, 0o666 & ~current_umask())
+        refuse_special_output(path)  # again: it may have been replaced while the block ran
         os.replace(tmp_path, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
-        if isinstance(e, OSError) and e.errno is not None and not e.filename:
-            # a failed write() names no file (a full disk): name the output, not its temp file
+        if (
+            isinstance(e, OSError)
+            and e.errno is not None
+            and e.filename in (None, "", tmp, str(tmp_path))
+        ):
+            # a failed write() names no file (a full disk), or names the temporary file: name the
+            # output, not its temp file
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+_SYSTEM_DIRS = ("/dev", "/proc", "/sys")
+
+
+def refuse_special_output(path: str | os.PathLike, label: str | None = None) -> None:
+    """Refuse an output path that exists and is not a regular file (a device such as /dev/null or
+    /dev/stdout, a FIFO, a directory): the atomic rename would replace it (as root, the device)."""
+    from poisondetect.errors import PoisonDetectError
+    from poisondetect.limits import _file_type
+
+    real = os.path.realpath(path)
+    if any(real == d or real.startswith(d + os.sep) for d in _SYSTEM_DIRS):
+        # /dev/stdout leads to /proc/self/fd/1, which may be a file: the rename would replace the
+        # link in /dev, not write to the standard output
+        raise PoisonDetectError(
+            f"{label or path}: a file of the system ({real}), not an output path; give the path "
+            "of a file to write"
+        )
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not stat.S_ISREG(mode):
+        raise PoisonDetectError(
+            f"{label or path}: exists and is {_file_type(mode)}, not a regular file; give the "
+            "path of a file to write (it is written whole, then renamed into place)"
+        )
+
+
+def check_output_path(path: str | os.PathLike, label: str) -> None:
+    """Before any work: ``path`` can be written as an output (``label``, e.g. ``--out X``, names
+    it): not an existing non-regular file, and its folder (created if missing) takes a probe file
+    (written, flushed to disk and removed), so that a read-only or full disk is found at once, not
+    after the fitting."""
+    from poisondetect.errors import PoisonDetectError, os_error_message
+
+    path = Path(path)
+    refuse_special_output(path, label)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+    except OSError as e:
+        what = os_error_message(e.errno) or (e.strerror or type(e).__name__)
+        raise PoisonDetectError(f"{label}: cannot write in its folder {folder} ({what})") from None
 
 
 def current_umask() -> int:

@@ -13,8 +13,13 @@ pixels. Every reader of user data goes through this module first:
   file declares (zip directory, npy headers, tar headers, image headers) against them before any
   data is decompressed or decoded, and stop a stream that runs past them.
 
-The defaults pass every real data set this project reads (MNIST, Fashion-MNIST, CIFAR-10 as
-pickles or as the JPEG archive, the scikit-learn digits) with a wide margin.
+The defaults are sized below a laptop's memory: no single input, and no image folder or archive
+as a whole, may hold more than 256 MB once decompressed or decoded (the commands then need a few
+times that while they work), and one image at most 16.7 million pixels. They pass every real data
+set this project reads (MNIST and Fashion-MNIST: 47 MB decoded; CIFAR-10 as pickles, 31 MB a
+batch, or as the JPEG archive, 184 MB decoded; the scikit-learn digits); a larger genuine data set
+needs a raised limit. Every file is checked to be a regular file before it is opened (a FIFO, a
+device or a directory is refused at once instead of hanging or filling memory).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import io
 import lzma
 import math
 import os
+import stat
 import tarfile
 import zipfile
 import zlib
@@ -35,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from poisondetect.errors import PoisonDetectError
+from poisondetect.errors import PoisonDetectError, short, short_repr
 
 MB = 1024 * 1024
 ENV_VAR = "POISONDETECT_LIMITS"
@@ -45,15 +51,18 @@ ENV_VAR = "POISONDETECT_LIMITS"
 class Limits:
     """Upper bounds on what one input may hold (sizes in MiB)."""
 
-    max_file_mb: float = 4096
-    """Size on disk of one input file (an .npz, an archive, an image, an IDX or CIFAR batch)."""
-    max_uncompressed_mb: float = 4096
+    max_file_mb: float = 256
+    """Size on disk of one input file (an .npz, an archive, an image, an IDX or CIFAR batch, a
+    checkpoint or bundle)."""
+    max_uncompressed_mb: float = 256
     """What one file holds once decompressed (an .npz's arrays, an archive's members, a gzipped IDX
-    file; an image folder's images together), as its headers declare it."""
+    file; an image folder's files together), as its headers declare it; and the decoded size of an
+    image folder's or archive's images together (width x height x channels, a palette image
+    counted as RGB)."""
     max_members: int = 250_000
     """Entries of one .npz or archive, or files and folders of an image folder."""
-    max_image_pixels: int = 89_478_485
-    """Width x height of one image (Pillow's own default of ``Image.MAX_IMAGE_PIXELS``)."""
+    max_image_pixels: int = 16_777_216
+    """Width x height of one image (4096 x 4096)."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -61,11 +70,13 @@ class Limits:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not ok or not math.isfinite(value) or value <= 0:
                 raise PoisonDetectError(
-                    f"limit {field.name} = {value!r} must be a positive number; set it in the "
+                    f"limit {field.name} = {short_repr(value)} must be a positive number; set it in the "
                     "config's limits block or with --limit KEY=VALUE"
                 )
             if field.name in ("max_members", "max_image_pixels") and value != int(value):
-                raise PoisonDetectError(f"limit {field.name} = {value!r} must be an integer")
+                raise PoisonDetectError(
+                    f"limit {field.name} = {short_repr(value)} must be an integer"
+                )
 
     @property
     def max_file_bytes(self) -> int:
@@ -83,7 +94,7 @@ class Limits:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise PoisonDetectError(
-                f"{source}: unknown limit(s) {', '.join(unknown)}; known: {', '.join(known)}"
+                f"{source}: unknown limit(s) {short(', '.join(map(str, unknown)))}; known: {', '.join(known)}"
             )
         return cls(**values)
 
@@ -102,7 +113,7 @@ class Limits:
                 number = float(value)
             except ValueError:
                 raise PoisonDetectError(
-                    f"{source} {item!r}: expected KEY=NUMBER, e.g. max_uncompressed_mb=8192"
+                    f"{source} {short_repr(item)}: expected KEY=NUMBER, e.g. max_uncompressed_mb=8192"
                 ) from None
             values[key.strip()] = int(number) if number.is_integer() else number
         return Limits.from_mapping({**dataclasses.asdict(self), **values}, source)
@@ -181,9 +192,72 @@ KIND_NAMES = {
 }
 
 
+def _file_type(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def not_a_file(label: str, mode: int) -> PoisonDetectError:
+    return PoisonDetectError(
+        f"{label}: {_file_type(mode)}, not a regular file; give the path of a file"
+    )
+
+
+def check_regular_file(path: str | os.PathLike, label: str | None = None) -> os.stat_result:
+    """``os.stat`` of ``path`` (which never blocks); refuse anything but a regular file (a FIFO
+    would hang a reader, a device such as /dev/zero fill its memory)."""
+    label = label or str(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise PoisonDetectError(f"{label}: no such file; check the path") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise not_a_file(label, st.st_mode)
+    return st
+
+
+def open_regular(path: str | os.PathLike, label: str | None = None) -> io.BufferedReader:
+    """``path`` opened for reading in binary, only if it is a regular file: opened without blocking
+    (a FIFO swapped in after a check cannot hang the open) and checked on the open descriptor."""
+    label = label or str(path)
+    check_regular_file(path, label)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise not_a_file(label, mode)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_head(path: str | os.PathLike, n: int = HEAD_BYTES) -> bytes:
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         return f.read(n)
+
+
+def read_bounded(path: str | os.PathLike, max_bytes: int, label: str, what: str) -> bytes:
+    """The bytes of the regular file ``path``, refused when it holds more than ``max_bytes``
+    (checked on its size first, then on what is read: a file that grows cannot get past it)."""
+    with open_regular(path, label) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(max_bytes + 1) if size <= max_bytes else b""
+    if size > max_bytes or len(data) > max_bytes:
+        raise PoisonDetectError(
+            f"{label}: {_mb(max(size, len(data)))} is too large for {what} (at most "
+            f"{_mb(max_bytes)}); give the right file"
+        )
+    return data
 
 
 def kind_of(head: bytes) -> str:
@@ -209,8 +283,9 @@ def describe_head(head: bytes) -> str:
 
 
 def check_file_size(path: str | os.PathLike, limits: Limits, label: str | None = None) -> int:
-    """The size of ``path`` in bytes; refuse it when over ``limits.max_file_mb``."""
-    size = os.stat(path).st_size
+    """The size of ``path`` in bytes; refuse it when over ``limits.max_file_mb``, or when it is not
+    a regular file."""
+    size = check_regular_file(path, label).st_size
     if size > limits.max_file_bytes:
         raise over_limit(label or str(path), "file size", "max_file_mb", limits, size)
     return size
@@ -232,20 +307,48 @@ def read_npz(
 ) -> dict[str, np.ndarray]:
     """The arrays ``keys`` (all, if None) of an ``.npz`` file, read only after every check passed.
 
-    Before numpy reads a byte of data: the file must be a zip archive (its first bytes), hold at
-    most ``max_members`` members, declare at most ``max_uncompressed_mb`` in total (the zip
-    directory's sizes, which also bound what decompression may produce), and every member must
-    be an ``.npy`` array of plain numbers whose header agrees with the member's declared size. The
-    file on disk is bounded by ``max_file_mb``. ``own_cache`` (the workflow's own prepared data):
-    neither the file size nor stored (uncompressed) members are limited, since they cannot expand
-    beyond what the prepare step wrote under the limits in force then.
+    Before numpy reads a byte of data: the file must be a regular file and a zip archive (its first
+    bytes), hold at most ``max_members`` members, declare at most ``max_uncompressed_mb`` in total
+    (the zip directory's sizes, which also bound what decompression may produce), and every member
+    must be an ``.npy`` array of plain numbers whose header agrees with the member's declared size.
+    The file on disk is bounded by ``max_file_mb``. ``own_cache`` (the workflow's own prepared
+    data): neither the file size nor stored (uncompressed) members are limited, since they cannot
+    expand beyond what the prepare step wrote under the limits in force then. (A user's file is
+    never ``own_cache``, whatever it claims to be.)
 
     A key missing from the archive is left out of the result (the caller names what it needs).
     Errors are one line: ``{label}: {problem}; {hint}``.
     """
     limits = resolve(limits)
     label = label or str(path)
-    if not own_cache:
+    wanted = check_npz(path, keys, limits=limits, label=label, hint=hint, own_cache=own_cache)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {key: npz[key] for key in wanted}
+    except PoisonDetectError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        raise PoisonDetectError(
+            f"{label}: corrupt or truncated .npz ({_one_line(e)}); {hint}"
+        ) from None
+
+
+def check_npz(
+    path: str | os.PathLike,
+    keys: list[str] | None = None,
+    *,
+    limits: Limits | Mapping[str, Any] | None = None,
+    label: str | None = None,
+    hint: str = NPZ_HINT,
+    own_cache: bool = False,
+) -> list[str]:
+    """Every check of ``read_npz`` (file type and size, members, declared sizes, npy headers)
+    without reading the data; returns the keys of ``keys`` (all, if None) the archive holds."""
+    limits = resolve(limits)
+    label = label or str(path)
+    if own_cache:
+        check_regular_file(path, label)
+    else:
         check_file_size(path, limits, label)
     head = read_head(path)
     if kind_of(head) != "zip":
@@ -270,11 +373,18 @@ def read_npz(
             wanted = list(by_key) if keys is None else [k for k in keys if k in by_key]
             for key in wanted:
                 _check_npy_member(zf, by_key[key], label, hint)
-        with np.load(path, allow_pickle=False) as npz:
-            return {key: npz[key] for key in wanted}
+        return wanted
     except PoisonDetectError:
         raise
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        NotImplementedError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as e:
         raise PoisonDetectError(
             f"{label}: corrupt or truncated .npz ({_one_line(e)}); {hint}"
         ) from None
@@ -282,9 +392,9 @@ def read_npz(
 
 def _check_npy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, hint: str) -> None:
     """Refuse a member that is not an .npy array of numbers matching its declared size."""
-    name = info.filename
-    if not name.endswith(".npy"):
-        raise PoisonDetectError(f"{label}: member {name!r} is not an .npy array; {hint}")
+    name = short_repr(info.filename)
+    if not info.filename.endswith(".npy"):
+        raise PoisonDetectError(f"{label}: member {name} is not an .npy array; {hint}")
     with zf.open(info) as f:
         try:
             version = np.lib.format.read_magic(f)
@@ -296,25 +406,25 @@ def _check_npy_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str, hi
                 raise ValueError(f"npy format version {version[0]}.{version[1]} is not read")
         except ValueError as e:
             raise PoisonDetectError(
-                f"{label}: member {name!r} is not a readable .npy array ({_one_line(e)}); {hint}"
+                f"{label}: member {name} is not a readable .npy array ({_one_line(e)}); {hint}"
             ) from None
         header = f.tell()
     if dtype.hasobject:
         raise PoisonDetectError(
-            f"{label}: member {name!r} holds Python objects (dtype {dtype}), which are never "
+            f"{label}: member {name} holds Python objects (dtype {dtype}), which are never "
             f"read (they could run code); store numbers or strings: {hint}"
         )
     count = math.prod(shape)
     if header + count * dtype.itemsize != info.file_size:
         raise PoisonDetectError(
-            f"{label}: member {name!r} announces {shape} {dtype} ({count * dtype.itemsize:,} "
+            f"{label}: member {name} announces {short(str(shape))} {dtype} ({count * dtype.itemsize:,} "
             f"bytes) but holds {info.file_size - header:,} bytes of data (corrupt or crafted); "
             f"{hint}"
         )
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
+    text = short(str(e), 160)
     return text or type(e).__name__
 
 
@@ -397,7 +507,7 @@ class MemberBudget:
         if self.members > self.limits.max_members:
             raise over_limit(self.label, "member count", "max_members", self.limits)
         if size > self.limits.max_file_bytes:
-            what = f"member {name!r}: size"
+            what = f"member {short_repr(name)}: size"
             raise over_limit(self.label, what, "max_file_mb", self.limits, size)
         self.total += size
         if self.total > self.limits.max_uncompressed_bytes:
@@ -414,6 +524,37 @@ def check_image_pixels(size: tuple[int, int], limits: Limits, label: str) -> Non
     if width * height > limits.max_image_pixels:
         what = f"{width} x {height} image: pixel count"
         raise over_limit(label, what, "max_image_pixels", limits, width * height)
+
+
+class DecodedBudget:
+    """The decoded size of an image folder's or archive's images together (width x height x the
+    bytes of a pixel once decoded and converted; a palette image counted at its RGB size), checked
+    against ``max_uncompressed_mb`` from each image's header, before the image is decoded. One
+    image's decoding also needs its decoded and its converted copy at once: that sum is bounded by
+    ``max_uncompressed_mb`` too."""
+
+    def __init__(self, limits: Limits, label: str) -> None:
+        self.limits, self.label = limits, label
+        self.total = 0
+
+    def check(
+        self, where: str, size: tuple[int, int], bytes_per_pixel: int, peak_per_pixel: int = 0
+    ) -> None:
+        width, height = size
+        peak = width * height * peak_per_pixel
+        if peak > self.limits.max_uncompressed_bytes:
+            what = (
+                f"{where}: decoding the {width} x {height} image ({peak_per_pixel} bytes a pixel "
+                "while it is decoded and converted)"
+            )
+            raise over_limit(self.label, what, "max_uncompressed_mb", self.limits, peak)
+        self.total += width * height * bytes_per_pixel
+        if self.total > self.limits.max_uncompressed_bytes:
+            what = (
+                f"decoded size of the images up to {where} ({width} x {height} x "
+                f"{bytes_per_pixel} bytes)"
+            )
+            raise over_limit(self.label, what, "max_uncompressed_mb", self.limits, self.total)
 
 
 @contextlib.contextmanager

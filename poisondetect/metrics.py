@@ -199,3 +199,67 @@ def empirical_pvalue(score: float, honest_scores) -> float:
     if not np.isfinite(score):
         raise PoisonDetectError(f"score {score} is not finite")
     return float((1 + np.sum(s >= score)) / (1 + s.size))
+
+
+# -- the verdict: one statistic over several, calibrated as one -------------------------------
+def _suspicion_keys(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of ``z`` (models x statistics, higher = more suspicious), its smallest
+    per-statistic rank p-value within the rows (#rows at least as high / #rows) and, to order
+    rows with the same smallest p-value, how far it stands out on the statistics that give it:
+    its lead over the next lower row, in units of that row's distance above the median (the top
+    of an honest sample leads the runner-up by about the runner-up's own spread; a model far
+    beyond every honest one leads by several). Both are symmetric functions of the rows:
+    exchangeable rows give exchangeable keys."""
+    n, k = z.shape
+    p = (z[None, :, :] >= z[:, None, :]).sum(axis=1) / n  # (rows, statistics)
+    m = p.min(axis=1)
+    lead = np.zeros((n, k))
+    for j in range(k):
+        v = z[:, j]
+        med, tiny = np.median(v), 1e-12 * (1.0 + np.abs(v).max())
+        below = np.where(v[None, :] < v[:, None], v[None, :], -np.inf).max(axis=1)
+        lower = np.where(np.isfinite(below), below, v)  # the lowest row leads nothing
+        lead[:, j] = (v - lower) / np.maximum(lower - med, tiny)
+    lead = np.where(p == m[:, None], lead, -np.inf)  # only where its smallest p-value comes from
+    return m, lead.max(axis=1)
+
+
+def verdict_pvalue(scores, honest) -> float:
+    """The verdict's p-value of one model: its scores on k statistics (``scores``, shape (k,);
+    higher = more suspicious) against n honest calibration models (``honest``, shape (n, k)).
+
+    Full conformal over the n + 1 models: each model's suspicion is its smallest per-statistic
+    rank p-value among the n + 1 (ties ordered by how far it leads the next model there); the verdict's
+    p-value is the share of the n + 1 models at least as suspicious as this one. For an honest
+    model exchangeable with the calibration models, P(p-value <= a) <= floor(a (n + 1)) / (n + 1)
+    whatever the statistics' dependence: flagging at ``p <= a`` is one test at one rate, not k
+    tests at ``a`` each. With no calibration model the p-value is 1 (nothing can be flagged)."""
+    x = _population(scores, "the model's").reshape(1, -1)
+    h = np.asarray(honest, dtype=np.float64).reshape(-1, x.shape[1])
+    if not np.all(np.isfinite(h)):
+        raise PoisonDetectError("honest scores contain NaN or infinite values")
+    if not len(h):
+        return 1.0
+    m, t = _suspicion_keys(np.vstack([h, x]))
+    as_suspicious = (m < m[-1]) | ((m == m[-1]) & (t >= t[-1]))
+    return float(as_suspicious.sum() / len(m))
+
+
+def verdict_cutoff(n_honest: int, fpr: float) -> float:
+    """The largest verdict p-value still flagged with ``n_honest`` calibration models at the
+    requested ``fpr``: floor(fpr (n + 1)) / (n + 1), raised to 1 / (n + 1) when fewer than
+    ceil(1 / fpr) - 1 honest models make ``fpr`` unreachable (the rate then guaranteed is
+    ``guaranteed_fpr``). 0 with no calibration model."""
+    if n_honest < 1:
+        return 0.0
+    return guaranteed_fpr(n_honest, fpr)
+
+
+def replicates_needed(fpr: float, n_statistics: int = 1) -> int:
+    """Honest fitting replicates a calibration needs: for ``fpr`` to be reachable at all
+    (ceil(1 / fpr) - 1), and for a model that is the most extreme of the population on one
+    statistic to be flagged even when as many honest models top the other statistics
+    (ceil(n_statistics / fpr) - 1)."""
+    if not 0 < fpr < 1:
+        raise PoisonDetectError(f"calibration.fpr must be in (0, 1), got {fpr}")
+    return max(1, math.ceil(round(n_statistics / fpr, 9)) - 1)

@@ -3,9 +3,10 @@
 The Snakemake rules build their wildcard constraints from these lists (``regex``), the command
 line takes its choices from them, the report its labels, and ``tests/test_names.py`` checks that
 the config schema's enums, the model registry, the data readers and the attacks agree with them.
-Adding an architecture or an attack starts here. Detector names live in
-``poisondetect.detectors.registry`` (the registry is their list), data formats in
-``poisondetect.data.formats`` (the table of formats). Nothing heavy is imported: the
+Adding an architecture starts here; model-level attack kinds come from
+``poisondetect.attacks.registry``, data formats from ``poisondetect.data.formats`` (the table of
+formats). Detector names live in ``poisondetect.detectors.registry`` (the registry is their
+list). Nothing heavy is imported: the
 workflow plans with this module.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from poisondetect.attacks import registry as _attack_registry
 from poisondetect.data.formats import FORMATS
 
 # -- data -----------------------------------------------------------------------------------------
@@ -23,8 +25,9 @@ DATA_FORMATS = tuple(FORMATS)  # the table of formats (poisondetect/data/formats
 ARCHS = ("cnn", "resnet18", "resnet152", "wrn28_10", "vgg16", "vgg19")
 SCENARIOS = ("standard", "new_data")
 HONEST_DATA = ("all", "seen", "unseen")  # what an honest fine-tune trains on
-# model-level attack kind -> the paper's abbreviation (FA = flipping, PAA = pattern addition)
-MODEL_ATTACKS = {"flip": "FA", "pattern": "PAA"}
+# model-level attack kind -> its label in tables (the paper's FA = flipping, PAA = pattern
+# addition; the others' from the literature): the kinds of the attack registry, in its order
+MODEL_ATTACKS = _attack_registry.labels()
 MODEL_JOB_MODES = ("per_model", "per_population")
 
 # -- sample level ---------------------------------------------------------------------------------
@@ -44,5 +47,6 @@ def regex(names: Iterable[str]) -> str:
 
 
 def attack_label(kind: str) -> str:
-    """The paper's abbreviation of a model-level attack kind: flip -> FA, pattern -> PAA."""
-    return MODEL_ATTACKS[kind]
+    """The label of a model-level attack kind: flip -> FA, pattern -> PAA (a kind registered
+    after this module was imported: its registry label)."""
+    return MODEL_ATTACKS.get(kind) or _attack_registry.labels().get(kind, kind)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from poisondetect.attacks import registry as attack_registry
 from poisondetect.errors import PoisonDetectError
 from poisondetect.names import MODEL_ATTACKS, attack_label, regex
 from poisondetect.seeds import derive_seed
@@ -106,10 +107,59 @@ _DRAW_CODES = {"honest": 101, "pair": 102}  # seed streams of a model's draws
 
 
 def honest_replicates(ml: dict, variant: str) -> int:
-    """How many honest fine-tunes of ``variant`` a cell has."""
+    """How many honest fine-tunes of ``variant`` a cell has (the sampled null's ``auto``:
+    ``sampled_for_calibration``)."""
     if variant == SAMPLED:
-        return ml["finetune"]["sampled"]["replicates"]
+        n = ml["finetune"]["sampled"]["replicates"]
+        return sampled_for_calibration(ml) if n == "auto" else n
     return ml["finetune"]["replicates"]
+
+
+def calibration_needs(ml: dict) -> int:
+    """Honest fitting replicates the verdict needs to reach ``calibration.fpr``:
+    ceil(1 / fpr) - 1 (``metrics.replicates_needed``; 19 at 5 %)."""
+    from poisondetect.metrics import replicates_needed
+
+    return replicates_needed(ml["calibration"]["fpr"])
+
+
+def n_fit_honest(ml: dict, scenario: str) -> int:
+    """The honest fitting replicates of a cell in ``scenario``, every variant's together."""
+    share = ml["calibration"]["fit_share"]
+    return sum(n_fit(honest_replicates(ml, v), share) for v in honest_variants(ml, scenario))
+
+
+def calibration_warning(ml: dict) -> str | None:
+    """What the workflow says at plan time when a cell's honest fitting replicates cannot give
+    the verdict the configured false-alarm rate: the rate they guarantee, and how to reach it."""
+    from poisondetect.metrics import guaranteed_fpr
+
+    need, fpr = calibration_needs(ml), ml["calibration"]["fpr"]
+    have = min(n_fit_honest(ml, s) for s in ml["scenarios"])
+    if have >= need:
+        return None
+    return (
+        f"model_level.calibration.fpr = {fpr:g}: {have} honest fitting replicates per cell "
+        f"guarantee the verdict a false-alarm rate of {guaranteed_fpr(max(have, 1), fpr):.3g} at "
+        f"best; it needs {need} (model_level.finetune.sampled.replicates: auto sizes the sampled "
+        "null for it)"
+    )
+
+
+def sampled_for_calibration(ml: dict) -> int:
+    """The smallest sampled null whose fitting replicates, with the named variants' (those with
+    data: unseen left out: a standard scenario has none), reach ``calibration_needs``."""
+    share = ml["calibration"]["fit_share"]
+    named = sum(
+        n_fit(ml["finetune"]["replicates"], share)
+        for spec in ml["finetune"]["variants"].values()
+        if spec["data"] != "unseen"
+    )
+    need = max(1, calibration_needs(ml) - named)
+    r = 2
+    while n_fit(r, share) < need:
+        r += 1
+    return r
 
 
 def honest_variants(ml: dict, scenario: str) -> list[str]:
@@ -309,10 +359,8 @@ def describe_populations(ml: dict) -> str:
         if "random" in (atk["target_class"], atk["attacker_class"])
         else f"class {atk['target_class']} relabelled {atk['attacker_class']}"
     )
-    kinds = _words(
-        {"flip": "flipping (FA)", "pattern": "pattern addition (PAA)"}.get(k, k)
-        for k in atk["kinds"]
-    )
+    titles = attack_registry.titles()
+    kinds = _words(titles.get(k, k) for k in atk["kinds"])
     shadows = atk["shadow_replicates"]
     attacked = (
         f"{atk['replicates']} attacked fine-tunes"

@@ -1,8 +1,10 @@
 # Shared set-up: config validation (with defaults), the grid, path patterns, wildcard constraints
 # (from poisondetect.names) and resources. (The Snakefile makes the package importable.)
 import os
+import sys
 
 from poisondetect import names, population  # noqa: E402
+from poisondetect.attacks import registry as attack_registry  # noqa: E402
 from poisondetect.config import (
     configured_classes,
     load_schema,
@@ -38,6 +40,10 @@ ML = config["model_level"]
 SL = config["sample_level"]
 ML_POPULATIONS = population.describe_populations(ML)  # the captions' prose
 GPU = config["resources"]["gpu_jobs"]
+# the verdict's calibration: too few honest fitting replicates for the configured rate is said
+# before any job runs (and again, with the rate reached, in every cell's calibrate log)
+if ML["enabled"] and population.calibration_warning(ML):
+    print(f"warning: {population.calibration_warning(ML)}", file=sys.stderr)
 
 # One directory per model-level grid cell.
 ML_CELL = "results/model_level/{dataset}/{arch}/{scenario}/seed{seed}"
@@ -126,8 +132,8 @@ def ml_job_models(w):
 
 def ml_finetune_settings(w):
     """The settings one fine-tune job uses (only those, so changing another variant reruns
-    nothing here): the honest variant's, or the attack's (pattern keys only for the pattern
-    attack)."""
+    nothing here): the honest variant's, or the attack's (of the kinds' settings only its own:
+    ``poisondetect.attacks.registry``)."""
     spec = population.parse_model(ml_job_models(w)[0])
     if spec.role == "honest" and spec.variant == population.SAMPLED:
         return {"honest": ML["finetune"]["sampled"], "attack": None}
@@ -135,10 +141,12 @@ def ml_finetune_settings(w):
         return {"honest": ML["finetune"]["variants"][spec.variant], "attack": None}
     atk = {
         k: v
-        for k, v in ML["attacks"].items()
-        if k not in ("kinds", "epochs", "fraction", "replicates")
-        and (spec.attack == "pattern" or not k.startswith("pattern_"))
+        for k, v in attack_registry.job_settings(spec.attack, ML["attacks"]).items()
+        if k not in ("kinds", "epochs", "fraction", "replicates", "sampled")
     }
+    # attacks.sampled: the attacker draws its recipe as the sampled honest null does
+    if ML["attacks"]["sampled"]:
+        atk["recipe"] = ML["finetune"]["sampled"]
     shadows = ML["attacks"]["shadow_replicates"]
     if any(population.parse_model(m).replicate < shadows for m in ml_job_models(w)):
         # a shadow attack's pair avoids the evaluated attacks' pairs

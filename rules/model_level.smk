@@ -273,5 +273,7 @@ rule collect_model_level:
         bootstrap=ML["calibration"]["bootstrap"],
         level=ML["calibration"]["level"],
         min_success=ML["calibration"]["min_success"],
+        # the combined detector's block: its leave-one-family-out refits (None: not configured)
+        combined=ML["detectors"].get("combined"),
     script:
         "../scripts/collect_model_level.py"

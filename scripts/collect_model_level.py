@@ -16,6 +16,7 @@ run_logged(
     bootstrap=sm.params.bootstrap,
     level=sm.params.level,
     min_success=sm.params.min_success,
+    combined=sm.params.combined,
     bundles=list(sm.input.bundles),
     bundles_out=sm.output.bundles,
 )

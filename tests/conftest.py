@@ -32,7 +32,8 @@ TINY_CONFIG = {
             "lr": 0.003,
             "lr_milestones": [0.7],
         },
-        "finetune": {"replicates": 2, "variants": {"paper": {"epochs": 2}}},
+        # 3 fitting replicates and 1 held out: enough for the verdict to flag an extreme model
+        "finetune": {"replicates": 4, "variants": {"paper": {"epochs": 2}}},
         "attacks": {
             "epochs": [2],
             "fraction": [0.5],
@@ -43,7 +44,11 @@ TINY_CONFIG = {
         },
         "autoencoder": {"hidden": [16], "latent": 4, "epochs": 10, "batch_size": 32},
         # the default verdict's trigger inversion is not among these detectors
-        "calibration": {"bootstrap": 200, "verdict": ["ae_class", "prediction_change:worst_class"]},
+        "calibration": {
+            "bootstrap": 200,
+            "fit_share": 0.75,
+            "verdict": ["ae_class", "prediction_change:worst_class"],
+        },
         # every detector but mahalanobis: tests/test_reruns.py adds it to a finished run
         "detectors": {
             "ae_mean": {},
@@ -164,3 +169,41 @@ def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
             break
         counts[parts[0]] = int(parts[1])
     return counts
+
+
+# --------------------------------------------------------------------------- fuzzing the readers
+
+# tests/test_fuzz_readers.py: its example budget per property (POISONDETECT_FUZZ_EXAMPLES, or
+# --fuzz for the longer release run) and the distinct inputs each property tried, printed at the
+# end of the session.
+FUZZ_ENV = "POISONDETECT_FUZZ_EXAMPLES"
+FUZZ_RELEASE_EXAMPLES = 2000
+FUZZ_STATS: dict[str, set[str]] = {}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--fuzz",
+        action="store_true",
+        default=False,
+        help=f"the release run of tests/test_fuzz_readers.py: {FUZZ_RELEASE_EXAMPLES} examples "
+        f"per reader (default: the CI budget; {FUZZ_ENV}=N sets any budget)",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("--fuzz", default=False):
+        os.environ.setdefault(FUZZ_ENV, str(FUZZ_RELEASE_EXAMPLES))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FUZZ_STATS:
+        return
+    from test_fuzz_readers import EXAMPLES, SEED_NOTE
+
+    terminalreporter.section("fuzzed readers")
+    terminalreporter.write_line(f"example budget: {EXAMPLES} per reader ({SEED_NOTE})")
+    for name, seen in sorted(FUZZ_STATS.items()):
+        terminalreporter.write_line(f"  {name}: {len(seen)} distinct inputs tried")
+    total = sum(len(s) for s in FUZZ_STATS.values())
+    terminalreporter.write_line(f"  all readers: {total} distinct inputs")

@@ -38,8 +38,51 @@ def test_model_level_benchmark_config(tmp_path, preset, optimizer, dataset):
     assert atk["target_class"] == atk["attacker_class"] == "random"
     assert {"paper", "unseen"} <= set(ml["finetune"]["variants"])
     assert {0.02, 0.05, 0.5} <= set(atk["fraction"])
+    assert atk["sampled"] is True  # attackers train like honest users (issue 23)
     if preset == "--paper":
         assert ml["attacks"]["epochs"] == [25, 50]  # the paper's epochs
+
+
+def test_model_level_calibration_preset_sizes_the_null_for_the_verdict(tmp_path):
+    from poisondetect import population
+    from poisondetect.metrics import guaranteed_fpr
+
+    bench = _load("model_level_mnist")
+    args = bench.parse_args(["--quick", "--calibration", "--data", str(tmp_path)])
+    _, s = bench.settings(args)
+    ml = validate_config(bench.build_config(args, s))["model_level"]
+    fit = population.n_fit_honest(ml, "new_data")
+    held = (
+        sum(population.honest_replicates(ml, v) for v in population.honest_variants(ml, "new_data"))
+        - fit
+    )
+    assert guaranteed_fpr(fit, 0.05) <= 0.05 and fit >= population.calibration_needs(ml)
+    assert held >= 40  # the false-alarm rate measured on at least 40 held-out honest models
+    assert population.calibration_warning(ml) is None
+
+
+@pytest.mark.parametrize("preset", ["--quick", "--paper"])
+def test_model_level_benchmark_families_config(tmp_path, preset):
+    """--families: every registered attack kind, with its strength settings, the attackers'
+    recipes drawn as the sampled null's; without it the attackers' recipes are sampled too
+    unless --attacker-recipe fixed."""
+    from poisondetect.attacks import registry as attacks
+
+    bench = _load("model_level_mnist")
+    args = bench.parse_args([preset, "--families", "--data", str(tmp_path)])
+    _, s = bench.settings(args)
+    atk = validate_config(bench.build_config(args, s))["model_level"]["attacks"]
+    assert atk["kinds"] == attacks.names() and atk["sampled"] is True
+    assert atk["fraction"] == bench.FAMILIES["fractions"]
+    for key, value in bench.FAMILIES["strengths"].items():
+        assert atk[key] == value
+    assert set(bench.FAMILIES["strengths"]) <= attacks.setting_keys()
+    assert atk["replicates"] - atk["shadow_replicates"] >= 5 and atk["shadow_replicates"] >= 1
+    args = bench.parse_args([preset, "--attacker-recipe", "fixed", "--data", str(tmp_path)])
+    atk = validate_config(bench.build_config(args, bench.settings(args)[1]))["model_level"][
+        "attacks"
+    ]
+    assert atk["sampled"] is False and atk["kinds"] == ["flip", "pattern"]
 
 
 def test_model_level_benchmark_default_optimizer_is_sgd(tmp_path):

@@ -160,16 +160,22 @@ def test_decompression_bomb_npz_is_refused_from_its_declared_size(tmp_path):
 
 def test_large_zero_file_named_npz_is_refused_by_its_first_bytes(tmp_path):
     zeros = _sparse_zeros(tmp_path / "zeros.npz")
-    err = _assert_refused(_filter_measured(zeros, tmp_path), str(zeros), "not an .npz file")
+    # under a file-size limit raised above it, its first bytes refuse it
+    raised = _filter_measured(zeros, tmp_path, "--limit", "max_file_mb=4096")
+    err = _assert_refused(raised, str(zeros), "not an .npz file")
     assert "zero bytes" in err
-    # and a lower file-size limit refuses it before even that
-    small = _filter_measured(zeros, tmp_path, "--limit", "max_file_mb=100")
-    _assert_refused(small, "file size", "max_file_mb = 100 MB", "--limit max_file_mb=N")
+    # and the default file-size limit refuses it before even that
+    _assert_refused(
+        _filter_measured(zeros, tmp_path),
+        "file size",
+        "max_file_mb = 256 MB",
+        "--limit max_file_mb=N",
+    )
 
 
 def test_large_zero_file_named_tar_is_refused_by_its_first_bytes(tmp_path):
     zeros = _sparse_zeros(tmp_path / "zeros.tar")
-    result = _filter_measured(zeros, tmp_path)
+    result = _filter_measured(zeros, tmp_path, "--limit", "max_file_mb=4096")
     _assert_refused(result, str(zeros), "neither a directory nor a tar archive", "zero bytes")
 
 
@@ -312,7 +318,7 @@ def test_image_far_over_the_pixel_limit_is_refused_by_pillow_before_decoding(tmp
         read_dataset("image_folder", root, limits=Limits(max_image_pixels=1000))
     from PIL import Image as PILImage
 
-    assert PILImage.MAX_IMAGE_PIXELS == Limits().max_image_pixels  # restored
+    assert PILImage.MAX_IMAGE_PIXELS == 89_478_485  # restored (Pillow's default)
 
 
 # --------------------------------------------------------------------------- IDX files

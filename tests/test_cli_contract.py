@@ -315,14 +315,21 @@ def test_audit_table_columns_line_up_whatever_the_statistic_names():
             "model": "m.safetensors",
             "n_trigger": 10,
             "bundle_digest": "0" * 64,
+            "integrity": "checked against the file itself only",
             "fpr": 0.05,
             "guaranteed_fpr": 0.1,
+            "fpr_reachable": False,
+            "n_honest": 9,
+            "replicates_needed": 19,
+            "verdict_pvalue": 0.1,
             "detectors": rows,
             "verdict_from": ["ae_mean"],
             "flagged_by": ["ae_mean"],
             "verdict": "POISONED",
         }
     )
+    # the rate it can guarantee, and what it would take to reach the requested one
+    assert "guarantees: 10%" in text and "19 are needed" in text
     table = [line for line in text.splitlines() if line.rstrip().endswith(("flagged", "yes"))]
     assert len(table) == 3  # the header and both statistics
     ends = {line.index("flagged") if "flagged" in line else line.index("yes") for line in table}

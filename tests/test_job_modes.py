@@ -29,8 +29,8 @@ def _plan(tmp_path, ml_jobs: str, sl_jobs: str):
 def test_job_modes_plan_the_same_outputs(tmp_path):
     fine, fine_files = _plan(tmp_path, "per_model", "per_detector")
     coarse, coarse_files = _plan(tmp_path, "per_population", "per_cell")
-    # TINY: 2 honest replicates of 1 variant, 2 replicates of 2 attacks; 2 cells x 2 train_on
-    assert fine["finetune"] == 6 and "finetune_honest" not in fine
+    # TINY: 4 honest replicates of 1 variant, 2 replicates of 2 attacks; 2 cells x 2 train_on
+    assert fine["finetune"] == 8 and "finetune_honest" not in fine
     assert coarse["finetune_honest"] == 1 and coarse["finetune_attack"] == 2
     n_det = len(TINY_CONFIG["sample_level"]["detectors"])
     assert fine["fit_filter"] == 2 * 2 * n_det and coarse["fit_filters"] == 2 * 2

@@ -125,7 +125,8 @@ def test_effective_attack_auroc_keeps_only_the_attacks_that_worked():
     roc, _ = roc_table(
         scores, pd.DataFrame(det_rows), fpr=0.05, bootstrap=50, level=0.95, min_success=0.2
     )
-    r = roc[roc["honest_variant"] == "all"].set_index("attacks")
+    r = roc[(roc["honest_variant"] == "all") & (roc["scope"] == "population")]
+    r = r.set_index("attacks")
     assert r.loc["all", "auroc"] < 1.0 and r.loc["all", "n_attacked"] == 4
     assert r.loc["effective", "auroc"] == 1.0 and r.loc["effective", "n_attacked"] == 2
     assert r.loc["effective", "detection_rate"] == 1.0

@@ -19,7 +19,14 @@ import yaml
 from conftest import REPO
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-DEV_TOOLS = ["pytest", "ruff", "snakefmt", "spython", "adversarial-robustness-toolbox"]
+DEV_TOOLS = [
+    "pytest",
+    "hypothesis",
+    "ruff",
+    "snakefmt",
+    "spython",
+    "adversarial-robustness-toolbox",
+]
 
 
 def _pins(path: Path) -> dict[str, str]:

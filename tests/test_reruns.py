@@ -181,3 +181,12 @@ def test_killed_job_leaves_no_complete_looking_output_and_is_redone(tiny_run, tm
         "calibrate": 1,
         **REPORT,
     }
+
+
+def test_model_attack_change_reruns_no_honest_model_and_no_honest_score(tiny_run, tmp_path):
+    jobs = _dry_run(
+        tiny_run, tmp_path, lambda c: c["model_level"]["attacks"].update(pattern_size=2)
+    )
+    assert jobs.get("finetune_attack", 0) >= 1  # the pattern population is fine-tuned again
+    assert "finetune_honest" not in jobs and "train_genuine" not in jobs
+    assert "fit_autoencoder" not in jobs

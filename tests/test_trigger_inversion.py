@@ -121,7 +121,18 @@ def test_statistics_are_the_summary_of_the_inversions(models, all_to_one):
 
 
 def test_differential_ranks_the_backdoored_model_above_the_honest_one(models):
+    recs = [models["genuine"], models["honest"], models["backdoored"]]
     det = DifferentialTriggerInversion(label_specific=False, **FAST).fit(models["genuine"])
+    genuine, honest, bd = ({k: v[i] for k, v in det.statistics(recs).items()} for i in range(3))
+    # shared mode: each target's norm against M's; M itself is 1 everywhere, so scores 0
+    assert genuine["score"] == 0.0 and genuine["anomaly_index"] == 0.0
+    for key in ("score", "anomaly_index", "small_trigger"):
+        assert bd[key] > honest[key], key
+
+
+def test_joint_differential_ranks_the_backdoored_model_above_the_honest_one(models):
+    det = DifferentialTriggerInversion(label_specific=False, reference_mode="joint", **FAST)
+    det.fit(models["genuine"])
     invs = det.inversions([models["genuine"], models["honest"], models["backdoored"]])
     genuine, honest, bd = (summarise(inv) for inv in invs)
     # nothing moves M without moving M: no arm succeeds, every statistic is 0
@@ -167,11 +178,16 @@ def test_clone_get_params_and_the_registry():
     assert "reference_weight" not in TriggerInversion().get_params()
 
 
-def test_restored_differential_detector_rebuilds_m_from_its_fitted_state(models):
+@pytest.mark.parametrize("mode", ["shared", "joint"])
+def test_restored_differential_detector_rebuilds_m_from_its_fitted_state(models, mode):
     params = {**FAST, "steps": 20, "prune_after": 10, "n_images": 40, "label_specific": False}
+    params["reference_mode"] = mode
     det = DifferentialTriggerInversion(**params).fit(models["genuine"])
-    arrays, plain = fitted_state(det)  # M's weights travel as an array, no pickle
-    assert arrays["reference_state_"].dtype == np.float32
+    arrays, plain = fitted_state(det)  # M's weights or M's norms travel as an array, no pickle
+    if mode == "joint":
+        assert arrays["reference_state_"].dtype == np.float32
+    else:
+        assert arrays["reference_norms_"].shape == (10,) and "reference_state_" not in arrays
     restored = restore_fitted(DifferentialTriggerInversion(**params), arrays, plain)
     recs = [models["honest"], models["backdoored"]]
     for key, value in det.statistics(recs).items():
@@ -192,6 +208,8 @@ def test_restored_differential_detector_rebuilds_m_from_its_fitted_state(models)
         ("cost_multiplier", 1.0, "cost_multiplier must be a number > 1"),
         ("success_threshold", 1.5, r"success_threshold must be a number in \(0, 1\]"),
         ("label_specific", "yes", "label_specific must be true or false"),
+        ("converge", -1, "converge must be an integer >= 0"),
+        ("converge_tol", 2.0, "converge_tol must be a number"),
         ("device", "tpu", "device 'tpu' is not one of"),
     ],
 )
@@ -206,6 +224,8 @@ def test_bad_records_are_refused(models):
     genuine = models["genuine"]
     with pytest.raises(PoisonDetectError, match="reference_weight must be a number >= 0"):
         DifferentialTriggerInversion(reference_weight=-1.0).fit(genuine)
+    with pytest.raises(PoisonDetectError, match="reference_mode must be 'shared' or 'joint'"):
+        DifferentialTriggerInversion(reference_mode="both").fit(genuine)
     det = TriggerInversion(**{**FAST, "steps": 2}).fit(genuine)
     labels = genuine.labels
     with pytest.raises(PoisonDetectError, match="needs its network"):
@@ -228,7 +248,8 @@ def test_differential_refuses_another_architecture(models):
     from poisondetect.models import build_model
 
     genuine = models["genuine"]
-    det = DifferentialTriggerInversion(**{**FAST, "steps": 2}).fit(genuine)
+    det = DifferentialTriggerInversion(**{**FAST, "steps": 2, "reference_mode": "joint"})
+    det.fit(genuine)
     wider = build_model("cnn", in_channels=1, num_classes=10, image_size=8, width=0.5).eval()
     rec = _with(genuine, network=wider)
     with pytest.raises(PoisonDetectError, match="another architecture"):
@@ -243,3 +264,16 @@ def test_networks_are_not_modified(models):
     after = rec.network.state_dict()
     assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
     assert [p.requires_grad for p in rec.network.parameters()] == flags
+
+
+def test_converged_arms_stop_and_the_trigger_found_is_the_same(models):
+    params = {**FAST, "steps": 300, "prune_after": 60}
+    full = (
+        TriggerInversion(**params, converge=0).fit(models["genuine"]).invert(models["backdoored"])
+    )
+    fast = TriggerInversion(**params, converge=3).fit(models["genuine"])
+    early = fast.invert(models["backdoored"])
+    assert full.steps_run == 300 and early.steps_run < 300  # every arm stopped before the end
+    assert early.suspected_class == full.suspected_class == ATTACKER
+    # the smallest trigger found stays within a factor of the one a full run finds
+    assert early.norms[early.best] <= 1.5 * full.norms[full.best]

@@ -23,7 +23,7 @@ MODELS = cell_models(ML_CONFIG, "standard")
 def test_detection_table_has_one_row_per_model(tiny_run):
     df = pd.read_csv(tiny_run / "results/model_level/detection.csv")
     assert sorted(df["model"]) == sorted(MODELS)
-    assert len(MODELS) == 1 + 2 + 2 * 2  # genuine, 2 honest, 2 replicates of flip and pattern
+    assert len(MODELS) == 1 + 4 + 2 * 2  # genuine, 4 honest, 2 replicates of flip and pattern
     # the paper's rule and the calibrated verdict, in separate columns
     assert (df["paper_threshold"] == df["paper_threshold"].iloc[0]).all()
     assert (df["paper_flagged"] == (df["paper_score"] > df["paper_threshold"])).all()
@@ -42,13 +42,15 @@ def test_detection_table_has_one_row_per_model(tiny_run):
 def test_scores_and_roc_tables(tiny_run):
     ml = tiny_run / "results/model_level"
     scores = pd.read_csv(ml / "scores.csv")
-    assert set(scores["detector"]) == set(ML_CONFIG["detectors"])
-    assert len(scores[scores["statistic"] == "score"]) == len(MODELS) * len(ML_CONFIG["detectors"])
+    # every detector, and the verdict: one statistic over the verdict's, calibrated as one
+    detectors = set(ML_CONFIG["detectors"]) | {"verdict"}
+    assert set(scores["detector"]) == detectors
+    assert len(scores[scores["statistic"] == "score"]) == len(MODELS) * len(detectors)
     assert (
         scores["calibrated_flagged"] == (scores["value"] > scores["calibrated_threshold"])
     ).all()
     # thresholds come from the honest fitting replicate(s) only
-    for _, g in scores.groupby(["detector", "statistic"]):
+    for _, g in scores[scores["detector"] != "verdict"].groupby(["detector", "statistic"]):
         assert g["calibrated_threshold"].iloc[0] == g.loc[g["split"] == "fit", "value"].max()
     # the per-cell table is the collected table's part (the same name, the same rows)
     cell = pd.read_csv(tiny_run / CELL / "scores.csv")
@@ -65,11 +67,19 @@ def test_scores_and_roc_tables(tiny_run):
     assert (eff["n_attacked"] <= 2).all() and (eff["min_success"] == 0.2).all()
     assert ((scored["auroc_lo"] <= scored["auroc"]) & (scored["auroc"] <= scored["auroc_hi"])).all()
     assert set(roc["honest_variant"]) == {"all", "paper"}
-    assert (roc["n_honest"] == 2).all()
+    assert (roc["n_honest"] == 4).all()
     assert (roc.loc[roc["attacks"] == "all", "n_attacked"] == 2).all()
     main = roc[~roc["detector"].str.contains(":")]
+    pops, fams = main[main["scope"] == "population"], main[main["scope"] == "family"]
     # detectors x attacks x honest variants (paper, all) x subsets (all, effective)
-    assert len(main) == len(ML_CONFIG["detectors"]) * 2 * 2 * 2
+    assert len(pops) == len(detectors) * 2 * 2 * 2
+    # per family (kind): detectors x kinds x subsets, against every honest fine-tune
+    assert len(fams) == len(detectors) * 2 * 2
+    assert set(fams["honest_variant"]) == {"all"} and fams["fraction"].isna().all()
+    # the verdict's rows: its detection and false-alarm rates with exact intervals
+    v = roc[(roc["detector"] == "verdict") & (roc["n_attacked"] > 0)]
+    assert v["detection_lo"].le(v["detection_rate"]).all()
+    assert v["false_alarm_hi"].ge(v["false_alarm_rate"]).all()
 
 
 def test_tables_figures_and_logs_exist(tiny_run):
@@ -122,8 +132,10 @@ def _audit(run, model, *extra):
 
 def test_audit_reproduces_the_workflow_scores(tiny_run):
     scores = pd.read_csv(tiny_run / "results/model_level/scores.csv")
+    detection = pd.read_csv(tiny_run / "results/model_level/detection.csv").set_index("model")
     verdict = ML_CONFIG["calibration"]["verdict"]
-    for model in ("honest_paper_r1", "flip_f50_e2_r0"):
+    # a held-out honest model and an attacked one: both calibrated on every fitting replicate
+    for model in ("honest_paper_r3", "flip_f50_e2_r0"):
         proc = _audit(tiny_run, tiny_run / CELL / f"models/{model}.safetensors", "--json")
         assert proc.returncode in (0, 3), proc.stderr
         out = json.loads(proc.stdout)
@@ -133,14 +145,19 @@ def test_audit_reproduces_the_workflow_scores(tiny_run):
             row = mine[(mine["detector"] == det) & (mine["statistic"] == (stat or "score"))]
             assert d["score"] == pytest.approx(row["value"].iloc[0], rel=1e-5, abs=1e-9)
             assert d["threshold"] == pytest.approx(row["calibrated_threshold"].iloc[0])
-        expected = [
-            v for v in verdict if next(d for d in out["detectors"] if d["detector"] == v)["flagged"]
-        ]
-        assert out["flagged_by"] == expected
-        assert proc.returncode == (3 if expected else 0)  # 3: POISONED
+        # one verdict, the workflow's: the same p-value and flag
+        assert out["verdict_from"] == verdict
+        assert out["verdict_pvalue"] == pytest.approx(detection.loc[model, "verdict_pvalue"])
+        assert out["flagged"] == bool(detection.loc[model, "verdict_flagged"])
+        assert out["guaranteed_fpr"] == pytest.approx(
+            detection.loc[model, "verdict_guaranteed_fpr"]
+        )
+        assert proc.returncode == (3 if out["flagged"] else 0)  # 3: POISONED
         text = _audit(tiny_run, tiny_run / CELL / f"models/{model}.safetensors").stdout
         assert "calibrated verdict:" in text and "paper's rule" in text and "p-value" in text
         assert out["bundle_digest"] in text
+        # 3 honest fitting replicates cannot promise 5 %: the audit says so, and how many can
+        assert not out["fpr_reachable"] and "out of reach with 3 honest models" in text
 
 
 def test_audit_flags_a_model_whose_last_layer_alone_was_altered(tiny_run, tmp_path):
@@ -157,7 +174,8 @@ def test_audit_flags_a_model_whose_last_layer_alone_was_altered(tiny_run, tmp_pa
     proc = _audit(tiny_run, tmp_path / "swapped.safetensors", "--json")
     assert proc.returncode == 3, proc.stdout + proc.stderr  # POISONED
     out = json.loads(proc.stdout)
-    assert "prediction_change:worst_class" in out["flagged_by"]
+    assert out["flagged_by"] == ["prediction_change:worst_class"]
+    assert out["verdict_pvalue"] == pytest.approx(1 / 4)  # beyond the 3 honest fitting replicates
     # the auto-encoder alone is blind to it: the same activations, the same mean error
     assert out["paper"]["score"] == pytest.approx(genuine["paper"]["score"])
 

@@ -10,19 +10,13 @@ The chosen images and positions depend only on the seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from poisondetect.attacks.base import AttackedSet, _check_classes
+from poisondetect.attacks.registry import get as _get_attack
 from poisondetect.errors import PoisonDetectError
-from poisondetect.names import MODEL_ATTACKS
 
-
-@dataclass
-class AttackedSet:
-    x: np.ndarray
-    y: np.ndarray
-    attacked: np.ndarray  # indices of the attacked images in x
+__all__ = ["AttackedSet", "apply_attack", "flip_attack", "paste_pattern", "pattern_attack"]
 
 
 def choose_attack_set(
@@ -37,14 +31,6 @@ def choose_attack_set(
         )
     n = int(round(fraction * len(candidates)))
     return np.sort(rng.choice(candidates, size=max(n, 1), replace=False))
-
-
-def _check_classes(y: np.ndarray, attacker_class: int, num_classes: int | None) -> None:
-    k = num_classes if num_classes is not None else int(y.max()) + 1
-    if not 0 <= attacker_class < k:
-        raise PoisonDetectError(
-            f"attacks.attacker_class = {attacker_class} is not a class of this data set (0..{k - 1})"
-        )
 
 
 def flip_attack(
@@ -106,19 +92,6 @@ def pattern_attack(
 
 
 def apply_attack(kind: str, x: np.ndarray, y: np.ndarray, **params) -> AttackedSet:
-    """Dispatch by kind ('flip' or 'pattern'); extra keys of the other attack are ignored."""
-    common = {k: params[k] for k in ("target_class", "attacker_class", "fraction", "seed")}
-    common["num_classes"] = params.get("num_classes")
-    if kind == "flip":
-        return flip_attack(x, y, **common)
-    if kind == "pattern":
-        return pattern_attack(
-            x,
-            y,
-            pattern_size=params["pattern_size"],
-            pattern_value=params["pattern_value"],
-            **common,
-        )
-    raise PoisonDetectError(
-        f"unknown model-level attack {kind!r}; known: {', '.join(MODEL_ATTACKS)}"
-    )
+    """Poison (x, y) with the registered kind ``kind`` (``poisondetect.attacks.registry``); the
+    settings of other kinds are ignored."""
+    return _get_attack(kind).poison(x, y, **params)

@@ -32,7 +32,7 @@ from poisondetect.data.common import (
 )
 from poisondetect.data.formats import FORMATS, DataFormat
 from poisondetect.data.idx import read_idx
-from poisondetect.errors import PoisonDetectError
+from poisondetect.errors import PoisonDetectError, short
 from poisondetect.io import atomic_path
 from poisondetect.limits import (
     Limits,
@@ -40,6 +40,11 @@ from poisondetect.limits import (
     resolve,
 )
 from poisondetect.seeds import stratified_subset as _stratified_subset
+
+USER_PREPARED_HINT = (
+    "give the prepared .npz of the data set that the workflow wrote under results/data/ "
+    "(arrays version, name, format, classes, pixel_max, x_train, y_train, x_test, y_test)"
+)
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -132,21 +137,44 @@ def prepare_dataset(
     return raw.to_dataset()
 
 
-def load_prepared(path: str | os.PathLike, limits: Limits | Mapping | None = None) -> Dataset:
+def load_prepared(
+    path: str | os.PathLike,
+    limits: Limits | Mapping | None = None,
+    *,
+    user_file: bool = False,
+    label: str | None = None,
+) -> Dataset:
     """Load a cache written by ``prepare_dataset``; a corrupt file raises a clear error.
 
-    The file is checked as any ``.npz`` (``poisondetect.limits.read_npz``), except that its stored
-    arrays are not size-limited: they are what the prepare step wrote under the limits then.
+    The file is checked as any ``.npz`` (``poisondetect.limits.read_npz``), except that the
+    workflow's own cache is not size-limited on disk nor in its stored arrays: they are what the
+    prepare step wrote under the limits then. ``user_file`` (a path a user gave, e.g. ``audit
+    --data``): every limit applies, and the errors (named ``label``) never advise deleting it.
     """
+    return read_prepared(path, limits, user_file=user_file, label=label).to_dataset()
+
+
+def read_prepared(
+    path: str | os.PathLike,
+    limits: Limits | Mapping | None = None,
+    *,
+    user_file: bool = False,
+    label: str | None = None,
+) -> _Raw:
+    """``load_prepared`` before the pixels are scaled: every check, the uint8 arrays (a check of
+    a user's file costs no float copy)."""
     path = Path(path)
-    if not path.is_file():
+    label = label or str(path)
+    if not user_file and not path.exists():
         raise PoisonDetectError(
             f"{path}: prepared dataset not found; run the prepare step (prepare_dataset) first"
         )
     keys = ("version", "name", "format", "classes", "pixel_max")
     keys += ("x_train", "y_train", "x_test", "y_test")
-    hint = "delete it and rerun the prepare step"
-    arrays = read_npz(path, list(keys), limits=limits, hint=hint, own_cache=True)
+    hint = USER_PREPARED_HINT if user_file else "delete it and rerun the prepare step"
+    arrays = read_npz(
+        path, list(keys), limits=limits, label=label, hint=hint, own_cache=not user_file
+    )
     try:
         missing = [k for k in keys if k not in arrays]
         if missing:
@@ -164,11 +192,14 @@ def load_prepared(path: str | os.PathLike, limits: Limits | Mapping | None = Non
             pixel_max=int(arrays["pixel_max"]),
         )
         _check_raw(raw)
-    except (ValueError, KeyError, TypeError) as e:
-        raise PoisonDetectError(
-            f"{path}: corrupt or truncated prepared dataset ({e}); {hint}"
-        ) from e
-    return raw.to_dataset()
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        what = (
+            "not a valid prepared data set"
+            if user_file
+            else "corrupt or truncated prepared dataset"
+        )
+        raise PoisonDetectError(f"{label}: {what} ({short(str(e), 160)}); {hint}") from None
+    return raw
 
 
 # --------------------------------------------------------------------------- helpers
@@ -210,6 +241,8 @@ def _check_raw(raw: _Raw) -> None:
             raise ValueError(f"x_{split} must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
         if y.shape != (len(x),):
             raise ValueError(f"y_{split} has shape {y.shape}, expected ({len(x)},)")
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"y_{split} holds {y.dtype} values; labels must be integers")
         if len(y) and (y.min() < 0 or y.max() >= len(raw.classes)):
             raise ValueError(f"y_{split} has labels outside 0..{len(raw.classes) - 1}")
     if raw.x_train.shape[1:] != raw.x_test.shape[1:]:

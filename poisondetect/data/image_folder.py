@@ -17,8 +17,9 @@ from poisondetect.data.common import (
     _layout_error,
     _Raw,
 )
-from poisondetect.errors import PoisonDetectError
+from poisondetect.errors import PoisonDetectError, short, short_repr
 from poisondetect.limits import (
+    DecodedBudget,
     Limits,
     MemberBudget,
     check_image_pixels,
@@ -92,14 +93,14 @@ def _iter_tar_files(archive: Path, limits: Limits) -> Iterator[tuple[str, bytes 
                     raise _layout_error(
                         "image_folder",
                         archive,
-                        f"member {name!r} has an absolute path or '..'; refusing the archive "
+                        f"member {short_repr(name)} has an absolute path or '..'; refusing the archive "
                         "(repack it with relative paths: tar -C <folder> -cf data.tar train test)",
                     )
                 if member.issym() or member.islnk():
                     raise _layout_error(
                         "image_folder",
                         archive,
-                        f"member {name!r} is a link (to {member.linkname!r}); links are not "
+                        f"member {short_repr(name)} is a link (to {short_repr(member.linkname)}); links are not "
                         "followed: repack the archive with the files themselves (tar -h)",
                     )
                 if member.isdir():
@@ -109,7 +110,8 @@ def _iter_tar_files(archive: Path, limits: Limits) -> Iterator[tuple[str, bytes 
                     if f is not None:
                         yield name, f.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise _layout_error("image_folder", archive, f"cannot read archive ({e})") from e
+        problem = f"cannot read archive ({short(str(e), 160) or type(e).__name__})"
+        raise _layout_error("image_folder", archive, problem) from None
 
 
 def _split_member(name: str) -> tuple[str, str, str, str] | None:
@@ -124,6 +126,20 @@ def _split_member(name: str) -> tuple[str, str, str, str] | None:
     return None
 
 
+# Bytes of one pixel of an image as Pillow decodes it, by mode (others: 4).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "I;16": 2, "RGB": 3, "YCbCr": 3}
+
+
+def _decoded_bytes_per_pixel(mode: str, out_mode: str) -> tuple[int, int]:
+    """The bytes a pixel takes once decoded and converted (the larger of the decoded mode's and
+    the output's; a palette image counted at its RGB size, as it is expanded), and at the peak of
+    its decoding (the decoded image, its converted copy and the array made of it together)."""
+    native = _MODE_BYTES.get(mode, 4)
+    out = 1 if out_mode == "L" else 3
+    expanded = max(native, 3) if mode in ("P", "PA") else native
+    return max(expanded, out), native + 2 * out
+
+
 def _decode_image(
     data: bytes,
     where: str,
@@ -131,22 +147,26 @@ def _decode_image(
     channels: int | None,
     image_size: int | None,
     limits: Limits,
+    decoded: DecodedBudget | None = None,
 ) -> np.ndarray:
     """Decode to uint8 (H, W) (grayscale) or (H, W, 3), converted and resized as asked.
 
-    The pixel count the header announces is checked against ``max_image_pixels`` before the image
-    is decoded (inside ``pillow_pixel_limit``, which also sets Pillow's own bound to it).
+    The pixel count the header announces is checked against ``max_image_pixels``, and the decoded
+    size of the folder's images so far (``decoded``) against ``max_uncompressed_mb``, before the
+    image is decoded (inside ``pillow_pixel_limit``, which also sets Pillow's own bound).
     """
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as img:
             check_image_pixels(img.size, limits, f"{source}: {where}")
-            img.load()
             if channels is None:
                 mode = "L" if img.mode in ("1", "L", "I", "I;16", "F") else "RGB"
             else:
                 mode = "L" if channels == 1 else "RGB"
+            if decoded is not None:
+                decoded.check(where, img.size, *_decoded_bytes_per_pixel(img.mode, mode))
+            img.load()
             img = img.convert(mode)
             if image_size is not None and img.size != (image_size, image_size):
                 img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
@@ -155,8 +175,10 @@ def _decode_image(
         raise over_limit(f"{source}: {where}", "pixel count", "max_image_pixels", limits) from None
     except PoisonDetectError:
         raise
-    except (OSError, ValueError) as e:
-        raise _layout_error("image_folder", source, f"cannot decode image {where} ({e})") from e
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        # SyntaxError: Pillow's parsers (e.g. a broken PNG chunk, a bad PPM header) raise it
+        problem = f"cannot decode image {where} ({short(str(e), 160) or type(e).__name__})"
+        raise _layout_error("image_folder", source, problem) from None
 
 
 def read_image_folder(
@@ -192,6 +214,7 @@ def read_image_folder(
 
     entries: list[tuple[str, str, str]] = []  # (split, class, file name)
     images: list[np.ndarray] = []
+    decoded = DecodedBudget(limits, str(path))
     tops: set[str] = set()
     folders: set[tuple[str, str, str]] = set()  # (top, split, class) of every class folder
     with pillow_pixel_limit(limits):
@@ -209,10 +232,12 @@ def read_image_folder(
             top, split, cls, fname = parsed
             tops.add(top)
             entries.append((split, cls, fname))
-            images.append(_decode_image(data, member, path, channels, image_size, limits))
+            images.append(_decode_image(data, member, path, channels, image_size, limits, decoded))
     if len(tops) > 1:
         raise _layout_error(
-            "image_folder", path, f"several top-level folders ({sorted(tops)}); expected one"
+            "image_folder",
+            path,
+            f"several top-level folders ({short(str(sorted(tops)))}); expected one",
         )
 
     splits: dict[str, list[int]] = {"train": [], "test": []}
@@ -232,20 +257,21 @@ def read_image_folder(
         raise _layout_error(
             "image_folder",
             path,
-            f"class folder(s) {', '.join(empty)} hold no images; add images or remove the folder",
+            f"class folder(s) {short(', '.join(empty))} hold no images; add images or remove the folder",
         )
     if class_lists["train"] != class_lists["test"]:
         raise _layout_error(
             "image_folder",
             path,
-            f"train classes {class_lists['train']} differ from test classes {class_lists['test']}",
+            f"train classes {short(str(class_lists['train']))} differ from test classes "
+            f"{short(str(class_lists['test']))}",
         )
     classes = class_lists["train"]
     if len(classes) < 2:
         raise _layout_error(
             "image_folder",
             path,
-            f"only one class ({classes[0]}); a classifier needs at least two class folders",
+            f"only one class ({short(classes[0])}); a classifier needs at least two class folders",
         )
 
     sizes = {img.shape[:2] for img in images}
@@ -254,8 +280,9 @@ def read_image_folder(
         raise _layout_error(
             "image_folder",
             path,
-            f"images differ in size ({'/'.join(entries[0])} is {images[0].shape[:2]}, "
-            f"{'/'.join(entries[odd])} is {images[odd].shape[:2]}); set image_size to resize them",
+            f"images differ in size ({short('/'.join(entries[0]))} is {images[0].shape[:2]}, "
+            f"{short('/'.join(entries[odd]))} is {images[odd].shape[:2]}); set image_size to "
+            "resize them",
         )
     gray = all(img.ndim == 2 for img in images)
     n_channels = channels or (1 if gray else 3)

@@ -110,6 +110,8 @@ class ModelDetector(Detector):
     uses_shadow = False  # True: fit takes the shadow attacks (``shadow=``): attacked models that
     # are never evaluated, on other class pairs than the evaluated ones
     needs: tuple[str, ...] = ()  # the ModelRecord fields this detector reads
+    costly = False  # True: seconds or more per model; the stage keeps each model's statistics
+    # (keyed by everything they depend on) so a rerun scores only the models that changed
 
     def _fit_common(self, genuine: ModelRecord) -> None:
         self.labels_ = np.asarray(genuine.labels)

@@ -70,6 +70,11 @@ _REGISTRY: dict[str, dict[str, tuple[str | type, str, tuple[str, ...]]]] = {
             "weight_distance",
             ("score", "last_layer"),
         ),
+        "final_layer": (
+            "poisondetect.detectors.weights:FinalLayer",
+            "final_layer",
+            ("score", "delta", "norm", "cosine", "bias"),
+        ),
         "accuracy_drop": (
             "poisondetect.detectors.model_level:AccuracyDrop",
             "accuracy_drop",
@@ -191,10 +196,15 @@ def _unknown_statistic(
     from poisondetect.detectors.base import parse_statistic, statistic_name  # sklearn: lazily
 
     detector, statistic = parse_statistic(name)
-    if statistic in emitted.get(detector, ()):
+    if detector not in emitted:
+        return (
+            f"{key} names '{name}', but {detector} is not among the {whose} detectors "
+            f"({', '.join(emitted) or 'none'})"
+        )
+    if statistic in emitted[detector]:
         return None
-    known = [statistic_name(d, s) for d, stats in emitted.items() for s in stats]
-    return f"{key} names '{name}', which no {whose} detector emits; known: {', '.join(known)}"
+    known = ", ".join(statistic_name(detector, s) for s in emitted[detector])
+    return f"{key} names '{name}', which {detector} does not emit; it emits: {known}"
 
 
 def statistic_problems(ml: dict) -> list[str]:

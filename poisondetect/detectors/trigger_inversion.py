@@ -23,12 +23,20 @@ so far) is optimised further (K-Arm's pruning: with 10 classes and the defaults,
 cost of optimising all 90 arms throughout).
 
 - ``TriggerInversion``: the suspicious model alone.
-- ``DifferentialTriggerInversion``: the smallest patch that moves the suspicious model to the
-  target while M does not follow it: ``reference_weight * -log(1 - p_M(target | x'))`` is added to
-  the loss, an image counts as a success only if M does not predict the target on it, and images M
-  already assigns to the target are left out. Natural shortcuts that M shares cost as much as in M,
-  so only what the fine-tune added stays cheap; M itself scores 0. The fitted state holds M's
-  weights (as ``weight_distance`` does), so a restored detector needs no other file.
+- ``DifferentialTriggerInversion``, the suspicious model against M, in one of two modes.
+  ``shared`` (the default): M is inverted once, when the detector is fitted, and each model's
+  smallest trigger per target class is divided by M's for the same class; the statistics below
+  are taken over these ratios. A natural shortcut M already has is as cheap in M and cancels;
+  only what the fine-tune made cheaper stands out; a model costs one inversion, as with
+  ``TriggerInversion``. ``joint``: the smallest patch that moves the suspicious model to the
+  target while M does not follow it: ``reference_weight * -log(1 - p_M(target | x'))`` is added
+  to the loss, an image counts as a success only if M does not predict the target on it, and
+  images M already assigns to the target are left out (M in every step: twice the cost). M
+  itself scores 0 in both. The fitted state holds M's norms (shared) or weights (joint), so a
+  restored detector needs no other file.
+
+Every arm stops once it has a trigger and ``converge`` windows of ``patience`` steps have not
+shrunk it (``detectors/inversion.py``, where the optimisation lives).
 
 Statistics, from each target class's smallest norm (over its arms; higher = more suspicious; none
 reads the configured target or attacker class):
@@ -56,11 +64,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from poisondetect.detectors.base import keyword_init
+from poisondetect.detectors.inversion import Inversion, invert_triggers
 from poisondetect.detectors.model_level import ModelDetector, ModelRecord
 from poisondetect.errors import PoisonDetectError
 from poisondetect.seeds import stratified_subset
@@ -80,43 +88,11 @@ PARAMS = {
     "patience": 10,  # steps between two cost updates
     "success_threshold": 0.95,  # attack success a mask needs to count as a trigger
     "prune_after": 100,  # steps of every arm before only each target's best arm goes on
+    "converge": 3,  # an arm stops after this many windows without a smaller trigger (0: never)
+    "converge_tol": 0.02,  # what counts as smaller: by more than this share of its norm
     "seed": 0,
     "device": "auto",
 }
-
-
-@dataclass
-class Inversion:
-    """One model's inverted triggers, one row per arm: a (source, target) pair of classes, or
-    with ``label_specific=False`` a target class over the images of every other class (source
-    -1)."""
-
-    sources: np.ndarray  # (P,) int: the class whose images the arm patches (-1: all but target)
-    targets: np.ndarray  # (P,) int: the class the patch sends them to
-    norms: np.ndarray  # (P,) L1 norm of the smallest successful mask (H * W if none succeeded)
-    found: np.ndarray  # (P,) bool: a mask reached the success threshold
-    success: np.ndarray  # (P,) attack success of the kept mask on all the arm's images
-    masks: np.ndarray  # (P, H, W) float32 in [0, 1]
-    patterns: np.ndarray  # (P, C, H, W) float32 in [0, 1]
-
-    @property
-    def best(self) -> int:
-        """The arm of the smallest trigger."""
-        return int(np.argmin(self.norms))
-
-    @property
-    def suspected_class(self) -> int:
-        """The target of the smallest trigger (the attacker's class if the model is poisoned)."""
-        return int(self.targets[self.best])
-
-    @property
-    def suspected_source(self) -> int:
-        """The source class of the smallest trigger (-1 for an all-to-one arm)."""
-        return int(self.sources[self.best])
-
-    def target_norms(self) -> np.ndarray:
-        """Each target class's smallest trigger norm (over its arms), in class order."""
-        return np.array([self.norms[arms].min() for arms in _by_target(self.targets)])
 
 
 def summarise(inv: Inversion) -> dict[str, float]:
@@ -147,204 +123,12 @@ def _check_number(name: str, value, low: float, high: float | None = None, *, cl
         raise PoisonDetectError(f"{name} must be a number {span}, got {value!r}")
 
 
-def _arms(labels, num_classes, label_specific, ref_pred):
-    """(sources, targets, pools): each arm's source, target and the indices of its images."""
-    sources, targets, pools = [], [], []
-    for s in np.unique(labels) if label_specific else [-1]:
-        for t in range(num_classes):
-            if t == s:
-                continue
-            pool = np.flatnonzero(labels == s if s >= 0 else labels != t)
-            if ref_pred is not None:  # images M already assigns to the target prove nothing
-                pool = pool[ref_pred[pool] != t]
-            if len(pool):
-                sources.append(int(s))
-                targets.append(t)
-                pools.append(pool)
-    return np.array(sources), np.array(targets), pools
-
-
-def _by_target(targets: np.ndarray) -> list[np.ndarray]:
-    """The arm indices of each target class, in the order of the targets."""
-    return [np.flatnonzero(targets == t) for t in np.unique(targets)]
-
-
-def invert_triggers(
-    net,
-    images: np.ndarray,
-    labels: np.ndarray,
-    *,
-    label_specific: bool,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    init_cost: float,
-    cost_multiplier: float,
-    patience: int,
-    success_threshold: float,
-    prune_after: int,
-    seed: int,
-    device,
-    reference=None,
-    reference_weight: float = 1.0,
-) -> Inversion:
-    """Trigger inversion of every arm of ``net`` at once, on ``images`` (N, C, H, W) in [0, 1]
-    with true ``labels`` (N,); with a ``reference`` network (M), the differential variant.
-    Neither network is modified (each is copied to ``device``).
-
-    (One function on purpose: the optimisation loop of Neural Cleanse, whose cost schedule, kept
-    smallest triggers and pruning share the state of every arm from step to step.)"""
-    import torch
-    import torch.nn.functional as F
-
-    from poisondetect.runtime import deterministic_cuda
-
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        deterministic_cuda()
-    gen = torch.Generator().manual_seed(int(seed))
-    rng = np.random.default_rng(seed)
-
-    def frozen(module):
-        m = copy.deepcopy(module).to(dev).eval()
-        for p in m.parameters():
-            p.requires_grad_(False)
-        return m
-
-    def predict(m, x):
-        return torch.cat([m(x[i : i + 256]).argmax(1) for i in range(0, len(x), 256)])
-
-    model = frozen(net)
-    ref = frozen(reference) if reference is not None else None
-    x_all = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.float32, device=dev)
-    labels = np.asarray(labels)
-    n, c, h, w = x_all.shape
-    with torch.no_grad():
-        k = int(model(x_all[:1]).shape[1])
-        ref_pred = predict(ref, x_all).cpu().numpy() if ref is not None else None
-    sources, targets, pools = _arms(labels, k, label_specific, ref_pred)
-    p = len(targets)
-    if p == 0:
-        raise PoisonDetectError(
-            "trigger inversion: no image to patch (the trigger set needs images of at least two "
-            "classes)"
-        )
-    # each arm's images, step by step: its pool in seeded random orders, one after the other
-    b = batch_size
-    stream = np.stack(
-        [
-            np.concatenate([rng.permutation(pool) for _ in range(-(-steps * b // len(pool)))])[
-                : steps * b
-            ]
-            for pool in pools
-        ]
-    )
-    stream = torch.as_tensor(stream, device=dev)
-    tgt = torch.as_tensor(targets, device=dev)
-
-    # Neural Cleanse's start: random masks and patterns (seeded)
-    mask_logit = torch.logit(torch.rand(p, 1, h, w, generator=gen).clamp(0.05, 0.95)).to(dev)
-    pattern_logit = torch.logit(torch.rand(p, c, h, w, generator=gen).clamp(0.05, 0.95)).to(dev)
-    cost = torch.full((p,), float(init_cost), device=dev)
-    best_norm = torch.full((p,), float("inf"), device=dev)
-    best_mask = torch.zeros(p, 1, h, w, device=dev)
-    best_pattern = torch.zeros(p, c, h, w, device=dev)
-    active = torch.arange(p, device=dev)  # the arms still optimised
-
-    def patched(mask, pattern, xb):  # (P, B, C, H, W) -> (P * B, C, H, W)
-        xa = (1 - mask[:, None]) * xb + (mask * pattern)[:, None]
-        return xa.reshape(-1, c, h, w)
-
-    def hits(xa, t):  # (P * B,) the patch worked: the model says t (and M does not)
-        hit = model(xa).argmax(1) == t
-        return hit & (ref(xa).argmax(1) != t) if ref is not None else hit
-
-    def start(arms):  # the optimiser over the arms ``arms`` (fresh Adam state)
-        ml = mask_logit[arms].detach().clone().requires_grad_(True)
-        pl = pattern_logit[arms].detach().clone().requires_grad_(True)
-        return ml, pl, torch.optim.Adam([ml, pl], lr=lr, betas=(0.5, 0.9))
-
-    ml, pl, opt = start(active)
-    window = torch.zeros(p, device=dev)
-    for step in range(steps):
-        if step == prune_after and label_specific:
-            # K-Arm's idea: from here on, only each target's most promising arm (the source with
-            # the smallest trigger so far) is optimised
-            with torch.no_grad():
-                mask_logit[active], pattern_logit[active] = ml, pl
-                rank = torch.where(
-                    torch.isfinite(best_norm),
-                    best_norm,
-                    h * w + torch.sigmoid(mask_logit).sum(dim=(1, 2, 3)),
-                ).cpu()
-                active = torch.as_tensor(
-                    [int(arms[rank[arms].argmin()]) for arms in _by_target(targets)], device=dev
-                )
-            ml, pl, opt = start(active)
-        a = len(active)
-        t_b = tgt[active].repeat_interleave(b)
-        xb = x_all[stream[active, step * b : (step + 1) * b]]  # (A, B, C, H, W)
-        mask, pattern = torch.sigmoid(ml), torch.sigmoid(pl)
-        xa = patched(mask, pattern, xb)
-        logits = model(xa)
-        loss_img = F.cross_entropy(logits, t_b, reduction="none")
-        hit = logits.argmax(1) == t_b
-        if ref is not None:
-            ref_logits = ref(xa)
-            # -log(1 - p_M(t | x')): M must not follow the patch to t
-            p_t = torch.softmax(ref_logits, 1).gather(1, t_b[:, None])[:, 0]
-            loss_img = loss_img - reference_weight * torch.log1p(-p_t.clamp(max=1 - 1e-6))
-            hit = hit & (ref_logits.argmax(1) != t_b)
-        norms = mask.sum(dim=(1, 2, 3))
-        loss = (loss_img.reshape(a, b).mean(1) + cost[active] * norms).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            window[active] += hit.reshape(a, b).float().mean(1)
-            if (step + 1) % patience == 0:  # Neural Cleanse's bookkeeping, once per window
-                up = window[active] / patience >= success_threshold
-                better = up & (norms < best_norm[active])
-                idx = active[better]
-                best_norm[idx] = norms[better]
-                best_mask[idx] = mask[better]
-                best_pattern[idx] = pattern[better]
-                factor = torch.where(up, cost_multiplier, cost_multiplier**-1.5)
-                cost[active] = (cost[active] * factor).clamp(1e-8, 1e4)
-                window.zero_()
-
-    found = torch.isfinite(best_norm)
-    # success of each kept mask on all the arm's images
-    arm = np.concatenate([np.full(len(pool), i) for i, pool in enumerate(pools)])
-    img = np.concatenate(pools)
-    hit_all = np.zeros(len(img), dtype=bool)
-    with torch.no_grad():
-        for i in range(0, len(img), 256):
-            a = torch.as_tensor(arm[i : i + 256], device=dev)
-            xb = x_all[torch.as_tensor(img[i : i + 256], device=dev)]
-            xa = (1 - best_mask[a]) * xb + best_mask[a] * best_pattern[a]
-            hit_all[i : i + 256] = hits(xa, tgt[a]).cpu().numpy()
-    success = np.bincount(arm, weights=hit_all, minlength=p) / np.bincount(arm, minlength=p)
-    area = float(h * w)
-    return Inversion(
-        sources=sources,
-        targets=targets,
-        norms=torch.where(found, best_norm, torch.full_like(best_norm, area))
-        .cpu()
-        .double()
-        .numpy(),
-        found=found.cpu().numpy(),
-        success=np.where(found.cpu().numpy(), success, 0.0),
-        masks=best_mask[:, 0].cpu().numpy(),
-        patterns=best_pattern.cpu().numpy(),
-    )
-
-
 class TriggerInversion(ModelDetector):
     """Neural Cleanse on the suspicious model: how much smaller its smallest target's trigger is
     than the median target's."""
 
     needs = ("network", "images")
+    costly = True  # seconds per model: the stage keeps each model's statistics
     config_name = "trigger_inversion"
     __init__ = keyword_init(**PARAMS)
 
@@ -353,6 +137,8 @@ class TriggerInversion(ModelDetector):
         for name in ("steps", "batch_size", "n_images", "patience"):
             _check_int(f"{where}.{name}", getattr(self, name), 1)
         _check_int(f"{where}.seed", self.seed, 0)
+        _check_int(f"{where}.converge", self.converge, 0)
+        _check_number(f"{where}.converge_tol", self.converge_tol, 0, 1, closed=True)
         _check_int(f"{where}.prune_after", self.prune_after, 0)
         _check_number(f"{where}.lr", self.lr, 0)
         _check_number(f"{where}.init_cost", self.init_cost, 0)
@@ -423,6 +209,8 @@ class TriggerInversion(ModelDetector):
             device=pick_device(self.device),
             reference=self._reference(rec),
             reference_weight=getattr(self, "reference_weight", 0.0),
+            converge=self.converge,
+            converge_tol=self.converge_tol,
         )
 
     def inversions(self, records: Sequence[ModelRecord]) -> list[Inversion]:
@@ -434,23 +222,32 @@ class TriggerInversion(ModelDetector):
 
 
 class DifferentialTriggerInversion(TriggerInversion):
-    """The smallest patch that moves the suspicious model but leaves M's predictions unchanged;
-    statistics as ``TriggerInversion``'s."""
+    """Trigger inversion against M. ``reference_mode="shared"`` (the default): M is inverted
+    once, at fit, and each model's smallest trigger per target is divided by M's for the same
+    target (what the fine-tune made cheaper than it was in M; M's natural shortcuts cancel), the
+    score how far the smallest ratio lies below the median ratio (a fine-tune that cheapens
+    every target alike moves the median too);
+    ``"joint"``: the smallest patch that moves the suspicious model while M does not follow it
+    (M in every step's loss: twice the cost per model). Statistics as ``TriggerInversion``'s,
+    on the ratios in shared mode."""
 
     config_name = "differential_trigger_inversion"
-    __init__ = keyword_init(**PARAMS, reference_weight=1.0)
+    __init__ = keyword_init(**PARAMS, reference_weight=1.0, reference_mode="shared")
 
     def fit(
         self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()
     ) -> DifferentialTriggerInversion:
         self._validate()
-        _check_number(
-            f"model_level.detectors.{self.config_name}.reference_weight",
-            self.reference_weight,
-            0,
-            closed=True,
-        )
+        where = f"model_level.detectors.{self.config_name}"
+        _check_number(f"{where}.reference_weight", self.reference_weight, 0, closed=True)
+        if self.reference_mode not in ("shared", "joint"):
+            raise PoisonDetectError(
+                f"{where}.reference_mode must be 'shared' or 'joint', got {self.reference_mode!r:.40}"
+            )
         self._fit_common(genuine)
+        if self.reference_mode == "shared":
+            self.reference_norms_ = self.invert(genuine).target_norms().astype(np.float64)
+            return self
         state = {
             k: v for k, v in self._network(genuine).state_dict().items() if v.is_floating_point()
         }
@@ -460,10 +257,36 @@ class DifferentialTriggerInversion(TriggerInversion):
         )
         return self
 
+    def _one(self, rec: ModelRecord) -> dict[str, float]:
+        inv = self.invert(rec)
+        if self.reference_mode == "joint":
+            return summarise(inv)
+        if not hasattr(self, "reference_norms_"):
+            raise PoisonDetectError(f"{type(self).__name__} is not fitted: call fit() first")
+        norms, ref = inv.target_norms().astype(np.float64), self.reference_norms_
+        if norms.shape != ref.shape:
+            raise PoisonDetectError(
+                f"model {rec.name!r}: {len(norms)} target classes, M had {len(ref)} (another "
+                "trigger set or number of classes?)"
+            )
+        ratio = norms / np.maximum(ref, 1e-12)
+        med, low, t = float(np.median(ratio)), float(ratio.min()), int(np.argmin(ratio))
+        mad = max(MAD_SCALE * float(np.median(np.abs(ratio - med))), MAD_FLOOR * med, 1e-12)
+        return {
+            # against the model's own median ratio: a fine-tune that makes every trigger cheaper
+            # (a high learning rate) moves all ratios alike, a backdoor one target's
+            "score": 1.0 - low / max(med, 1e-12),
+            "anomaly_index": (med - low) / mad,
+            "small_trigger": 1.0 - norms[t] / float(np.prod(inv.masks.shape[1:])),
+        }
+
     def _reference(self, rec: ModelRecord):
-        """M rebuilt from the fitted state in a copy of the suspicious model (same architecture)."""
+        """M rebuilt from the fitted state in a copy of the suspicious model (same architecture);
+        none in shared mode."""
         import torch
 
+        if self.reference_mode == "shared":
+            return None
         if not hasattr(self, "reference_state_"):
             raise PoisonDetectError(f"{type(self).__name__} is not fitted: call fit() first")
         net = copy.deepcopy(self._network(rec)).cpu()

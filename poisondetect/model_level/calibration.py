@@ -35,12 +35,13 @@ def calibrate_scores(df: pd.DataFrame, fpr: float) -> tuple[pd.DataFrame, dict]:
     """Thresholds per (detector, statistic) from the honest fitting replicates; flags and
     empirical p-values of every model. ``df`` has columns model, split, detector, statistic,
     value. Returns the scored table and, per "detector:statistic", the threshold and the honest
-    scores it came from (what the audit bundle stores)."""
+    scores it came from (what the audit bundle stores), in the order of the fitting replicates'
+    names (``honest_models``)."""
     from poisondetect.metrics import calibrated_threshold, empirical_pvalue
 
     out, thresholds = [], {}
     for (det, stat), g in df.groupby(["detector", "statistic"], sort=False):
-        ref = g[g["split"] == "fit"]
+        ref = g[g["split"] == "fit"].sort_values("model", kind="stable")
         thr = calibrated_threshold(ref["value"], fpr)
         thresholds[f"{det}:{stat}"] = {
             "threshold": thr,
@@ -56,6 +57,52 @@ def calibrate_scores(df: pd.DataFrame, fpr: float) -> tuple[pd.DataFrame, dict]:
         ]
         out.append(g)
     return pd.concat(out, ignore_index=True), thresholds
+
+
+VERDICT = "verdict"  # the verdict's rows in the scores table: detector "verdict", statistic "score"
+
+
+def verdict_scores(df: pd.DataFrame, verdict: list[str], fpr: float) -> pd.DataFrame:
+    """The calibrated verdict of every model as rows of the scores table (detector ``verdict``):
+    one statistic over the verdict's statistics (``metrics.verdict_pvalue``: the smallest
+    per-statistic p-value, calibrated as one), its p-value against the honest fitting replicates
+    (a fitting replicate against the others: out of sample), ``value`` = -log10(p-value),
+    flagged when the p-value is at most ``metrics.verdict_cutoff`` of the replicates it was
+    calibrated on, and the false-alarm rate those replicates guarantee (``guaranteed_fpr``)."""
+    from poisondetect.metrics import guaranteed_fpr, verdict_cutoff, verdict_pvalue
+
+    keys = [parse_statistic(v) for v in verdict]
+    wide = {}
+    for det, stat in keys:
+        rows = df[(df["detector"] == det) & (df["statistic"] == stat)]
+        wide[f"{det}:{stat}"] = rows.set_index("model")["value"]
+    wide = pd.DataFrame(wide)
+    if wide.isna().any().any():
+        missing = wide.columns[wide.isna().any()].tolist()
+        raise PoisonDetectError(f"calibration.verdict: {missing} did not score every model")
+    split = df.drop_duplicates("model").set_index("model")["split"].reindex(wide.index)
+    fit = sorted(split.index[split == "fit"])
+    rows = []
+    for model, scores in wide.iterrows():
+        ref = [m for m in fit if m != model]
+        p = verdict_pvalue(scores.to_numpy(), wide.loc[ref].to_numpy())
+        cut = verdict_cutoff(len(ref), fpr)
+        rows.append(
+            {
+                "model": model,
+                "split": split[model],
+                "detector": VERDICT,
+                "statistic": "score",
+                "value": -np.log10(p),
+                # between the flagged p-value and the next one up: value > threshold = flagged
+                "calibrated_threshold": -np.log10(cut + 0.5 / (len(ref) + 1)),
+                "calibrated_flagged": bool(p <= cut + 1e-12),
+                "pvalue": p,
+                "guaranteed_fpr": guaranteed_fpr(len(ref), fpr) if ref else 1.0,
+                "n_calibration": len(ref),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def _with_spec(
@@ -75,14 +122,33 @@ def _with_spec(
 
 
 def scores_table(
-    score_files: list[str], *, cell: dict, fpr: float, n_fit_replicates: int | dict[str, int]
+    score_files: list[str],
+    *,
+    cell: dict,
+    fpr: float,
+    n_fit_replicates: int | dict[str, int],
+    verdict: list[str] = (),
 ) -> tuple[pd.DataFrame, dict]:
-    """The calibrated scores of every detector of a cell (each file names its detector)."""
+    """The calibrated scores of every detector of a cell (each file names its detector), and the
+    verdict's rows when ``verdict`` names its statistics."""
     df = pd.concat([pd.read_csv(p) for p in score_files], ignore_index=True)
     specs = {m: parse_model(m) for m in df["model"].unique()}
     df["split"] = df["model"].map(lambda m: split_of(specs[m], n_fit_replicates))
     df, thresholds = calibrate_scores(df, fpr)
+    if verdict:
+        check_verdict(verdict, thresholds)
+        df = pd.concat([df, verdict_scores(df, list(verdict), fpr)], ignore_index=True)
     return _with_spec(df, cell, n_fit_replicates), thresholds
+
+
+def check_verdict(verdict: list[str], thresholds: dict) -> None:
+    """Every statistic the verdict names was calibrated."""
+    unknown = [v for v in verdict if ":".join(parse_statistic(v)) not in thresholds]
+    if unknown:
+        raise PoisonDetectError(
+            f"calibration.verdict names {unknown}, which no configured detector computes; "
+            f"known: {', '.join(sorted(thresholds))}"
+        )
 
 
 def _statistic(scores: pd.DataFrame, name: str) -> pd.Series:
@@ -100,12 +166,14 @@ def detection_table(
     cell: dict,
     n_fit_replicates: int | dict[str, int],
     paper_rule: str,
-    verdict: list[str],
+    fpr: float,
 ) -> pd.DataFrame:
     """One row per model: its evaluation (each JSON names its model; an attack's class pair, an
     honest fine-tune's training settings as hp_* columns), the paper's rule (the
     statistic ``paper_rule``, a margin over the paper's threshold: ``paper_score`` minus
-    ``paper_threshold``, flagged when positive) and the calibrated verdict (any of ``verdict``)."""
+    ``paper_threshold``, flagged when positive) and the calibrated verdict (the scores table's
+    ``verdict`` rows: flag, p-value, the false-alarm rate its calibration guarantees and whether
+    that is the configured ``fpr``)."""
     rows = []
     for path in metrics:
         ev = read_json(path)
@@ -130,8 +198,12 @@ def detection_table(
         det["paper_score"] = det["model"].map(score)
         det["paper_threshold"] = det["model"].map(score - margin)
         det["paper_flagged"] = det["model"].map(margin > 0)
-    flags = [_statistic(scores, v)["calibrated_flagged"] for v in verdict]
-    det["verdict_flagged"] = det["model"].map(pd.concat(flags, axis=1).any(axis=1))
+    v = _statistic(scores, VERDICT)
+    det["verdict_flagged"] = det["model"].map(v["calibrated_flagged"]).astype(bool)
+    det["verdict_pvalue"] = det["model"].map(v["pvalue"])
+    det["verdict_guaranteed_fpr"] = det["model"].map(v["guaranteed_fpr"])
+    # the configured rate is out of reach with this many honest fitting replicates
+    det["verdict_fpr_reachable"] = det["verdict_guaranteed_fpr"] <= fpr + 1e-12
     return det
 
 
@@ -156,14 +228,11 @@ def calibrate(
     """Calibrate every detector of a cell; write its scores table, its detection table (the
     paper's rule and the calibrated verdict) and the detector bundle that ``audit`` uses."""
     from poisondetect.bundles import write_bundle
+    from poisondetect.metrics import guaranteed_fpr, replicates_needed
 
-    table, thresholds = scores_table(scores, cell=cell, fpr=fpr, n_fit_replicates=n_fit_replicates)
-    unknown = [v for v in verdict if ":".join(parse_statistic(v)) not in thresholds]
-    if unknown:
-        raise PoisonDetectError(
-            f"calibration.verdict names {unknown}, which no configured detector computes; "
-            f"known: {', '.join(sorted(thresholds))}"
-        )
+    table, thresholds = scores_table(
+        scores, cell=cell, fpr=fpr, n_fit_replicates=n_fit_replicates, verdict=verdict
+    )
     with atomic_path(scores_out) as tmp:
         table.to_csv(tmp, index=False)
     detection = detection_table(
@@ -172,11 +241,12 @@ def calibrate(
         cell=cell,
         n_fit_replicates=n_fit_replicates,
         paper_rule=paper_rule,
-        verdict=verdict,
+        fpr=fpr,
     )
     with atomic_path(detection_out) as tmp:
         detection.to_csv(tmp, index=False)
 
+    honest_models = sorted(table.loc[table["split"] == "fit", "model"].unique())
     arrays, meta = _bundle(states, autoencoder, genuine_activations, data, cell, trigger)
     # where audit finds the trigger set: this path, or the same file relative to the bundle
     meta["trigger_set"]["data_file_from_bundle"] = os.path.relpath(
@@ -187,11 +257,24 @@ def calibrate(
         "verdict": verdict,
         "paper_rule": paper_rule,
         "thresholds": thresholds,
+        # the honest fitting replicates, in the order of every statistic's honest_scores
+        "honest_models": honest_models,
         "n_fit_replicates": n_fit_replicates,
     }
     digest = write_bundle(bundle_out, arrays, meta)
-    n_h = (table.drop_duplicates("model")["split"] == "fit").sum()
+    n_h = len(honest_models)
     log.info("calibrated %d detector statistics on %d honest models", len(thresholds), n_h)
+    rate = guaranteed_fpr(n_h, fpr)
+    if rate > fpr + 1e-12:
+        log.warning(
+            "the verdict's false-alarm rate: %d honest fitting replicates guarantee %.3f, not the "
+            "configured %g; %d are needed (more sampled honest fine-tunes: "
+            "model_level.finetune.sampled.replicates)",
+            n_h,
+            rate,
+            fpr,
+            replicates_needed(fpr, len(verdict)),
+        )
     log.info("detector bundle %s, content digest %s", bundle_out, digest)
 
 

@@ -162,20 +162,22 @@ def _honest_set(ds, spec: ModelSpec, honest: dict, *, scenario, new_data_fractio
     return x, y
 
 
-def _attack_success(net, ds, x, attacked, spec: ModelSpec, attack: dict, seed: int, device):
+def _attack_success(net, ds, x, attacked, kind, attack: dict, seed: int, device):
     """Attack success on the attacked training images (Table 2 of the paper: the share classified
-    as the attacker wants) and on held-out images (the target class's test images, with the
-    pattern pasted for the pattern attack)."""
-    from poisondetect.attacks.labels import paste_pattern
+    as the attacker wants) and on held-out images (the kind's ``success_images``: the source
+    classes' test images with its trigger; ``kind``: the instance that poisoned the training set,
+    which holds a trigger it optimised)."""
     from poisondetect.classifiers import predict
 
     target = attack["attacker_class"]
-    success = float((predict(net, x[attacked], device=device) == target).mean())
-    xt = ds.x_test[ds.y_test == attack["target_class"]]
-    if spec.attack == "pattern":
-        rng = np.random.default_rng(seed + 1)
-        xt = paste_pattern(xt, attack["pattern_size"], attack["pattern_value"], rng)
-    success_test = float((predict(net, xt, device=device) == target).mean()) if len(xt) else None
+    success = kind.success(predict(net, x[attacked], device=device), target)
+    xt = kind.success_images(
+        ds.x_test,
+        ds.y_test,
+        **{k: v for k, v in attack.items() if k not in ("seed",)},
+        seed=seed,
+    )
+    success_test = kind.success(predict(net, xt, device=device), target) if len(xt) else None
     return success, success_test
 
 
@@ -220,12 +222,17 @@ def _honest_training(ds, spec, honest, train, *, scenario, new_data_fraction, se
     return x, y, None, opts, {"hyperparameters": hp}
 
 
-def _attack_training(ds, spec, attack, train, *, seed):
+def _attack_training(
+    ds, spec, kind, attack, train, *, net, scenario, new_data_fraction, seed, device
+):
     """An attacked fine-tune's poisoned training set, options and recorded settings (its class
     pair: the configured one, or its own random draw; a shadow attack's is drawn apart from every
-    evaluated attack's pair, ``attack["evaluated"]`` naming them)."""
-    from poisondetect.attacks.labels import apply_attack
-
+    evaluated attack's pair, ``attack["evaluated"]`` naming them). With ``attack["recipe"]`` (the
+    sampled honest null's ranges: ``attacks.sampled``) the attacker trains like an honest user:
+    its recipe is drawn by the same function as an honest sampled replicate's
+    (``honest_hyperparameters``) and recorded as theirs (hp_* columns); else the attack's fixed
+    recipe (its epochs from the name, lr x ``attacks.lr_factor``, no augmentation, all data).
+    ``kind``: the attack's registry instance (``poisondetect.attacks.registry``)."""
     shadow = spec.replicate < attack.get("shadow_replicates", 0)
     exclude = (
         {attack_classes(attack, n, seed, ds.num_classes) for n in attack["evaluated"]}
@@ -235,23 +242,49 @@ def _attack_training(ds, spec, attack, train, *, seed):
     target, attacker = attack_classes(
         attack, spec.name, seed, ds.num_classes, shadow=shadow, exclude=exclude
     )
-    atk = apply_attack(
-        spec.attack,
-        ds.x_train,
-        ds.y_train,
+    record = {"target_class": target, "attacker_class": attacker}
+    recipe = attack.get("recipe")
+    if recipe is not None:
+        hp = honest_hyperparameters(train, recipe, _as_sampled(spec), scenario, seed)
+        x, y = _honest_set(
+            ds, spec, hp, scenario=scenario, new_data_fraction=new_data_fraction, seed=seed
+        )
+        opts = {
+            k: hp[k] for k in ("epochs", "lr", "batch_size", "weight_decay", "optimizer", "augment")
+        }
+        record["hyperparameters"] = hp
+    else:
+        x, y = ds.x_train, ds.y_train
+        opts = {"epochs": spec.epochs, "lr": train["lr"] * attack["lr_factor"], "augment": False}
+    atk = kind.poison(
+        x,
+        y,
         seed=model_seed(seed, spec.name),
         fraction=spec.fraction,
         num_classes=ds.num_classes,
         target_class=target,
         attacker_class=attacker,
-        **{k: v for k, v in attack.items() if k.startswith("pattern_")},
+        model=net if kind.needs_model else None,
+        device=device,
+        **{k: v for k, v in attack.items() if k in kind.settings},
     )
-    opts = {"epochs": spec.epochs, "lr": train["lr"] * attack["lr_factor"], "augment": False}
     log.info(
-        "%s: %d images of class %d relabelled %d", spec.name, len(atk.attacked), target, attacker
+        "%s (%s): %d of %d training images poisoned, class %d -> %d%s",
+        spec.name,
+        kind.name,
+        len(atk.attacked),
+        len(y),
+        target,
+        attacker,
+        f", sampled recipe {opts}" if recipe is not None else "",
     )
-    record = {"target_class": target, "attacker_class": attacker}
     return atk.x, atk.y, atk.attacked, opts, record
+
+
+def _as_sampled(spec: ModelSpec) -> ModelSpec:
+    """An attacked model's spec as a replicate of the sampled null (its own name, so its own
+    draw): what makes ``honest_hyperparameters`` draw its recipe."""
+    return ModelSpec(spec.name, "honest", variant=SAMPLED, replicate=spec.replicate)
 
 
 def _finetune_one(
@@ -272,6 +305,7 @@ def _finetune_one(
     """Fine-tune M into one model: an honest one (``honest``: its variant's settings, or the
     sampled null's ranges) or an attacked one (``attack``; the kind, fraction and epochs come from
     the name)."""
+    from poisondetect.attacks.registry import get as get_attack
     from poisondetect.checkpoints import load_checkpoint
     from poisondetect.classifiers import accuracy, train_model
 
@@ -289,7 +323,19 @@ def _finetune_one(
             seed=seed,
         )
     elif spec.role == "attack" and attack is not None:
-        x, y, attacked, opts, record = _attack_training(ds, spec, attack, train, seed=seed)
+        kind = get_attack(spec.attack)
+        x, y, attacked, opts, record = _attack_training(
+            ds,
+            spec,
+            kind,
+            attack,
+            train,
+            net=net,
+            scenario=scenario,
+            new_data_fraction=new_data_fraction,
+            seed=seed,
+            device=device,
+        )
     else:
         raise PoisonDetectError(
             f"{model}: a fine-tune needs its honest variant's or its attack's settings"
@@ -301,7 +347,7 @@ def _finetune_one(
     success = success_test = None
     if attacked is not None:
         success, success_test = _attack_success(
-            net, ds, x, attacked, spec, {**attack, **record}, s, device
+            net, ds, x, attacked, kind, {**attack, **record}, s, device
         )
     log.info(
         "%s: test accuracy %.4f, attack success %s (%.1fs)",

@@ -9,6 +9,7 @@ never by file names or positions.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -103,19 +104,99 @@ def read_statistics(score_files: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
+class _NetworkLoader:
+    """Loads one checkpoint's network when called; ``digest`` is the checkpoint's content
+    digest (what a kept score of the network depends on)."""
+
+    def __init__(self, path: str, digest: str) -> None:
+        self.path, self.digest = path, digest
+
+    def __call__(self):
+        from poisondetect.checkpoints import load_checkpoint
+
+        return load_checkpoint(self.path, device="cpu")[0]
+
+
 def _network_loaders(checkpoints: list[str]) -> dict:
     """A loader of each checkpoint's network, keyed by the model its metadata names."""
-    from functools import partial
-
     from poisondetect.bundles import read_metadata
-    from poisondetect.checkpoints import load_checkpoint
 
-    return {
-        read_metadata(path).get("model", path): partial(
-            lambda p: load_checkpoint(p, device="cpu")[0], path
-        )
-        for path in checkpoints
+    out = {}
+    for path in checkpoints:
+        meta = read_metadata(path)
+        out[meta.get("model", path)] = _NetworkLoader(path, str(meta.get("digest", "")))
+    return out
+
+
+def record_digest(rec, fields) -> str:
+    """A digest of what a detector reads of one model (its ``needs``, labels and predictions)."""
+    import hashlib
+    import json
+
+    from poisondetect.io import sha256_array
+
+    parts = {"labels": sha256_array(rec.labels), "preds": sha256_array(rec.preds)}
+    for field in fields:
+        value = getattr(rec, field)
+        if field == "network":
+            digest = getattr(value, "digest", "")
+            if not digest:  # a module, or a checkpoint without a digest: its weights
+                net = rec.need("network")
+                digest = sha256_array(
+                    *(t.detach().cpu().numpy() for t in net.state_dict().values())
+                )
+            parts[field] = digest
+        elif isinstance(value, dict):
+            parts[field] = {k: sha256_array(np.asarray(v)) for k, v in sorted(value.items())}
+        elif value is not None:
+            parts[field] = sha256_array(np.asarray(value))
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _kept_statistics(det, name: str, records: dict, names: list[str], cache: str) -> dict:
+    """``det.statistics`` of the models ``names``, each model's kept in ``cache`` under a key of
+    everything it depends on (the detector's parameters and fitted state, what it reads of the
+    model): a model whose key is there is not scored again."""
+    import hashlib
+    import json
+    import os
+
+    from poisondetect.bundles import content_digest
+    from poisondetect.detectors.base import fitted_state
+    from poisondetect.io import atomic_write_text
+
+    arrays, plain = fitted_state(det)
+    base = {
+        "detector": name,
+        "params": {k: v for k, v in det.get_params().items() if k != "device"},
+        "state": content_digest(arrays, plain),
     }
+    out: dict[str, list[float]] = {}
+    hits = 0
+    for m in names:
+        rec = records[m]
+        key = hashlib.sha256(
+            json.dumps({**base, "model": record_digest(rec, det.needs)}, sort_keys=True).encode()
+        ).hexdigest()
+        path = os.path.join(cache, f"{m}.json")
+        kept = None
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    entry = json.load(f)
+                kept = entry["statistics"] if entry.get("key") == key else None
+            except (OSError, ValueError, KeyError, TypeError):
+                kept = None  # a damaged entry is scored again
+        if kept is None:
+            kept = {k: float(v[0]) for k, v in det.statistics([rec]).items()}
+            os.makedirs(cache, exist_ok=True)
+            atomic_write_text(path, json.dumps({"key": key, "statistics": kept}))
+        else:
+            hits += 1
+        for k, v in kept.items():
+            out.setdefault(k, []).append(v)
+    log.info("%s: %d of %d models' statistics kept from an earlier run", name, hits, len(names))
+    return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
 
 def trigger_images(data: str, trigger: dict, seed: int, activations: list[str]) -> np.ndarray:
@@ -187,6 +268,7 @@ def fit_and_score(
     n_fit_replicates: int | dict[str, int],
     reference: str | None = None,
     run: dict | None = None,
+    cache: str | None = None,
 ) -> tuple[object, pd.DataFrame]:
     """Fit one detector on M and the honest fitting replicates (and, where it uses them, the
     reference honest fine-tune ``reference`` and the shadow attacks); score every model.
@@ -194,6 +276,9 @@ def fit_and_score(
     A detector that learns from the honest population scores each of its fitting replicates with a
     copy fitted without it (leave one out), so every honest score is out of sample. No detector
     ever sees a held-out honest model or an evaluated attack while it is fitted.
+
+    A ``costly`` detector keeps each model's statistics in ``cache`` (a folder): a rerun after
+    the attacks changed scores only the new models.
     """
     from sklearn.base import clone
 
@@ -214,7 +299,10 @@ def fit_and_score(
         context["shadow"] = [records[m] for m in records if split[m] == "shadow"]
     det.fit(genuine, [records[m] for m in fit_names], **context)
     names = list(records)
-    stats = det.statistics([records[m] for m in names])
+    if cache and det.costly:
+        stats = _kept_statistics(det, name, records, names, cache)
+    else:
+        stats = det.statistics([records[m] for m in names])
     if det.uses_honest:
         for m in fit_names:
             rest = [records[o] for o in fit_names if o != m]
@@ -266,7 +354,11 @@ def score_detector(
         images=images,
     )
     run = {"seed": seed, **({"device": device} if device else {})}
-    det, df = fit_and_score(detector, params, records, n_fit_replicates, reference, run=run)
+    # kept statistics of costly detectors: the cell's cache/<detector>/ (delete it to rescore)
+    cache = os.path.join(os.path.dirname(os.path.dirname(scores_out)), "cache", detector)
+    det, df = fit_and_score(
+        detector, params, records, n_fit_replicates, reference, run=run, cache=cache
+    )
     with atomic_path(scores_out) as tmp:
         df.to_csv(tmp, index=False)
     arrays, plain = fitted_state(det)

@@ -6,12 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from poisondetect.population import ModelSpec, population_label
+from poisondetect.population import ModelSpec, parse_model, population_label
 from poisondetect.report.common import CELL, plt, save, series_styles, write_table
 
 
 def _column(row) -> str:
-    """Column label of a model's population: Genuine, Honest <variant>, FA 50% e10, PAA 5% e5."""
+    """Column label of a model's population: Genuine, Honest <variant>, FA 50% e10, PAA 5% e5
+    (from the model's name where the row has one: an attacker that drew its recipe trained other
+    epochs than its population's name says)."""
+    if isinstance(row.get("model"), str):
+        return population_label(parse_model(row["model"]))
     fraction, epochs = row.get("fraction"), row.get("epochs")
     spec = ModelSpec(
         "",
@@ -22,6 +26,11 @@ def _column(row) -> str:
         epochs=None if pd.isna(epochs) else int(epochs),
     )
     return population_label(spec)
+
+
+def _populations(roc: pd.DataFrame) -> pd.DataFrame:
+    """roc.csv's rows per attack population (not its per-family rows, scope family)."""
+    return roc[roc["scope"] == "population"] if "scope" in roc else roc
 
 
 def _attack_label(kind: str, fraction: float, epochs: int) -> str:
@@ -95,7 +104,7 @@ def model_level_tables(detection_csv: str, roc_csv: str, out: dict[str, str]) ->
             "= \\mu + \\sigma$ of one honest fine-tune's errors.",
             "tab:detection",
         )
-    roc = pd.read_csv(roc_csv)
+    roc = _populations(pd.read_csv(roc_csv))
     r = roc[roc["honest_variant"] == "all"].copy()
     r["population"] = [
         f"{_attack_label(k, f, e)} ({subset})"
@@ -229,7 +238,7 @@ def model_level_roc_figures(
     import seaborn as sns
 
     sel = {"dataset": dataset, "arch": arch, "scenario": scenario}
-    roc = pd.read_csv(roc_csv)
+    roc = _populations(pd.read_csv(roc_csv))
     roc = roc[
         (roc[list(sel)] == pd.Series(sel)).all(axis=1)
         & (roc["honest_variant"] == "all")

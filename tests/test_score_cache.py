@@ -1,0 +1,84 @@
+"""A costly detector (trigger inversion: seconds per model) keeps each model's statistics under a
+key of everything they depend on, so a rerun after the attacks changed scores only the models
+that changed, with the same numbers."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from poisondetect.detectors.model_level import ModelRecord
+from poisondetect.detectors.trigger_inversion import TriggerInversion
+from poisondetect.model_level.scoring import fit_and_score
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PARAMS = {"steps": 3, "n_images": 20, "prune_after": 1, "device": "cpu"}
+
+
+@pytest.fixture
+def records():
+    import torch
+
+    from poisondetect.models import build_model
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 1, 8, 8), dtype=np.float32)
+    y = np.arange(40) % 4
+    out = {}
+    for i, name in enumerate(["genuine", "honest_paper_r0", "honest_paper_r1", "flip_f50_e2_r0"]):
+        torch.manual_seed(i)
+        net = build_model("cnn", in_channels=1, num_classes=4, image_size=8, width=0.25).eval()
+        out[name] = ModelRecord(name, y, y, network=net, images=x)
+    return out
+
+
+def test_kept_statistics_are_reused_and_only_changed_models_rescored(
+    records, tmp_path, monkeypatch
+):
+    import torch
+
+    calls = []
+    one = TriggerInversion._one
+    monkeypatch.setattr(
+        TriggerInversion, "_one", lambda self, rec: calls.append(rec.name) or one(self, rec)
+    )
+    cache = str(tmp_path / "cache")
+    run = dict(run={"seed": 0}, cache=cache)
+    _, first = fit_and_score("trigger_inversion", PARAMS, records, 1, **run)
+    assert sorted(calls) == sorted(records)  # every model scored once
+    calls.clear()
+    _, again = fit_and_score("trigger_inversion", PARAMS, records, 1, **run)
+    assert calls == []  # nothing scored again
+    assert first.equals(again)
+    # the attacked model changed (a new attack): it alone is scored again
+    changed = dict(records)
+    net = copy.deepcopy(records["flip_f50_e2_r0"].network)
+    with torch.no_grad():
+        net.classifier.weight.mul_(2.0)
+    changed["flip_f50_e2_r0"] = ModelRecord(
+        "flip_f50_e2_r0", records["genuine"].labels, records["genuine"].preds, network=net,
+        images=records["genuine"].images,
+    )  # fmt: skip
+    _, third = fit_and_score("trigger_inversion", PARAMS, changed, 1, **run)
+    assert calls == ["flip_f50_e2_r0"]
+    honest = third["model"] != "flip_f50_e2_r0"
+    assert third[honest].reset_index(drop=True).equals(first[honest].reset_index(drop=True))
+    # other parameters: nothing is reused
+    calls.clear()
+    fit_and_score("trigger_inversion", {**PARAMS, "steps": 4}, records, 1, **run)
+    assert sorted(calls) == sorted(records)
+
+
+def test_a_damaged_cache_entry_is_scored_again(records, tmp_path):
+    cache = tmp_path / "cache"
+    _, first = fit_and_score(
+        "trigger_inversion", PARAMS, records, 1, run={"seed": 0}, cache=str(cache)
+    )
+    (cache / "honest_paper_r0.json").write_text("{not json")
+    _, again = fit_and_score(
+        "trigger_inversion", PARAMS, records, 1, run={"seed": 0}, cache=str(cache)
+    )
+    assert first.equals(again)

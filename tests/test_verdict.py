@@ -1,0 +1,148 @@
+"""The audit's verdict is one test over several statistics at one rate: the smallest
+per-statistic p-value, calibrated (full conformal) against the same minimum over the honest
+models. Simulated honest populations check the rate it promises; an OR of per-statistic
+thresholds, the rule it replaces, does not hold that rate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from poisondetect.metrics import (
+    calibrated_threshold,
+    guaranteed_fpr,
+    replicates_needed,
+    verdict_cutoff,
+    verdict_pvalue,
+)
+from poisondetect.model_level.calibration import verdict_scores
+
+
+def _honest(rng, n, k=2, rho=0.3):
+    """``n`` honest models' scores on ``k`` correlated, differently scaled statistics."""
+    cov = np.full((k, k), rho) + (1 - rho) * np.eye(k)
+    z = rng.multivariate_normal(np.zeros(k), cov, size=n)
+    return np.exp(z) * np.arange(1, k + 1)  # skewed, on other scales
+
+
+@pytest.mark.parametrize("n", [19, 39])
+def test_the_verdict_holds_its_rate_where_an_or_of_thresholds_does_not(n):
+    rng = np.random.default_rng(0)
+    trials, fpr = 3000, 0.05
+    verdict_alarms = or_alarms = 0
+    for _ in range(trials):
+        pop = _honest(rng, n + 1)
+        honest, new = pop[:n], pop[n]
+        verdict_alarms += verdict_pvalue(new, honest) <= verdict_cutoff(n, fpr) + 1e-12
+        thr = [calibrated_threshold(honest[:, j], fpr) for j in range(2)]
+        or_alarms += any(new[j] > thr[j] for j in range(2))
+    rate = guaranteed_fpr(n, fpr)
+    slack = 3 * np.sqrt(rate * (1 - rate) / trials)
+    assert verdict_alarms / trials <= rate + slack
+    assert or_alarms / trials > rate + slack  # the rule the verdict replaces: about twice it
+
+
+def test_a_model_far_beyond_the_honest_on_one_statistic_is_flagged_with_19_of_them():
+    rng = np.random.default_rng(1)
+    honest = _honest(rng, 19)
+    new = np.array([np.median(honest[:, 0]), honest[:, 1].max() * 100])
+    p = verdict_pvalue(new, honest)
+    assert p == pytest.approx(1 / 20)
+    assert p <= verdict_cutoff(19, 0.05)
+    # a model in the middle of the population is not
+    assert verdict_pvalue(np.median(honest, axis=0), honest) > verdict_cutoff(19, 0.05)
+
+
+def test_the_verdict_p_value_does_not_depend_on_a_statistics_scale():
+    rng = np.random.default_rng(2)
+    honest, new = _honest(rng, 30), _honest(rng, 1)[0]
+    scale = np.array([1e-3, 1e4])
+    assert verdict_pvalue(new, honest) == verdict_pvalue(new * scale, honest * scale)
+
+
+def test_cutoff_guaranteed_rate_and_replicates_needed_agree():
+    for fpr in (0.01, 0.05, 0.1):
+        n1 = replicates_needed(fpr)
+        assert guaranteed_fpr(n1, fpr) <= fpr < guaranteed_fpr(n1 - 1, fpr)
+        assert verdict_cutoff(n1, fpr) == guaranteed_fpr(n1, fpr)
+        # two statistics: even with the other one's extreme held by an honest model, a model
+        # that tops one statistic still lies at or under the cutoff
+        n2 = replicates_needed(fpr, 2)
+        assert 2 / (n2 + 1) <= fpr < 2 / n2
+    assert verdict_cutoff(0, 0.05) == 0.0
+    assert verdict_pvalue([1.0, 2.0], np.empty((0, 2))) == 1.0
+
+
+def _table(values: dict[str, tuple[str, float, float]]) -> pd.DataFrame:
+    rows = []
+    for model, (split, a, b) in values.items():
+        rows.append(dict(model=model, split=split, detector="x", statistic="score", value=a))
+        rows.append(dict(model=model, split=split, detector="y", statistic="s", value=b))
+    return pd.DataFrame(rows)
+
+
+def test_verdict_rows_score_fitting_replicates_out_of_sample():
+    rng = np.random.default_rng(3)
+    values = {f"honest_paper_r{i}": ("fit", *rng.normal(size=2)) for i in range(25)}
+    values["honest_paper_r99"] = ("heldout", 0.0, 0.0)
+    values["flip_f50_e2_r0"] = ("attack", 0.1, 9.0)
+    v = verdict_scores(_table(values), ["x", "y:s"], 0.05).set_index("model")
+    assert (v["n_calibration"][[m for m in values if values[m][0] == "fit"]] == 24).all()
+    assert v.loc["honest_paper_r99", "n_calibration"] == 25
+    fit = np.array([values[f"honest_paper_r{i}"][1:] for i in range(1, 25)])
+    assert v.loc["honest_paper_r0", "pvalue"] == verdict_pvalue(values["honest_paper_r0"][1:], fit)
+    assert v.loc["flip_f50_e2_r0", "calibrated_flagged"]
+    assert not v.loc["honest_paper_r99", "calibrated_flagged"]
+    # the value / threshold pair agrees with the flag (roc.csv reads the margin)
+    margin = v["value"] - v["calibrated_threshold"]
+    assert ((margin > 0) == v["calibrated_flagged"]).all()
+    assert (v["guaranteed_fpr"] <= 0.05).all()
+
+
+def _ml(sampled, verdict=("ae_class", "prediction_flow:largest"), fpr=0.05):
+    from poisondetect.config import validate_config
+
+    cfg = {
+        "model_level": {
+            "finetune": {"sampled": {"replicates": sampled}},
+            "calibration": {"verdict": list(verdict), "fpr": fpr},
+        }
+    }
+    return validate_config(cfg)["model_level"]
+
+
+@pytest.mark.parametrize(
+    "fpr, verdict",
+    [(0.05, ["ae_class"]), (0.05, ["ae_class", "prediction_flow:largest"]), (0.1, ["ae_class"])],
+)
+def test_auto_sizes_the_sampled_null_to_reach_the_rate(fpr, verdict):
+    from poisondetect import population as P
+
+    ml = _ml("auto", verdict, fpr)
+    need = replicates_needed(fpr)
+    scenario = ml["scenarios"][0]
+    assert P.n_fit_honest(ml, scenario) >= need
+    assert P.calibration_warning(ml) is None
+    fewer = _ml(P.honest_replicates(ml, "sampled") - 2, verdict, fpr)
+    assert P.n_fit_honest(fewer, scenario) < need  # the smallest null that does
+    warning = P.calibration_warning(fewer)
+    assert f"needs {need}" in warning and "auto" in warning
+
+
+def test_the_conclusions_give_the_verdicts_rates_with_exact_intervals():
+    from poisondetect.model_level.collection import verdict_lines
+
+    rows = [("attack", 0.9, True), ("attack", 0.5, True), ("attack", 0.01, False)]
+    rows += [("heldout", np.nan, False)] * 9 + [("heldout", np.nan, True), ("fit", np.nan, False)]
+    det = pd.DataFrame(
+        [
+            dict(dataset="d", arch="cnn", scenario="s", split=sp, attack_success_test=a,
+                 verdict_flagged=f, verdict_guaranteed_fpr=0.05)
+            for sp, a, f in rows
+        ]
+    )  # fmt: skip
+    (line,) = verdict_lines(det, 0.2)
+    assert line.startswith("d/cnn/s verdict") and "guarantees a false-alarm rate of 0.05" in line
+    assert "2/2 = 1.00 [0.16, 1.00] effective" in line and "2/3 = 0.67" in line
+    assert "1/10 = 0.10 [0.00, 0.45] held-out honest" in line
