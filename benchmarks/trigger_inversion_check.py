@@ -3,7 +3,7 @@
 Trains the paper's CNN (width 0.5 by default) on a stratified subset of the MNIST training set
 (the genuine model M), fine-tunes it honestly (``--honest`` replicates, each with its own seed)
 and with the pattern-addition attack (a 5x5 white square at a random position on 5 % and 50 % of
-class 1, relabelled 7; ``poisondetect.attacks.labels.apply_attack``), then runs both detectors on
+class 1, relabelled 7; ``poisondetect.attacks.registry.apply_attack``), then runs both detectors on
 every model on a stratified subset of the MNIST test set. Prints, per model, the test accuracy
 and the attack success on patched test images of class 1; then, per detector variant
 (``--variant LABEL=DETECTOR:key=value,...``, side by side: the defaults of an earlier release
@@ -88,7 +88,8 @@ def main() -> None:
     import torch
     import yaml
 
-    from poisondetect.attacks.labels import apply_attack, paste_pattern
+    from poisondetect.attacks.labels import paste_pattern
+    from poisondetect.attacks.registry import apply_attack
     from poisondetect.checkpoints import load_checkpoint, save_checkpoint
     from poisondetect.classifiers import accuracy, train_model
     from poisondetect.data import read_dataset

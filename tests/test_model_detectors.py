@@ -309,7 +309,7 @@ def test_replicate_seeds_differ_and_reproduce():
 
 
 def test_replicates_attack_different_images():
-    from poisondetect.attacks.labels import apply_attack
+    from poisondetect.attacks.registry import apply_attack
 
     rng = np.random.default_rng(0)
     x = rng.random((200, 1, 8, 8)).astype(np.float32)

@@ -13,10 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from poisondetect.attacks.base import AttackedSet, _check_classes
-from poisondetect.attacks.registry import get as _get_attack
 from poisondetect.errors import PoisonDetectError
 
-__all__ = ["AttackedSet", "apply_attack", "flip_attack", "paste_pattern", "pattern_attack"]
+__all__ = ["AttackedSet", "flip_attack", "paste_pattern", "pattern_attack"]
 
 
 def choose_attack_set(
@@ -89,9 +88,3 @@ def pattern_attack(
     y2 = y.copy()
     y2[idx] = attacker_class
     return AttackedSet(x=x2, y=y2, attacked=idx)
-
-
-def apply_attack(kind: str, x: np.ndarray, y: np.ndarray, **params) -> AttackedSet:
-    """Poison (x, y) with the registered kind ``kind`` (``poisondetect.attacks.registry``); the
-    settings of other kinds are ignored."""
-    return _get_attack(kind).poison(x, y, **params)

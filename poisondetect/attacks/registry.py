@@ -41,7 +41,7 @@ from poisondetect.attacks.families import (
 )
 from poisondetect.errors import PoisonDetectError
 
-__all__ = ["Attack", "get", "names", "register", "unregister"]
+__all__ = ["Attack", "apply_attack", "get", "names", "register", "unregister"]
 
 
 # -- the registry -----------------------------------------------------------------------------------
@@ -107,3 +107,9 @@ def job_settings(kind: str, block: dict) -> dict:
     own = set(_REGISTRY[kind].settings) if kind in _REGISTRY else set()
     others = setting_keys() - own
     return {k: v for k, v in block.items() if k not in others}
+
+
+def apply_attack(kind: str, x, y, **params):
+    """Poison (x, y) with the registered kind ``kind`` (an ``AttackedSet``); the settings of
+    other kinds are ignored."""
+    return get(kind).poison(x, y, **params)

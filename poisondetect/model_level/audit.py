@@ -26,7 +26,7 @@ _BUNDLE_KEYS = ("autoencoder", "detectors", "trigger_set", "genuine", "calibrati
 _TRIGGER_KEYS = {
     "data_file": str,
     "dataset": str,
-    "max_samples": int,
+    "max_samples": (int, type(None)),  # None: the whole test set
     "seed": int,
     "n": int,
     "images_sha256": str,
@@ -57,7 +57,7 @@ def _is_number(v) -> bool:
 
 
 def _check_type(bundle: str, where: str, value, kind, what: str) -> None:
-    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    ok = isinstance(value, kind) and not isinstance(value, bool)
     if not ok:
         raise _bad_bundle(bundle, f"its {where} must be {what}, got {type(value).__name__}")
 
@@ -127,7 +127,8 @@ def verify_bundle(bundle: str) -> tuple[dict, dict]:
     for key, kind in _TRIGGER_KEYS.items():
         if key not in trig:
             raise _bad_bundle(bundle, f"its metadata lacks trigger_set.{key}")
-        _check_type(bundle, f"trigger_set.{key}", trig[key], kind, kind.__name__)
+        what = " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+        _check_type(bundle, f"trigger_set.{key}", trig[key], kind, what)
     for name, spec in meta["detectors"].items():
         _check_type(bundle, f"detectors[{name!r:.40}]", spec, dict, "a mapping")
         for key in ("params", "fitted"):
@@ -293,14 +294,15 @@ def audit(
     checkpoint; the calibrated verdict (one p-value over the verdict's statistics, one
     threshold); and, separately, the paper's rule. The bundle's digest is checked against
     ``expect_digest`` or the run's bundles.csv when there is one (``integrity`` says which)."""
-    from poisondetect.checkpoints import check_arch, load_checkpoint
     from poisondetect.data import load_prepared
-    from poisondetect.runtime import pick_device
 
     # a user's own files first (every limit applies, errors name the option), then the bundle
     ds = None
     if data is not None:
         ds = load_prepared(data, user_file=True, label=f"--data {data}")
+    from poisondetect.checkpoints import check_arch, load_checkpoint  # torch: after --data
+    from poisondetect.runtime import pick_device
+
     expected, source = expected_digest(bundle, expect_digest)
     arrays, meta = verify_bundle(bundle)
     if expected is not None and str(meta["digest"]).lower() != expected:
