@@ -17,9 +17,9 @@ from typing import Any
 import jsonschema
 import yaml
 
+from poisondetect.archives import read_npz
 from poisondetect.data.formats import FORMATS
 from poisondetect.errors import PoisonDetectError, short, short_repr
-from poisondetect.limits import read_npz
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
 # Where the workflow caches prepared data sets (relative to its working directory): a prepared data

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from poisondetect.archives import read_npz
 from poisondetect.errors import PoisonDetectError, short_repr
 from poisondetect.io import atomic_path, check_output_path
 from poisondetect.limits import (
@@ -26,7 +27,6 @@ from poisondetect.limits import (
     describe_head,
     kind_of,
     read_head,
-    read_npz,
     resolve,
 )
 

@@ -20,6 +20,7 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
+from poisondetect.archives import read_npz
 from poisondetect.config import validate_config
 from poisondetect.data import load_prepared, prepare_dataset, read_dataset, read_idx
 from poisondetect.errors import PoisonDetectError
@@ -30,7 +31,6 @@ from poisondetect.limits import (
     configured_limits,
     current_limits,
     kind_of,
-    read_npz,
     set_limits,
 )
 

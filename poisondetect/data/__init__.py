@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from poisondetect.archives import read_npz
 from poisondetect.data.common import (
     CACHE_VERSION,
     FASHION_MNIST_CLASSES,
@@ -34,11 +35,7 @@ from poisondetect.data.formats import FORMATS, DataFormat
 from poisondetect.data.idx import read_idx
 from poisondetect.errors import PoisonDetectError, short
 from poisondetect.io import atomic_path
-from poisondetect.limits import (
-    Limits,
-    read_npz,
-    resolve,
-)
+from poisondetect.limits import Limits, resolve
 from poisondetect.seeds import stratified_subset as _stratified_subset
 
 USER_PREPARED_HINT = (
@@ -146,7 +143,7 @@ def load_prepared(
 ) -> Dataset:
     """Load a cache written by ``prepare_dataset``; a corrupt file raises a clear error.
 
-    The file is checked as any ``.npz`` (``poisondetect.limits.read_npz``), except that the
+    The file is checked as any ``.npz`` (``poisondetect.archives.read_npz``), except that the
     workflow's own cache is not size-limited on disk nor in its stored arrays: they are what the
     prepare step wrote under the limits then. ``user_file`` (a path a user gave, e.g. ``audit
     --data``): every limit applies, and the errors (named ``label``) never advise deleting it.

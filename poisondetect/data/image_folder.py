@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from poisondetect.archives import MemberBudget, open_tar_stream
 from poisondetect.data.common import (
     IMAGE_EXTENSIONS,
     _layout_error,
@@ -21,11 +22,9 @@ from poisondetect.errors import PoisonDetectError, short, short_repr
 from poisondetect.limits import (
     DecodedBudget,
     Limits,
-    MemberBudget,
     check_image_pixels,
     describe_head,
     kind_of,
-    open_tar_stream,
     over_limit,
     pillow_pixel_limit,
     read_head,
@@ -80,7 +79,7 @@ def _iter_tar_files(archive: Path, limits: Limits) -> Iterator[tuple[str, bytes 
 
     Members with an absolute path or ``..``, and links (symbolic or hard), are refused: such an
     archive is malformed or hostile, and links are never followed. The archive is read as a
-    bounded stream (``poisondetect.limits.open_tar_stream``); every member's declared size is
+    bounded stream (``poisondetect.archives.open_tar_stream``); every member's declared size is
     checked (``MemberBudget``) before its data are read.
     """
     budget = MemberBudget(limits, str(archive))
