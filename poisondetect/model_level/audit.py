@@ -96,7 +96,7 @@ def _check_calibration(bundle: str, cal: dict) -> None:
             )
         thr = c.get("threshold")
         if not _is_number(thr):
-            raise _bad_bundle(bundle, f"the threshold of {name!r:.40} is not a finite number")
+            raise _bad_bundle(bundle, f"the threshold of {name!r:.40} is not finite")
         derived = calibrated_threshold(scores, fpr)
         if not math.isclose(thr, derived, rel_tol=1e-9, abs_tol=1e-12):
             raise _bad_bundle(
@@ -114,12 +114,19 @@ def _check_calibration(bundle: str, cal: dict) -> None:
         raise _bad_bundle(bundle, "its calibration.paper_rule must be a statistic name")
 
 
-def verify_bundle(bundle: str) -> tuple[dict, dict]:
-    """The bundle's arrays and metadata, once its digest, the types of its metadata, its
-    calibration (thresholds derived again) and its fitted arrays check."""
+def verify_bundle(bundle: str, expected: str | None = None, source: str = "") -> tuple[dict, dict]:
+    """The bundle's arrays and metadata, once its digest (against its content, then against
+    ``expected``, from ``source``, when there is one), the types of its metadata, its calibration
+    (thresholds derived again) and its fitted arrays check."""
     from poisondetect.bundles import read_bundle
 
     arrays, meta = read_bundle(bundle, BUNDLE_KIND, require_digest=True)
+    if expected is not None and str(meta["digest"]).lower() != expected:
+        raise PoisonDetectError(
+            f"{bundle}: its digest {str(meta['digest'])[:16]}... is not the expected "
+            f"{expected[:16]}... ({source}): this is not the bundle your workflow wrote; do not "
+            "trust a verdict from it"
+        )
     missing = [k for k in _BUNDLE_KEYS if not isinstance(meta.get(k), dict)]
     if missing:
         raise _bad_bundle(bundle, f"its metadata lacks the mappings {', '.join(missing)}")
@@ -277,7 +284,7 @@ def verdict(by_name: dict, cal: dict) -> dict:
         "guaranteed_fpr": rate,
         "fpr_reachable": rate <= fpr + 1e-12,
         "n_honest": n,
-        "replicates_needed": replicates_needed(fpr, len(names)),
+        "replicates_needed": replicates_needed(fpr),
     }
 
 
@@ -304,13 +311,7 @@ def audit(
     from poisondetect.runtime import pick_device
 
     expected, source = expected_digest(bundle, expect_digest)
-    arrays, meta = verify_bundle(bundle)
-    if expected is not None and str(meta["digest"]).lower() != expected:
-        raise PoisonDetectError(
-            f"{bundle}: its digest {str(meta['digest'])[:16]}... is not the expected "
-            f"{expected[:16]}... ({source}): this is not the bundle your workflow wrote; do not "
-            "trust a verdict from it"
-        )
+    arrays, meta = verify_bundle(bundle, expected, source)
     integrity = f"digest matches {source}" if expected is not None else NO_EXPECTED_DIGEST
     trig, gm, cal = meta["trigger_set"], meta["genuine"], meta["calibration"]
     arch = check_arch(arch, gm.get("arch"), f"the detector bundle {bundle}")
