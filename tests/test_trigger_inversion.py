@@ -131,7 +131,10 @@ def test_differential_ranks_the_backdoored_model_above_the_honest_one(models):
 
 
 def test_joint_differential_ranks_the_backdoored_model_above_the_honest_one(models):
-    det = DifferentialTriggerInversion(label_specific=False, reference_mode="joint", **FAST)
+    # joint mode with the earlier defaults (every arm runs every step)
+    det = DifferentialTriggerInversion(
+        label_specific=False, reference_mode="joint", converge=0, **FAST
+    )
     det.fit(models["genuine"])
     invs = det.inversions([models["genuine"], models["honest"], models["backdoored"]])
     genuine, honest, bd = (summarise(inv) for inv in invs)

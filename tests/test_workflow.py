@@ -251,6 +251,6 @@ def test_report_states_the_population_sizes(tiny_run, tmp_path):
     snakemake(tiny_run, "--report", str(report))
     with zipfile.ZipFile(report) as z:
         html = next(z.read(n).decode() for n in z.namelist() if n.endswith("report.html"))
-    assert "2 honest fine-tunes of each of the variants paper" in html
+    assert "4 honest fine-tunes of each of the variants paper" in html
     assert "2 attacked fine-tunes" in html and "of each of the attacks flipping (FA)" in html
     assert "roc_digits_cnn_standard.png" in html and "table_roc.csv" in html
