@@ -180,7 +180,7 @@ def test_the_audit_checks_the_digest_against_the_runs_bundles_csv(tiny_run, tmp_
     cal = meta["calibration"]
     name = next(iter(cal["thresholds"]))
     t = cal["thresholds"][name]
-    edited = {**t, "honest_scores": [v * 1.5 for v in t["honest_scores"]]}
+    edited = {**t, "honest_scores": [v + 1.0 for v in t["honest_scores"]]}
     forged = _write(
         tmp_path / "forged.safetensors",
         arrays,
