@@ -390,7 +390,7 @@ def summary_lines(roc: pd.DataFrame, detection: pd.DataFrame) -> list[str]:
             rules += f"; paper's rule {_flag_counts(att, 'paper_flagged')} attacked and "
             rules += f"{_flag_counts(d[d['role'] == 'honest'], 'paper_flagged')} honest"
         lines.append(
-            f"{'/'.join(key[:3])} {key[3]} {key[4] * 100:g}% e{key[5]} ({len(eff)} of {len(att)} "
+            f"{'/'.join(key[:3])} {key[3]} {key[4] * 100:g}% e{int(key[5])} ({len(eff)} of {len(att)} "
             f"effective: held-out success >= {min_success:g}; "
             f"{int(g['n_honest'].iloc[0])} honest): effective: best "
             f"{_best(g[g['attacks'] == 'effective'])}; all: best {_best(g[g['attacks'] == 'all'])}; "
