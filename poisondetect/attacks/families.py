@@ -18,6 +18,17 @@ from poisondetect.errors import PoisonDetectError
 from poisondetect.seeds import derive_seed
 
 
+def _pair(target_class, attacker_class, fraction, seed, num_classes) -> dict:
+    """The keywords of the paper's two attacks (``attacks/labels.py``)."""
+    return dict(
+        target_class=target_class,
+        attacker_class=attacker_class,
+        fraction=fraction,
+        seed=seed,
+        num_classes=num_classes,
+    )
+
+
 class Flip(Attack):
     name = "flip"
     label = "FA"
@@ -28,16 +39,8 @@ class Flip(Attack):
                **_):  # fmt: skip
         from poisondetect.attacks.labels import flip_attack
 
-        a = flip_attack(
-            x,
-            y,
-            target_class=target_class,
-            attacker_class=attacker_class,
-            fraction=fraction,
-            seed=seed,
-            num_classes=num_classes,
-        )
-        return AttackedSet(a.x, a.y, a.attacked)
+        pair = _pair(target_class, attacker_class, fraction, seed, num_classes)
+        return flip_attack(x, y, **pair)
 
 
 class Pattern(Attack):
@@ -54,17 +57,8 @@ class Pattern(Attack):
                **block):  # fmt: skip
         from poisondetect.attacks.labels import pattern_attack
 
-        a = pattern_attack(
-            x,
-            y,
-            target_class=target_class,
-            attacker_class=attacker_class,
-            fraction=fraction,
-            seed=seed,
-            num_classes=num_classes,
-            **self.options(block),
-        )
-        return AttackedSet(a.x, a.y, a.attacked)
+        pair = _pair(target_class, attacker_class, fraction, seed, num_classes)
+        return pattern_attack(x, y, **pair, **self.options(block))
 
     def trigger(self, x, *, seed, pattern_size, pattern_value, **_):
         from poisondetect.attacks.labels import paste_pattern
