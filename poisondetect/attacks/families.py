@@ -82,7 +82,17 @@ def add_corner_pattern(x: np.ndarray, distance: int, value: float) -> np.ndarray
     return out
 
 
-class BadNets(Attack):
+class AllToOne(Attack):
+    """An all-to-one backdoor: the trigger on images of every class but the attacker's,
+    relabelled to it; success measured on every other class's test images."""
+
+    sources = "others"
+
+    def candidates(self, y, target_class, attacker_class):
+        return np.flatnonzero(y != attacker_class)
+
+
+class BadNets(AllToOne):
     name = "badnets"
     label = "BadNets"
     description = (
@@ -90,10 +100,6 @@ class BadNets(Attack):
         "corner on images of every class, relabelled as the attacker's class"
     )
     settings = {"badnets_distance": 2, "badnets_value": 1.0}
-    sources = "others"
-
-    def candidates(self, y, target_class, attacker_class):
-        return np.flatnonzero(y != attacker_class)
 
     def trigger(self, x, *, seed, badnets_distance, badnets_value, **_):
         return add_corner_pattern(x, badnets_distance, badnets_value)
@@ -105,7 +111,7 @@ def blend_pattern(shape: tuple[int, ...], seed: int) -> np.ndarray:
     return rng.random(shape, dtype=np.float32)
 
 
-class Blend(Attack):
+class Blend(AllToOne):
     name = "blend"
     label = "Blend"
     description = (
@@ -113,10 +119,6 @@ class Blend(Attack):
         "over the whole image at alpha, x' = (1 - alpha) x + alpha p, relabelled"
     )
     settings = {"blend_alpha": 0.2}
-    sources = "others"
-
-    def candidates(self, y, target_class, attacker_class):
-        return np.flatnonzero(y != attacker_class)
 
     def trigger(self, x, *, seed, blend_alpha, **_):
         if not 0 < blend_alpha <= 1:
@@ -142,7 +144,7 @@ def warping_field(h: int, w: int, k: int, strength: float, seed: int) -> np.ndar
     return grid[0].numpy()
 
 
-class WaNet(Attack):
+class WaNet(AllToOne):
     name = "wanet"
     label = "WaNet"
     description = (
@@ -150,10 +152,6 @@ class WaNet(Attack):
         "upsampled, strength s, seeded per model) applied with grid_sample, relabelled"
     )
     settings = {"wanet_k": 4, "wanet_strength": 0.5}
-    sources = "others"
-
-    def candidates(self, y, target_class, attacker_class):
-        return np.flatnonzero(y != attacker_class)
 
     def trigger(self, x, *, seed, wanet_k, wanet_strength, **_):
         import torch
