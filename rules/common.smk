@@ -42,8 +42,9 @@ ML_POPULATIONS = population.describe_populations(ML)  # the captions' prose
 GPU = config["resources"]["gpu_jobs"]
 # the verdict's calibration: too few honest fitting replicates for the configured rate is said
 # before any job runs (and again, with the rate reached, in every cell's calibrate log)
-if ML["enabled"] and population.calibration_warning(ML):
-    print(f"warning: {population.calibration_warning(ML)}", file=sys.stderr)
+_CALIBRATION_WARNING = ML["enabled"] and population.calibration_warning(ML)
+if _CALIBRATION_WARNING:
+    print(f"warning: {_CALIBRATION_WARNING}", file=sys.stderr)
 
 # One directory per model-level grid cell.
 ML_CELL = "results/model_level/{dataset}/{arch}/{scenario}/seed{seed}"
