@@ -193,6 +193,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "honest null's ranges (attacks.sampled); fixed: the attacks' fixed recipe (lr x 0.1, "
         "the preset's epochs) of the runs before issue 23",
     )
+    p.add_argument(
+        "--verdict-candidates",
+        nargs="*",
+        metavar="STATS",
+        help="compare verdicts on this run's scores: each a comma-separated list of statistics "
+        "(detector or detector:statistic); with no list, the preset candidates "
+        "(VERDICT_CANDIDATES)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--resume", action="store_true", help="keep earlier outputs in the work directory"
@@ -204,6 +212,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             if args.dataset == "mnist"
             else DEFAULT_MNIST.parent / "cifar10_jpg.tar.gz"
         )
+    if args.verdict_candidates == []:
+        args.verdict_candidates = list(VERDICT_CANDIDATES)
     if args.workdir is None:
         args.workdir = Path(f"/tmp/poisondetect-bench/model_level_{args.dataset}")
     return args
@@ -411,6 +421,64 @@ def verdict_report(det: pd.DataFrame, min_success: float, log: Report) -> None:
     log("")
 
 
+# Verdicts compared on the same scores (--verdict-candidates): what calibration.verdict could be.
+# Each is calibrated as the workflow calibrates it (calibration.verdict_scores); the first is the
+# default of this release.
+VERDICT_CANDIDATES = [
+    "differential_trigger_inversion,prediction_flow:largest",
+    "differential_trigger_inversion",
+    "trigger_inversion,prediction_flow:largest",
+    "trigger_inversion,differential_trigger_inversion,prediction_flow:largest",
+    "final_layer,differential_trigger_inversion",
+    "final_layer,differential_trigger_inversion,prediction_flow:largest",
+    "combined",
+    "drift_class_profile,differential_trigger_inversion",
+]
+
+
+def verdict_candidates(
+    work: Path, candidates: list[str], fpr: float, min_success: float, log: Report
+) -> None:
+    """Every candidate verdict (comma-separated statistics) calibrated on this run's scores:
+    effective attacks detected per family, held-out honest models flagged (exact intervals) and
+    fitting replicates flagged when judged against the others."""
+    from poisondetect.errors import PoisonDetectError
+    from poisondetect.model_level.calibration import verdict_scores
+
+    ml = work / "results" / "model_level"
+    scores = pd.read_csv(ml / "scores.csv")
+    det = pd.read_csv(ml / "detection.csv")
+    cell = ["dataset", "arch", "scenario", "seed"]
+    log(f"Candidate verdicts on the same scores (calibration.fpr {fpr:g}; effective = held-out "
+        f"success >= {min_success:g}):")
+    scored = set(scores["detector"] + ":" + scores["statistic"]) | set(scores["detector"])
+    for cand in candidates:
+        missing = [name for name in cand.split(",") if name not in scored]
+        if missing:
+            log(f"  {cand}: not computed ({', '.join(missing)} not scored in this run)")
+            continue
+        try:
+            v = pd.concat(
+                verdict_scores(g, cand.split(","), fpr).assign(**dict(zip(cell, key, strict=True)))
+                for key, g in scores.groupby(cell)
+            )
+        except PoisonDetectError as err:
+            log(f"  {cand}: not computed ({err})")
+            continue
+        d = det.drop(columns=["split"]).merge(v, on=[*cell, "model"])
+        eff = d[(d["split"] == "attack") & (d["attack_success_test"] >= min_success)]
+        held = d[(d["role"] == "honest") & (d["split"] == "heldout")]
+        fit = d[(d["role"] == "honest") & (d["split"] == "fit")]
+        flag = "calibrated_flagged"
+        log(f"  {cand}")
+        log(f"    effective detected {_ci(int(eff[flag].sum()), len(eff))}; held-out honest "
+            f"flagged {_ci(int(held[flag].sum()), len(held))}; fitting replicates flagged "
+            f"{_ci(int(fit[flag].sum()), len(fit))}; guaranteed {held['guaranteed_fpr'].max():.3f}")
+        fam = [f"{k} {int(g[flag].sum())}/{len(g)}" for k, g in eff.groupby("attack")]
+        log(f"    by family (effective): {', '.join(fam) or '-'}")
+    log("")
+
+
 def family_report(roc: pd.DataFrame, log: Report) -> None:
     """Per attack family (its fractions and epochs pooled), against all honest models, over the
     effective attacks: every detector's AUROC, the best one, and the combined detector's
@@ -478,6 +546,10 @@ def main(argv=None) -> None:
     family_report(roc, log)
     det = pd.read_csv(work / "results" / "model_level" / "detection.csv")
     verdict_report(det, float(roc["min_success"].iloc[0]), log)
+    if args.verdict_candidates:
+        verdict_candidates(
+            work, args.verdict_candidates, 0.05, float(roc["min_success"].iloc[0]), log
+        )
     detector_costs(work, len(det), log)
     acc = det.groupby(["split", "variant", "attack", "fraction"], dropna=False)[
         ["accuracy", "attack_success", "attack_success_test"]
