@@ -52,6 +52,9 @@ def test_tiny_config_runs_with_this_workflow_as_a_module(tmp_path):
     (study / "Snakefile").write_text(STUDY_SNAKEFILE.format(snakefile=src / "Snakefile"))
     cfg = copy.deepcopy(TINY_CONFIG)
     cfg["sample_level"]["attacks"] = ["flip"]
+    # one job per cell and training set (the tiny run itself has one per detector): the module
+    # runs the other job mode for real, in 26 jobs fewer
+    cfg["sample_level"]["jobs"] = "per_cell"
     (study / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(
@@ -63,6 +66,8 @@ def test_tiny_config_runs_with_this_workflow_as_a_module(tmp_path):
     assert set(detection["role"]) == {"genuine", "honest", "attack"}
     filtering = pd.read_csv(study / "results/sample_level/filtering.csv")
     assert set(filtering["attack"]) == {"flip"}
+    assert set(filtering["detector"]) >= set(cfg["sample_level"]["detectors"])
+    assert len(list((study / "logs").rglob("fit_all_*.log"))) == 2  # contaminated, clean
     # every job imported the package of the copy it belongs to, not the checkout's
     logs = list((study / "logs").rglob("*.log"))
     assert logs

@@ -3,12 +3,13 @@ tables without time stamps, and a rerun of the workflow that writes the same byt
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
 import pandas as pd
 import pytest
-from conftest import TINY_CONFIG, snakemake, write_config
+from conftest import snakemake
 
 from poisondetect.report.common import latex_table
 
@@ -66,23 +67,43 @@ def test_every_table_of_the_workflow_is_clean_latex(tiny_run, tmp_path):
         _compiles(path.read_text(), tmp_path)
 
 
+def _results(run) -> dict:
+    """Every result file of a run but the jobs' timing files, by path relative to the run."""
+    return {
+        p.relative_to(run): p
+        for p in (run / "results").rglob("*")
+        if p.is_file() and "benchmarks" not in p.parts
+    }
+
+
+# Rerun in the copy: every model-level job, and every job of one sample-level cell (its poisoning,
+# each detector's fit on both training sets, the networks they share) with everything that
+# collects them. The other cell's jobs are the same rules with other wildcards.
+RERUN_CELL = "results/sample_level/digits_1v7/optimal"
+
+
 def test_a_second_run_writes_the_same_bytes(tiny_run, tmp_path):
-    """The tiny workflow run again in another directory: every result file (tables, figures,
-    checkpoints, dumps, bundles) is byte-identical; only the jobs' timing files differ."""
-    write_config(tmp_path, TINY_CONFIG)
-    snakemake(tmp_path)
-    first = {
-        p.relative_to(tiny_run): p
-        for p in (tiny_run / "results").rglob("*")
-        if p.is_file() and "benchmarks" not in p.parts
-    }
-    second = {
-        p.relative_to(tmp_path): p
-        for p in (tmp_path / "results").rglob("*")
-        if p.is_file() and "benchmarks" not in p.parts
-    }
+    """The tiny workflow's jobs run again in a copy of the finished run (another directory):
+    every result file (tables, figures, checkpoints, dumps, bundles) is byte-identical; only the
+    jobs' timing files differ. The copy has the model-level results and one sample-level cell
+    deleted, so Snakemake remakes them and every table and figure downstream (each rule runs at
+    least once; about half the jobs of a whole second run)."""
+    run = tmp_path / "again"
+    shutil.copytree(tiny_run, run, symlinks=True)
+    first = _results(tiny_run)
+    gone = [run / "results/model_level", run / RERUN_CELL]
+    gone += [run / p for p in ("results/sample_level/analysis", "results/sample_level/figures")]
+    for path in gone:
+        assert path.is_dir(), path
+        shutil.rmtree(path)
+    proc = snakemake(run)
+    ran = set(re.findall(r"^(?:local)?rule (\w+):", proc.stdout + proc.stderr, re.MULTILINE))
+    assert {"train_genuine", "finetune_attack", "score_detector", "poison_rounds"} <= ran
+    assert {"fit_filter", "fit_network", "collect_sample_level", "all"} <= ran
+    second = _results(run)
     assert first.keys() == second.keys()
     differ = [str(rel) for rel, p in first.items() if p.read_bytes() != second[rel].read_bytes()]
     assert not differ, differ
-    kinds = {p.suffix for p in first}
+    remade = [rel for rel, p in second.items() if p.stat().st_mtime > first[rel].stat().st_mtime]
+    kinds = {p.suffix for p in remade}
     assert {".csv", ".tex", ".png", ".pdf", ".safetensors", ".parquet", ".json"} <= kinds
