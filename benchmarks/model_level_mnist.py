@@ -423,14 +423,15 @@ def verdict_report(det: pd.DataFrame, min_success: float, log: Report) -> None:
 
 # Verdicts compared on the same scores (--verdict-candidates): what calibration.verdict could be.
 # Each is calibrated as the workflow calibrates it (calibration.verdict_scores); the first is the
-# default of this release.
+# default of this release, the second the default before it.
 VERDICT_CANDIDATES = [
+    "differential_trigger_inversion,final_layer",
     "differential_trigger_inversion,prediction_flow:largest",
     "differential_trigger_inversion",
     "trigger_inversion,prediction_flow:largest",
     "trigger_inversion,differential_trigger_inversion,prediction_flow:largest",
-    "final_layer,differential_trigger_inversion",
     "final_layer,differential_trigger_inversion,prediction_flow:largest",
+    "final_layer,differential_trigger_inversion,combined",
     "combined",
     "drift_class_profile,differential_trigger_inversion",
 ]
