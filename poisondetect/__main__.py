@@ -172,6 +172,11 @@ def format_audit(r: dict) -> str:
             "needed; add sampled honest fine-tunes, model_level.finetune.sampled.replicates)"
         )
     lines.append(rate)
+    lines.append(
+        "  (on average over draws of honest models like the calibration's; one draw's rate "
+        "varies, and honest recipes unlike the sampled null's are not covered: README, "
+        "Calibration)"
+    )
     if "paper" in r:
         p = r["paper"]
         lines.append(
