@@ -450,8 +450,10 @@ def verdict_candidates(
     scores = pd.read_csv(ml / "scores.csv")
     det = pd.read_csv(ml / "detection.csv")
     cell = ["dataset", "arch", "scenario", "seed"]
-    log(f"Candidate verdicts on the same scores (calibration.fpr {fpr:g}; effective = held-out "
-        f"success >= {min_success:g}):")
+    log(
+        f"Candidate verdicts on the same scores (calibration.fpr {fpr:g}; effective = held-out "
+        f"success >= {min_success:g}):"
+    )
     scored = set(scores["detector"] + ":" + scores["statistic"]) | set(scores["detector"])
     for cand in candidates:
         missing = [name for name in cand.split(",") if name not in scored]
@@ -472,9 +474,11 @@ def verdict_candidates(
         fit = d[(d["role"] == "honest") & (d["split"] == "fit")]
         flag = "calibrated_flagged"
         log(f"  {cand}")
-        log(f"    effective detected {_ci(int(eff[flag].sum()), len(eff))}; held-out honest "
+        log(
+            f"    effective detected {_ci(int(eff[flag].sum()), len(eff))}; held-out honest "
             f"flagged {_ci(int(held[flag].sum()), len(held))}; fitting replicates flagged "
-            f"{_ci(int(fit[flag].sum()), len(fit))}; guaranteed {held['guaranteed_fpr'].max():.3f}")
+            f"{_ci(int(fit[flag].sum()), len(fit))}; guaranteed {held['guaranteed_fpr'].max():.3f}"
+        )
         fam = [f"{k} {int(g[flag].sum())}/{len(g)}" for k, g in eff.groupby("attack")]
         log(f"    by family (effective): {', '.join(fam) or '-'}")
     log("")
