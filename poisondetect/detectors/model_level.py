@@ -44,6 +44,23 @@ log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0  # a slow detector (trigger inversion) logs its progress this often
 
 
+class Progress:
+    """A loop over models that says how far it is, at most every ``PROGRESS_SECONDS``:
+    ``<name>: i of n models scored (s per model<extra>)``; a fast loop stays quiet."""
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total = name, total
+        self.start = self.last = time.perf_counter()
+
+    def step(self, i: int, extra: str = "") -> None:
+        """Model ``i`` (1-based) is done; ``extra`` is appended to the line."""
+        now = time.perf_counter()
+        if now - self.last >= PROGRESS_SECONDS:
+            log.info("%s: %d of %d models scored (%.1f s per model%s)",
+                     self.name, i, self.total, (now - self.start) / i, extra)  # fmt: skip
+            self.last = now
+
+
 @dataclass
 class ModelRecord:
     """What the detectors see of one model, on the trigger set (rows in the same image order for
@@ -138,14 +155,10 @@ class ModelDetector(Detector):
     def _statistics(self, records: Sequence[ModelRecord]) -> dict[str, np.ndarray]:
         self._check(records)
         rows = []
-        start = last = time.perf_counter()
+        progress = Progress(type(self).__name__, len(records))
         for i, rec in enumerate(records, 1):
             rows.append(self._one(rec))
-            now = time.perf_counter()
-            if now - last >= PROGRESS_SECONDS:  # only slow detectors get here
-                log.info("%s: %d of %d models scored (%.1f s per model, last %s)",
-                         type(self).__name__, i, len(records), (now - start) / i, rec.name)  # fmt: skip
-                last = now
+            progress.step(i, f", last {rec.name}")
         keys = rows[0].keys() if rows else ["score"]
         return {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
 

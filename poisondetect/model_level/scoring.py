@@ -171,11 +171,11 @@ def _kept_statistics(det, name: str, records: dict, names: list[str], cache: str
         "params": {k: v for k, v in det.get_params().items() if k != "device"},
         "state": content_digest(arrays, plain),
     }
-    from poisondetect.detectors.model_level import PROGRESS_SECONDS
+    from poisondetect.detectors.model_level import Progress
 
     out: dict[str, list[float]] = {}
     hits = 0
-    start = last = time.perf_counter()
+    progress = Progress(name, len(names))
     for i, m in enumerate(names, 1):
         rec = records[m]
         key = hashlib.sha256(
@@ -198,11 +198,7 @@ def _kept_statistics(det, name: str, records: dict, names: list[str], cache: str
             hits += 1
         for k, v in kept.items():
             out.setdefault(k, []).append(v)
-        now = time.perf_counter()
-        if now - last >= PROGRESS_SECONDS:  # a costly detector: its progress, every 30 s
-            log.info("%s: %d of %d models (%d kept from an earlier run; %.1f s per model so far)",
-                     name, i, len(names), hits, (now - start) / i)  # fmt: skip
-            last = now
+        progress.step(i, f"; {hits} kept from an earlier run")
     log.info("%s: %d of %d models' statistics kept from an earlier run", name, hits, len(names))
     return {k: np.asarray(v, dtype=np.float64) for k, v in out.items()}
 
