@@ -123,6 +123,7 @@ FAMILIES = dict(
         "adaptive_cover": 0.5,
     },
 )
+FPR = 0.05  # calibration.fpr of the benchmark's config (and of its candidate verdicts)
 DATASETS = {
     "mnist": dict(format="mnist", label="MNIST", pattern_size=5),
     "cifar10": dict(format="image_folder", label="CIFAR-10 (JPEG copy)", pattern_size=5),
@@ -309,7 +310,7 @@ def build_config(args: argparse.Namespace, s: dict) -> dict:
                 "lr": 1e-3,
                 "batch_size": 128,
             },
-            "calibration": {"fpr": 0.05, "fit_share": 0.5, "min_success": 0.2},
+            "calibration": {"fpr": FPR, "fit_share": 0.5, "min_success": 0.2},
         },
         # disabled; the task only keeps the config check from looking for the default `digits`
         "sample_level": {
@@ -388,14 +389,21 @@ def _ci(k: int, n: int) -> str:
     return f"{k}/{n} = {k / n:.2f} [{lo:.2f}, {hi:.2f}]" if n else "-"
 
 
+def _verdict_groups(det: pd.DataFrame, min_success: float) -> tuple[pd.DataFrame, ...]:
+    """The rows a verdict is judged on: evaluated attacks, the effective ones, held-out honest
+    models and honest fitting replicates."""
+    honest = det[det["role"] == "honest"]
+    att = det[det["split"] == "attack"]
+    eff = att[att["attack_success_test"] >= min_success]
+    return att, eff, honest[honest["split"] == "heldout"], honest[honest["split"] == "fit"]
+
+
 def verdict_report(det: pd.DataFrame, min_success: float, log: Report) -> None:
     """The audit's verdict: effective attacks detected and held-out honest models flagged (exact
     intervals), the rate its calibration guarantees, and which honest recipes raise its false
     alarms (every honest model, each judged out of sample, by hp_* setting)."""
+    att, eff, held, _ = _verdict_groups(det, min_success)
     honest = det[det["role"] == "honest"]
-    held = honest[honest["split"] == "heldout"]
-    att = det[det["split"] == "attack"]
-    eff = att[att["attack_success_test"] >= min_success]
     log("The verdict (one statistic over calibration.verdict, one threshold):")
     log(f"  effective attacks detected : {_ci(int(eff['verdict_flagged'].sum()), len(eff))}")
     log(f"  all attacks detected       : {_ci(int(att['verdict_flagged'].sum()), len(att))}")
@@ -469,9 +477,7 @@ def verdict_candidates(
             log(f"  {cand}: not computed ({err})")
             continue
         d = det.drop(columns=["split"]).merge(v, on=[*cell, "model"])
-        eff = d[(d["split"] == "attack") & (d["attack_success_test"] >= min_success)]
-        held = d[(d["role"] == "honest") & (d["split"] == "heldout")]
-        fit = d[(d["role"] == "honest") & (d["split"] == "fit")]
+        _, eff, held, fit = _verdict_groups(d, min_success)
         flag = "calibrated_flagged"
         log(f"  {cand}")
         log(
@@ -554,7 +560,7 @@ def main(argv=None) -> None:
     verdict_report(det, float(roc["min_success"].iloc[0]), log)
     if args.verdict_candidates:
         verdict_candidates(
-            work, args.verdict_candidates, 0.05, float(roc["min_success"].iloc[0]), log
+            work, args.verdict_candidates, FPR, float(roc["min_success"].iloc[0]), log
         )
     detector_costs(work, len(det), log)
     acc = det.groupby(["split", "variant", "attack", "fraction"], dropna=False)[
