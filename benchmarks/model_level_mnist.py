@@ -113,10 +113,11 @@ FAMILIES = dict(
         "badnets_value": 1.0,
         "blend_alpha": 0.2,
         "wanet_k": 4,
-        "wanet_strength": 1.0,
+        "wanet_strength": 4.0,  # 2 px on average; at 1.0 (0.5 px) it never took (docs/benchmarks.md)
         "clean_label_eps": 0.3,
         "clean_label_steps": 10,
         "clean_label_value": 1.0,
+        "clean_label_corners": 4,  # Turner et al.'s; one corner never took
         "adaptive_steps": 200,
         "adaptive_feature_weight": 1.0,
         "adaptive_mask_weight": 0.01,

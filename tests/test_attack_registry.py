@@ -164,6 +164,16 @@ def test_triggers_look_like_their_papers(data):
     # zero strength is the identity warp
     same = registry.get("wanet").trigger(x[:2], seed=0, wanet_k=4, wanet_strength=1e-9)
     np.testing.assert_allclose(same, x[:2], atol=1e-4)
+    # clean-label: BadNets' pattern at every corner (Turner et al.), or at the bottom-right one
+    cl = registry.get("clean_label")
+    black = np.zeros((1, 1, 12, 12), np.float32)
+    one = cl.trigger(black, seed=0, clean_label_value=1.0, clean_label_corners=1)
+    four = cl.trigger(black, seed=0, clean_label_value=1.0, clean_label_corners=4)
+    corner = [(8, 10), (9, 9), (10, 8), (10, 10)]
+    assert sorted(map(tuple, np.argwhere(one[0, 0] == 1))) == corner
+    assert len(np.argwhere(four[0, 0] == 1)) == 16
+    for flip in (four[0, 0], four[0, 0, ::-1], four[0, 0, :, ::-1], four[0, 0, ::-1, ::-1]):
+        assert sorted(map(tuple, np.argwhere(flip[6:, 6:] == 1) + 6)) == corner
 
 
 def test_clean_label_pgd_raises_ms_loss():

@@ -67,18 +67,29 @@ class Pattern(Attack):
         return paste_pattern(x, pattern_size, pattern_value, np.random.default_rng(seed + 1))
 
 
-def add_corner_pattern(x: np.ndarray, distance: int, value: float) -> np.ndarray:
+def add_corner_pattern(
+    x: np.ndarray, distance: int, value: float, corners: int = 1, key: str = "badnets_distance"
+) -> np.ndarray:
     """Copy of images (N, C, H, W) with BadNets' four-pixel pattern near the bottom-right corner,
-    ``distance`` pixels from the edges, in every channel (ART's ``add_pattern_bd``)."""
+    ``distance`` pixels from the edges, in every channel (ART's ``add_pattern_bd``); with
+    ``corners=4`` also its mirror images near the other three corners (Turner et al. 2019's
+    clean-label trigger, a pattern at every corner: 16 pixels). ``key`` names the setting in
+    errors."""
     _, _, h, w = x.shape
     if not 1 <= distance <= min(h, w) - 3:
         raise PoisonDetectError(
-            f"attacks.badnets_distance = {distance}: the pattern does not fit in {h}x{w} images"
+            f"attacks.{key} = {distance}: the pattern does not fit in {h}x{w} images"
         )
+    if corners not in (1, 4):
+        raise PoisonDetectError(f"the corner pattern goes on 1 or 4 corners, got {corners!r:.20}")
     out = x.copy()
     r, c = h - distance, w - distance
     for dr, dc in ((0, 0), (-1, -1), (0, -2), (-2, 0)):
         out[:, :, r + dr, c + dc] = value
+        if corners == 4:  # mirrored: row r + dr <-> h - 1 - (r + dr), the same for columns
+            out[:, :, h - 1 - (r + dr), c + dc] = value
+            out[:, :, r + dr, w - 1 - (c + dc)] = value
+            out[:, :, h - 1 - (r + dr), w - 1 - (c + dc)] = value
     return out
 
 
@@ -176,10 +187,15 @@ class CleanLabel(Attack):
     label = "CL"
     description = (
         "clean-label (Turner et al. 2019): attacker-class images made hard to learn (a few L-inf "
-        "PGD steps against M, or random +-eps noise without M), then BadNets' corner pattern; "
-        "labels kept true"
+        "PGD steps against M, or random +-eps noise without M), then BadNets' corner pattern "
+        "(at every corner, as Turner et al., or at the bottom-right one); labels kept true"
     )
-    settings = {"clean_label_eps": 0.3, "clean_label_steps": 5, "clean_label_value": 1.0}
+    settings = {
+        "clean_label_eps": 0.3,
+        "clean_label_steps": 5,
+        "clean_label_value": 1.0,
+        "clean_label_corners": 4,
+    }
     sources = "others"
     needs_model = True
 
@@ -193,8 +209,8 @@ class CleanLabel(Attack):
     def relabel(self, y, idx, attacker_class):
         return y.copy()
 
-    def trigger(self, x, *, seed, clean_label_value, **_):
-        return add_corner_pattern(x, 2, clean_label_value)
+    def trigger(self, x, *, seed, clean_label_value, clean_label_corners, **_):
+        return add_corner_pattern(x, 2, clean_label_value, clean_label_corners)
 
     def poison(self, x, y, *, target_class, attacker_class, fraction, seed, num_classes=None,
                model=None, device="cpu", **block):  # fmt: skip
