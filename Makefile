@@ -109,7 +109,14 @@ report: $(STAMP)
 	@echo "Report: results/report.zip (log: logs/report.log)"
 
 test: $(DEV_STAMP)
+	@$(SLURM_CHECK)
 	$(BIN)/python -m pytest
+
+# Where SLURM's client is installed but no controller answers, every snakemake start (each
+# workflow test's) waits about 9 s in the SLURM plugin's import (docs/testing.md): say so.
+SLURM_CHECK := if command -v scontrol >/dev/null && ! timeout 3 scontrol ping >/dev/null 2>&1; \
+	then echo "note: SLURM's client is installed but no controller answers: every snakemake \
+	start waits about 9 s; start the local cluster first (sudo bash .ci/slurm-up.sh)"; fi
 
 # The tiers are pytest markers (pyproject.toml): workflow, packaging, slurm.
 QUICK := not workflow and not packaging and not slurm
