@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import sys
 import time
 from pathlib import Path
@@ -516,16 +517,26 @@ def family_report(roc: pd.DataFrame, log: Report) -> None:
     log("")
 
 
+KEPT = re.compile(r"(\d+) of (\d+) models' statistics kept from an earlier run")
+
+
 def detector_costs(work: Path, n_models: int, log: Report) -> None:
-    """Seconds per model of every detector's scoring job (fit on M, score every model)."""
+    """Seconds per model of every detector's scoring job (fit on M, score every model); a job
+    that kept some models' statistics from an earlier run (the score cache, a resumed run) is
+    divided by the models it scored."""
     root = work / "results" / "benchmarks" / "model_level"
     rows = {}
     for tsv in sorted(root.rglob("score_*.tsv")):
         b = pd.read_csv(tsv, sep="\t")
-        rows[tsv.stem.removeprefix("score_")] = float(b["s"].mean())
-    log(f"Cost per model of every detector (its scoring job's wall time / {n_models} models):")
-    for name, sec in sorted(rows.items(), key=lambda kv: kv[1]):
-        log(f"  {name:<32} {sec / n_models:8.2f} s per model ({sec:.1f} s per cell)")
+        job_log = (work / "logs" / tsv.relative_to(root.parent)).with_suffix(".log")
+        found = KEPT.findall(job_log.read_text()) if job_log.is_file() else []
+        scored = n_models - (int(found[-1][0]) if found else 0)
+        rows[tsv.stem.removeprefix("score_")] = (float(b["s"].mean()), max(scored, 1))
+    log(f"Cost per model of every detector (its scoring job's wall time / the {n_models} models, "
+        "or those it scored):")  # fmt: skip
+    for name, (sec, scored) in sorted(rows.items(), key=lambda kv: kv[1][0] / kv[1][1]):
+        also = f"; {n_models - scored} kept from an earlier run" if scored < n_models else ""
+        log(f"  {name:<32} {sec / scored:8.2f} s per model ({sec:.1f} s per cell{also})")
     log("")
 
 
