@@ -67,18 +67,15 @@ class Pattern(Attack):
         return paste_pattern(x, pattern_size, pattern_value, np.random.default_rng(seed + 1))
 
 
-def add_corner_pattern(
-    x: np.ndarray, distance: int, value: float, corners: int = 1, key: str = "badnets_distance"
-) -> np.ndarray:
+def add_corner_pattern(x: np.ndarray, distance: int, value: float, corners: int = 1) -> np.ndarray:
     """Copy of images (N, C, H, W) with BadNets' four-pixel pattern near the bottom-right corner,
     ``distance`` pixels from the edges, in every channel (ART's ``add_pattern_bd``); with
     ``corners=4`` also its mirror images near the other three corners (Turner et al. 2019's
-    clean-label trigger, a pattern at every corner: 16 pixels). ``key`` names the setting in
-    errors."""
+    clean-label trigger, a pattern at every corner: 16 pixels)."""
     _, _, h, w = x.shape
     if not 1 <= distance <= min(h, w) - 3:
         raise PoisonDetectError(
-            f"attacks.{key} = {distance}: the pattern does not fit in {h}x{w} images"
+            f"attacks.badnets_distance = {distance}: the pattern does not fit in {h}x{w} images"
         )
     if corners not in (1, 4):
         raise PoisonDetectError(f"the corner pattern goes on 1 or 4 corners, got {corners!r:.20}")
