@@ -63,14 +63,36 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 _SYSTEM_DIRS = ("/dev", "/proc", "/sys")
 
 
+def _in_system_dir(path: str) -> bool:
+    return any(path == d or path.startswith(d + os.sep) for d in _SYSTEM_DIRS)
+
+
+def _system_path(path: str | os.PathLike) -> str | None:
+    """The first place in /dev, /proc or /sys that ``path`` names or leads to through symbolic
+    links, hop by hop (None if none). ``os.path.realpath`` alone is not enough: it resolves
+    /dev/stdout through /proc/self/fd/1 to the file the standard output is redirected to, and the
+    rename would then replace the link /dev/stdout itself."""
+    hop = os.path.abspath(path)
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        if _in_system_dir(hop):
+            return hop
+        hop = os.path.join(os.path.realpath(os.path.dirname(hop)), os.path.basename(hop))
+        if _in_system_dir(hop):
+            return hop
+        if not os.path.islink(hop):
+            return None
+        hop = os.path.normpath(os.path.join(os.path.dirname(hop), os.readlink(hop)))
+    return hop  # a loop of links: not a path to write either
+
+
 def refuse_special_output(path: str | os.PathLike, label: str | None = None) -> None:
     """Refuse an output path that exists and is not a regular file (a device such as /dev/null or
     /dev/stdout, a FIFO, a directory): the atomic rename would replace it (as root, the device)."""
     from poisondetect.errors import PoisonDetectError
     from poisondetect.limits import _file_type
 
-    real = os.path.realpath(path)
-    if any(real == d or real.startswith(d + os.sep) for d in _SYSTEM_DIRS):
+    real = _system_path(path)
+    if real is not None:
         # /dev/stdout leads to /proc/self/fd/1, which may be a file: the rename would replace the
         # link in /dev, not write to the standard output
         raise PoisonDetectError(

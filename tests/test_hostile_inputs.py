@@ -411,6 +411,36 @@ def test_out_refuses_anything_but_a_regular_file(tmp_path, fifo, capsys, target)
         tmp.write_text("x")
 
 
+def test_out_leading_into_proc_is_refused_though_it_resolves_to_a_file(tmp_path):
+    """A link to /proc/self/fd/N (what /dev/stdout is) resolves to whatever file the descriptor
+    has open: os.path.realpath sees a regular file, but the rename would replace the link."""
+    with (tmp_path / "console.txt").open("w") as console:
+        link = tmp_path / "scores.csv"
+        link.symlink_to(f"/proc/self/fd/{console.fileno()}")
+        assert os.path.isfile(os.path.realpath(link))  # what the check must not trust
+        with pytest.raises(PoisonDetectError, match="a file of the system"):
+            check_output_path(link, "--out")
+        (tmp_path / "via.csv").symlink_to(link)  # a link to that link: found hop by hop
+        with pytest.raises(PoisonDetectError, match="a file of the system"):
+            check_output_path(tmp_path / "via.csv", "--out")
+    assert link.is_symlink()
+
+
+def test_out_dev_stdout_with_the_output_redirected_to_a_file(tmp_path):
+    """`poisondetect filter ... --out /dev/stdout > log`: refused, and /dev/stdout stays a link
+    (as root, the rename used to replace it with the scores file)."""
+    data = str(_npz(tmp_path / "ok.npz"))
+    console = tmp_path / "console.txt"
+    with console.open("w") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", "poisondetect", "filter", "--data", data, "--out", "/dev/stdout"],
+            stdout=out, stderr=subprocess.PIPE, text=True, timeout=120,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "a file of the system" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert os.path.islink("/dev/stdout") and console.read_text() == ""
+
+
 def test_an_unwritable_out_is_found_before_any_fitting(tmp_path, monkeypatch):
     import poisondetect.filtering as filtering
 
