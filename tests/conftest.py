@@ -69,12 +69,30 @@ TINY_CONFIG = {
         "optimal": {"max_iter": 10},
         "detectors": registry.names("sample"),  # every registered detector
         "train_on": ["contaminated", "clean"],
+        # one job per cell and training set: about 6 s of start-up per job is most of what a tiny
+        # detector costs (the per-detector mode runs in PER_DETECTOR_CONFIG's smaller grid)
+        "jobs": "per_cell",
         "autoencoders": {"batch_size": 32, "lr": 0.01},
         "cae_plus": {"rae_epochs": 3, "cae_epochs": 3},
         "cae": {"epochs": 3},
         "rae": {"epochs": 3},
         "magnet": {"epochs": 3},
         "magnet_reformer": {"epochs": 3},
+    },
+}
+
+
+# The sample level alone, one job per detector and one per shared network (the mode clusters use):
+# the detectors that share networks (CAE+, RAE and CAE: an RAE and a CAE per cell) and one that
+# fits none (OD), on both cells, one training set. tests/test_reruns.py plans partial reruns on it.
+PER_DETECTOR_CONFIG = {
+    **TINY_CONFIG,
+    "model_level": {**TINY_CONFIG["model_level"], "enabled": False},
+    "sample_level": {
+        **TINY_CONFIG["sample_level"],
+        "jobs": "per_detector",
+        "detectors": ["cae_plus", "rae", "cae", "od"],
+        "train_on": ["contaminated"],
     },
 }
 
@@ -147,8 +165,17 @@ def tiny_run(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.fixture(scope="session")
+def per_detector_run(tmp_path_factory) -> Path:
+    """PER_DETECTOR_CONFIG run to completion once; tests must not modify it."""
+    workdir = tmp_path_factory.mktemp("per_detector_workflow")
+    write_config(workdir, PER_DETECTOR_CONFIG)
+    snakemake(workdir)
+    return workdir
+
+
 # Fixtures that run Snakemake: a test using one of them belongs to the workflow tier.
-WORKFLOW_FIXTURES = frozenset({"tiny_run"})
+WORKFLOW_FIXTURES = frozenset({"tiny_run", "per_detector_run"})
 
 
 def pytest_collection_modifyitems(config, items):

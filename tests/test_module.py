@@ -52,9 +52,7 @@ def test_tiny_config_runs_with_this_workflow_as_a_module(tmp_path):
     (study / "Snakefile").write_text(STUDY_SNAKEFILE.format(snakefile=src / "Snakefile"))
     cfg = copy.deepcopy(TINY_CONFIG)
     cfg["sample_level"]["attacks"] = ["flip"]
-    # one job per cell and training set (the tiny run itself has one per detector): the module
-    # runs the other job mode for real, in 26 jobs fewer
-    cfg["sample_level"]["jobs"] = "per_cell"
+    assert cfg["sample_level"]["jobs"] == "per_cell"  # one job per cell and training set
     (study / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run(

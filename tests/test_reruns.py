@@ -15,18 +15,21 @@ import time
 
 import psutil
 import yaml
-from conftest import TINY_CONFIG, planned_jobs, snakemake, snakemake_cmd
+from conftest import PER_DETECTOR_CONFIG, TINY_CONFIG, planned_jobs, snakemake, snakemake_cmd
 
 REPORT = {"collect_model_level": 1, "model_level_tables": 1, "model_level_figure": 1,
           "model_level_roc_figures": 1, "model_level_success_figure": 1, "all": 1}  # fmt: skip
 AE_DETECTORS = 2  # ae_mean and ae_class read the auto-encoder's errors
+# The sample level's per-detector jobs are planned on PER_DETECTOR_CONFIG's run (the tiny run has
+# one job per cell and training set)
 N_SL_CELLS = 2  # attacks flip, optimal at 3 poisons
-N_TRAIN_ON = 2  # contaminated, clean
-N_DETECTORS = len(TINY_CONFIG["sample_level"]["detectors"])
+N_TRAIN_ON = len(PER_DETECTOR_CONFIG["sample_level"]["train_on"])
+N_DETECTORS = len(PER_DETECTOR_CONFIG["sample_level"]["detectors"])
+N_NETWORKS = 2  # CAE+, RAE and CAE share an RAE and a CAE; OD fits none
 
 
-def _dry_run(run, tmp_path, change) -> dict[str, int]:
-    cfg = copy.deepcopy(TINY_CONFIG)
+def _dry_run(run, tmp_path, change, config=TINY_CONFIG) -> dict[str, int]:
+    cfg = copy.deepcopy(config)
     change(cfg)
     path = tmp_path / "changed.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -91,8 +94,14 @@ def test_figure_settings_rerun_only_the_report_jobs(tiny_run, tmp_path):
     }
 
 
-def test_sample_detector_change_reruns_no_attack(tiny_run, tmp_path):
-    jobs = _dry_run(tiny_run, tmp_path, lambda c: c["sample_level"]["cae"].update(epochs=4))
+def _sl_dry_run(run, tmp_path, change) -> dict[str, int]:
+    return _dry_run(run, tmp_path, change, PER_DETECTOR_CONFIG)
+
+
+def test_sample_detector_change_reruns_no_attack(per_detector_run, tmp_path):
+    jobs = _sl_dry_run(
+        per_detector_run, tmp_path, lambda c: c["sample_level"]["cae"].update(epochs=4)
+    )
     assert "poison_rounds" not in jobs and "make_rounds" not in jobs
     assert jobs["fit_filter"] == N_SL_CELLS * N_TRAIN_ON  # only the CAE's fits
     assert jobs["fit_network"] == N_SL_CELLS * N_TRAIN_ON  # its own network: CAE+'s is another
@@ -103,36 +112,48 @@ def test_sample_detector_change_reruns_no_attack(tiny_run, tmp_path):
         "analyse_filtering",  # not analyse_scores: it reads only CAE+'s scores
         "sample_level_tables",
         "sample_level_detector_figures",
-        "sample_level_accuracy_figure",
-        "sample_level_clean_vs_contaminated",
+        "sample_level_accuracy_figure",  # (no clean-vs-contaminated figure: one training set)
         "all",
     }
 
 
-def test_a_scoring_setting_refits_no_network(tiny_run, tmp_path):
+def test_a_scoring_setting_refits_no_network(per_detector_run, tmp_path):
     """CAE+'s alpha acts at scoring time: its filter jobs rerun (cheap), no network is refitted,
     no other detector's job reruns."""
-    jobs = _dry_run(tiny_run, tmp_path, lambda c: c["sample_level"]["cae_plus"].update(alpha=0.5))
+    jobs = _sl_dry_run(
+        per_detector_run, tmp_path, lambda c: c["sample_level"]["cae_plus"].update(alpha=0.5)
+    )
     assert "fit_network" not in jobs
     assert jobs["fit_filter"] == N_SL_CELLS * N_TRAIN_ON  # CAE+'s only
     assert "poison_rounds" not in jobs and "analyse_scores" in jobs  # Figs. 2-4 draw CAE+
 
 
-def test_networks_are_fitted_once_per_cell(tiny_run):
-    """CAE+, RAE and CAE share an RAE and a CAE; MagNet and MagNet + reformer two RAEs: 4
-    networks per cell and train_on, each in one file, each read by the detectors made of it."""
-    nets = sorted((tiny_run / "results/sample_level/digits_1v7/flip/p3/seed0/nets").glob("*"))
-    assert len(nets) == 4 * N_TRAIN_ON
-    assert sorted({n.name.split("-")[0] for n in nets}) == ["cae", "rae"]
+def test_networks_are_fitted_once_per_cell(per_detector_run):
+    """CAE+, RAE and CAE share an RAE and a CAE: 2 networks per cell and train_on, each in one
+    file, each read by the detectors made of it (MagNet's two RAEs: tests/test_job_modes.py)."""
+    cell = per_detector_run / "results/sample_level/digits_1v7/flip/p3/seed0"
+    nets = sorted((cell / "nets").glob("*"))
+    assert len(nets) == N_NETWORKS * N_TRAIN_ON
+    assert sorted(n.name.split("-")[0] for n in nets) == ["cae", "rae"]
 
 
-def test_attack_change_reruns_the_attack_and_its_descendants_only(tiny_run, tmp_path):
-    jobs = _dry_run(tiny_run, tmp_path, lambda c: c["sample_level"]["optimal"].update(max_iter=5))
+def test_attack_change_reruns_the_attack_and_its_descendants_only(per_detector_run, tmp_path):
+    jobs = _sl_dry_run(
+        per_detector_run, tmp_path, lambda c: c["sample_level"]["optimal"].update(max_iter=5)
+    )
     # the flipping attack does not use the optimiser's settings: only the optimal cell reruns
     assert jobs["poison_rounds"] == 1
     assert jobs["fit_filter"] == N_DETECTORS * N_TRAIN_ON  # every detector of that cell
-    assert jobs["fit_network"] == 4 * N_TRAIN_ON  # and its 4 networks, once each
+    assert jobs["fit_network"] == N_NETWORKS * N_TRAIN_ON  # and its networks, once each
     assert "make_rounds" not in jobs and "train_genuine" not in jobs
+
+
+def test_the_tiny_run_fits_each_cell_in_one_job(tiny_run, tmp_path):
+    """The tiny run's sample level is one job per cell and training set (sample_level.jobs:
+    per_cell): a detector's change reruns those jobs, and no attack."""
+    jobs = _dry_run(tiny_run, tmp_path, lambda c: c["sample_level"]["cae"].update(epochs=4))
+    assert jobs["fit_filters"] == N_SL_CELLS * len(TINY_CONFIG["sample_level"]["train_on"])
+    assert not {"fit_filter", "fit_network", "poison_rounds", "make_rounds"} & set(jobs)
 
 
 def test_killed_job_leaves_no_complete_looking_output_and_is_redone(tiny_run, tmp_path):

@@ -157,7 +157,7 @@ def test_full_disk_is_one_line_not_a_traceback(tmp_path, no_gpu_env):
         (
             "sample_level",
             "results/sample_level/digits_1v7/flip/p3/seed0/filter/od_contaminated.json",
-            "logs/sample_level/digits_1v7/flip/p3/seed0/fit_od_contaminated.log",
+            "logs/sample_level/digits_1v7/flip/p3/seed0/fit_all_contaminated.log",
         ),
     ],
 )

@@ -3,7 +3,8 @@
 Asserts that the jobs went through SLURM (sbatch calls, the executor's per-job SLURM logs, the job
 id seen inside the jobs) and that the results equal those of the local run of the same config.
 The targets are the model level's detection table and every filter result of one sample-level
-cell (flipping): every rule that computes something runs through SLURM, grouped and ungrouped,
+cell (flipping; one job per training set, as the tiny config runs the sample level): every rule
+that computes something runs through SLURM, grouped and ungrouped,
 in about half the jobs of the whole grid (the other cell is the same rules with other
 wildcards; the tables and figures, local rules that SLURM never sees, are left out). Skipped
 where no cluster is up; fails instead when POISONDETECT_REQUIRE_SLURM=1 (.ci/run sets it).
