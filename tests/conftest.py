@@ -156,22 +156,23 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def _finished_run(tmp_path_factory, name: str, config: dict) -> Path:
+    workdir = tmp_path_factory.mktemp(name)
+    write_config(workdir, config)
+    snakemake(workdir)
+    return workdir
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """The tiny workflow (both parts), run to completion once; tests must not modify it."""
-    workdir = tmp_path_factory.mktemp("tiny_workflow")
-    write_config(workdir, TINY_CONFIG)
-    snakemake(workdir)
-    return workdir
+    return _finished_run(tmp_path_factory, "tiny_workflow", TINY_CONFIG)
 
 
 @pytest.fixture(scope="session")
 def per_detector_run(tmp_path_factory) -> Path:
     """PER_DETECTOR_CONFIG run to completion once; tests must not modify it."""
-    workdir = tmp_path_factory.mktemp("per_detector_workflow")
-    write_config(workdir, PER_DETECTOR_CONFIG)
-    snakemake(workdir)
-    return workdir
+    return _finished_run(tmp_path_factory, "per_detector_workflow", PER_DETECTOR_CONFIG)
 
 
 # Fixtures that run Snakemake: a test using one of them belongs to the workflow tier.
