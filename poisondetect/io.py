@@ -67,22 +67,30 @@ def _in_system_dir(path: str) -> bool:
     return any(path == d or path.startswith(d + os.sep) for d in _SYSTEM_DIRS)
 
 
+class _LinkLoop(Exception):
+    """The path's symbolic links go round (more hops than the kernel follows)."""
+
+
 def _system_path(path: str | os.PathLike) -> str | None:
     """The first place in /dev, /proc or /sys that ``path`` names or leads to through symbolic
     links, hop by hop (None if none). ``os.path.realpath`` alone is not enough: it resolves
     /dev/stdout through /proc/self/fd/1 to the file the standard output is redirected to, and the
-    rename would then replace the link /dev/stdout itself."""
-    hop = os.path.abspath(path)
+    rename would then replace the link /dev/stdout itself. ``..`` is never collapsed as text (after
+    a linked folder it means that folder's parent, as the kernel reads it): each hop resolves its
+    folder with ``realpath`` and looks at its last name itself. Raises ``_LinkLoop``."""
+    hop = os.path.join(os.getcwd(), os.fspath(path))
     for _ in range(40):  # the kernel's own limit on a chain of links
-        if _in_system_dir(hop):
-            return hop
-        hop = os.path.join(os.path.realpath(os.path.dirname(hop)), os.path.basename(hop))
+        folder, name = os.path.split(hop.rstrip(os.sep) or os.sep)
+        if name in ("", ".", ".."):
+            hop = os.path.realpath(hop)  # no last name to look at: the whole path is a folder
+            return hop if _in_system_dir(hop) else None
+        hop = os.path.join(os.path.realpath(folder), name)
         if _in_system_dir(hop):
             return hop
         if not os.path.islink(hop):
             return None
-        hop = os.path.normpath(os.path.join(os.path.dirname(hop), os.readlink(hop)))
-    return hop  # a loop of links: not a path to write either
+        hop = os.path.join(os.path.dirname(hop), os.readlink(hop))  # absolute targets replace it
+    raise _LinkLoop(hop)
 
 
 def refuse_special_output(path: str | os.PathLike, label: str | None = None) -> None:
@@ -91,7 +99,13 @@ def refuse_special_output(path: str | os.PathLike, label: str | None = None) -> 
     from poisondetect.errors import PoisonDetectError
     from poisondetect.limits import _file_type
 
-    real = _system_path(path)
+    try:
+        real = _system_path(path)
+    except _LinkLoop:
+        raise PoisonDetectError(
+            f"{label or path}: a loop of symbolic links, not an output path; give the path of a "
+            "file to write"
+        ) from None
     if real is not None:
         # /dev/stdout leads to /proc/self/fd/1, which may be a file: the rename would replace the
         # link in /dev, not write to the standard output

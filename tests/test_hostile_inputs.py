@@ -418,22 +418,50 @@ def test_out_leading_into_proc_is_refused_though_it_resolves_to_a_file(tmp_path)
         link = tmp_path / "scores.csv"
         link.symlink_to(f"/proc/self/fd/{console.fileno()}")
         assert os.path.isfile(os.path.realpath(link))  # what the check must not trust
-        with pytest.raises(PoisonDetectError, match="a file of the system"):
-            check_output_path(link, "--out")
         (tmp_path / "via.csv").symlink_to(link)  # a link to that link: found hop by hop
-        with pytest.raises(PoisonDetectError, match="a file of the system"):
-            check_output_path(tmp_path / "via.csv", "--out")
+        # `..` after a linked folder is that folder's parent (the kernel's reading), not the
+        # text's: shm/../stdout is /dev/stdout
+        (tmp_path / "shm").symlink_to("/dev/shm")
+        (tmp_path / "dots.csv").symlink_to(tmp_path / "shm/../stdout")
+        for out in (link, tmp_path / "via.csv", tmp_path / "shm/../null", tmp_path / "dots.csv"):
+            with pytest.raises(PoisonDetectError, match="a file of the system"):
+                check_output_path(out, "--out")
     assert link.is_symlink()
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(PoisonDetectError, match="a loop of symbolic links"):
+        check_output_path(tmp_path / "a", "--out")
+    # what stays allowed: a link to a regular file, a linked results folder, a new file
+    (tmp_path / "real.csv").write_text("")
+    (tmp_path / "to_real.csv").symlink_to(tmp_path / "real.csv")
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "results").symlink_to(tmp_path / "disk")
+    for out in ("to_real.csv", "results/sub/points.csv", "new.csv"):
+        check_output_path(tmp_path / out, "--out")
+
+
+# Run in the child instead of `python -m poisondetect`: a rename onto anything in /dev stops the
+# child, so that a broken check cannot replace the machine's /dev/stdout (the tests run as root).
+_GUARDED_MAIN = """import os, sys
+rename = os.replace
+def guarded(src, dst, *args, **kwargs):
+    if os.path.abspath(dst).startswith("/dev/"):
+        sys.exit(f"test guard: would have replaced {dst}")
+    return rename(src, dst, *args, **kwargs)
+os.replace = guarded
+from poisondetect.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def test_out_dev_stdout_with_the_output_redirected_to_a_file(tmp_path):
-    """`poisondetect filter ... --out /dev/stdout > log`: refused, and /dev/stdout stays a link
-    (as root, the rename used to replace it with the scores file)."""
+    """`poisondetect filter ... --out /dev/stdout > log`: refused in one line (as root, the rename
+    used to replace /dev/stdout with the scores file)."""
     data = str(_npz(tmp_path / "ok.npz"))
     console = tmp_path / "console.txt"
     with console.open("w") as out:
         proc = subprocess.run(
-            [sys.executable, "-m", "poisondetect", "filter", "--data", data, "--out", "/dev/stdout"],
+            [sys.executable, "-c", _GUARDED_MAIN, "filter", "--data", data, "--out", "/dev/stdout"],
             stdout=out, stderr=subprocess.PIPE, text=True, timeout=120,
         )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
