@@ -40,6 +40,10 @@ def test_nothing_to_do_after_a_complete_run(tiny_run, tmp_path):
     assert _dry_run(tiny_run, tmp_path, lambda c: None) == {}
 
 
+def test_nothing_to_do_after_a_complete_per_detector_run(per_detector_run, tmp_path):
+    assert _dry_run(per_detector_run, tmp_path, lambda c: None, PER_DETECTOR_CONFIG) == {}
+
+
 def test_autoencoder_change_reruns_only_its_detectors_and_report(tiny_run, tmp_path):
     jobs = _dry_run(tiny_run, tmp_path, lambda c: c["model_level"]["autoencoder"].update(epochs=11))
     assert jobs == {
@@ -135,6 +139,13 @@ def test_networks_are_fitted_once_per_cell(per_detector_run):
     nets = sorted((cell / "nets").glob("*"))
     assert len(nets) == N_NETWORKS * N_TRAIN_ON
     assert sorted(n.name.split("-")[0] for n in nets) == ["cae", "rae"]
+    # one log per job: each network's fit, each detector's
+    logs = per_detector_run / "logs/sample_level/digits_1v7/flip/p3/seed0"
+    for train_on in PER_DETECTOR_CONFIG["sample_level"]["train_on"]:
+        for det in PER_DETECTOR_CONFIG["sample_level"]["detectors"]:
+            assert (logs / f"fit_{det}_{train_on}.log").is_file(), det
+    for net in nets:  # nets/{network}_{train_on}.safetensors
+        assert (logs / f"fit_{net.stem}.log").is_file(), net.name
 
 
 def test_attack_change_reruns_the_attack_and_its_descendants_only(per_detector_run, tmp_path):

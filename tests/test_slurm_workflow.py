@@ -1,13 +1,15 @@
-"""The tiny grid of both parts through SLURM (the one-node cluster of .ci/slurm-up.sh).
+"""The tiny grid of both parts through SLURM (the one-node cluster of .ci/slurm-up.sh), and one
+sample-level cell in the per-detector job mode (its fit_filter jobs grouped).
 
 Asserts that the jobs went through SLURM (sbatch calls, the executor's per-job SLURM logs, the job
 id seen inside the jobs) and that the results equal those of the local run of the same config.
-The targets are the model level's detection table and every filter result of one sample-level
-cell (flipping; one job per training set, as the tiny config runs the sample level): every rule
-that computes something runs through SLURM, grouped and ungrouped,
-in about half the jobs of the whole grid (the other cell is the same rules with other
-wildcards; the tables and figures, local rules that SLURM never sees, are left out). Skipped
-where no cluster is up; fails instead when POISONDETECT_REQUIRE_SLURM=1 (.ci/run sets it).
+The grid test's targets are the model level's detection table (its scoring jobs grouped) and
+every filter result of one sample-level cell (one job per training set, as the tiny config runs
+the sample level); the other cell is the same rules with other wildcards, and the tables and
+figures are local rules SLURM never sees. The per-detector test submits the rules that mode adds
+(fit_network, fit_filter in groups). Together every rule that computes something runs through
+SLURM, grouped and ungrouped. Skipped where no cluster is up; fails instead when
+POISONDETECT_REQUIRE_SLURM=1 (.ci/run sets it).
 """
 
 from __future__ import annotations
@@ -87,3 +89,47 @@ def test_tiny_grid_through_slurm_equals_the_local_run(tiny_run, tmp_path):
     for path in results:
         rel = path.relative_to(tiny_run)
         assert json.loads((work / rel).read_text()) == json.loads(path.read_text()), rel
+
+
+PER_DETECTOR_CELL = "results/sample_level/digits_1v7/flip/p3/seed0"
+
+
+@pytest.mark.slurm
+def test_per_detector_cell_through_slurm_groups_the_filters(per_detector_run, tmp_path):
+    """The sample level one job per detector and per shared network (what configs/paper-cae.yaml
+    runs on a cluster): one cell's networks and filters through SLURM, the fit_filter jobs grouped
+    (profiles/slurm-ci: 4 to a group), every file the same bytes as the local run's."""
+    if not _cluster_up():
+        message = "no local SLURM cluster (start it with: sudo .ci/slurm-up.sh)"
+        if os.environ.get("POISONDETECT_REQUIRE_SLURM") == "1":
+            pytest.fail(message + ", but POISONDETECT_REQUIRE_SLURM=1")
+        pytest.skip(message)
+    # a copy of the local run without the cell's networks and filter results: only the rules
+    # this mode adds run again, through SLURM
+    work = tmp_path / "slurm_per_detector"
+    shutil.copytree(per_detector_run, work, symlinks=True)
+    local = sorted(
+        p
+        for sub in ("filter", "nets")
+        for p in (per_detector_run / PER_DETECTOR_CELL / sub).iterdir()
+    )
+    for sub in ("filter", "nets"):
+        shutil.rmtree(work / PER_DETECTOR_CELL / sub)
+    targets = [str(p.relative_to(per_detector_run)) for p in local]
+    proc = subprocess.run(
+        snakemake_cmd(work, "--profile", str(REPO / "profiles/slurm-ci"), "--verbose", *targets),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    submitted = {p.name for p in (work / ".snakemake/slurm_logs").iterdir()}
+    assert "rule_fit_network" in submitted, submitted
+    assert "group_filter_fit_filter" in submitted, submitted  # the detectors' fits, grouped
+    differ = [
+        str(p.relative_to(per_detector_run))
+        for p in local
+        if p.read_bytes() != (work / p.relative_to(per_detector_run)).read_bytes()
+    ]
+    assert not differ, differ
