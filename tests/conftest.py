@@ -83,15 +83,16 @@ TINY_CONFIG = {
 
 
 # The sample level alone, one job per detector and one per shared network (the mode clusters use):
-# the detectors that share networks (CAE+, RAE and CAE: an RAE and a CAE per cell) and one that
-# fits none (OD), on both cells, one training set. tests/test_reruns.py plans partial reruns on it.
+# the detectors that share networks (CAE+, RAE and CAE: an RAE and a CAE per cell), MagNet (two RAEs
+# of its own) and one that fits none (OD), on both cells, one training set. tests/test_reruns.py
+# plans partial reruns on it.
 PER_DETECTOR_CONFIG = {
     **TINY_CONFIG,
     "model_level": {**TINY_CONFIG["model_level"], "enabled": False},
     "sample_level": {
         **TINY_CONFIG["sample_level"],
         "jobs": "per_detector",
-        "detectors": ["cae_plus", "rae", "cae", "od"],
+        "detectors": ["cae_plus", "rae", "cae", "magnet", "od"],
         "train_on": ["contaminated"],
     },
 }

@@ -25,7 +25,7 @@ AE_DETECTORS = 2  # ae_mean and ae_class read the auto-encoder's errors
 N_SL_CELLS = 2  # attacks flip, optimal at 3 poisons
 N_TRAIN_ON = len(PER_DETECTOR_CONFIG["sample_level"]["train_on"])
 N_DETECTORS = len(PER_DETECTOR_CONFIG["sample_level"]["detectors"])
-N_NETWORKS = 2  # CAE+, RAE and CAE share an RAE and a CAE; OD fits none
+N_NETWORKS = 4  # CAE+, RAE and CAE share an RAE and a CAE; MagNet has two RAEs; OD fits none
 
 
 def _dry_run(run, tmp_path, change, config=TINY_CONFIG) -> dict[str, int]:
@@ -133,12 +133,12 @@ def test_a_scoring_setting_refits_no_network(per_detector_run, tmp_path):
 
 
 def test_networks_are_fitted_once_per_cell(per_detector_run):
-    """CAE+, RAE and CAE share an RAE and a CAE: 2 networks per cell and train_on, each in one
-    file, each read by the detectors made of it (MagNet's two RAEs: tests/test_job_modes.py)."""
+    """CAE+, RAE and CAE share an RAE and a CAE, MagNet has two RAEs of its own: 4 networks per
+    cell and train_on, each in one file, each read by the detectors made of it."""
     cell = per_detector_run / "results/sample_level/digits_1v7/flip/p3/seed0"
     nets = sorted((cell / "nets").glob("*"))
     assert len(nets) == N_NETWORKS * N_TRAIN_ON
-    assert sorted(n.name.split("-")[0] for n in nets) == ["cae", "rae"]
+    assert sorted(n.name.split("-")[0] for n in nets) == ["cae", "rae", "rae", "rae"]
     # one log per job: each network's fit, each detector's
     logs = per_detector_run / "logs/sample_level/digits_1v7/flip/p3/seed0"
     for train_on in PER_DETECTOR_CONFIG["sample_level"]["train_on"]:
