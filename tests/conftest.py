@@ -8,6 +8,7 @@ The suite has tiers (markers in pyproject.toml): ``make test-quick`` deselects `
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -69,8 +70,8 @@ TINY_CONFIG = {
         "optimal": {"max_iter": 10},
         "detectors": registry.names("sample"),  # every registered detector
         "train_on": ["contaminated", "clean"],
-        # one job per cell and training set: about 6 s of start-up per job is most of what a tiny
-        # detector costs (the per-detector mode runs in PER_DETECTOR_CONFIG's smaller grid)
+        # one job per cell and training set: a job's start-up (3-6 s, torch and scikit-learn
+        # imported) is most of what a tiny detector costs (the per-detector mode runs in PER_DETECTOR_CONFIG's smaller grid)
         "jobs": "per_cell",
         "autoencoders": {"batch_size": 32, "lr": 0.01},
         "cae_plus": {"rae_epochs": 3, "cae_epochs": 3},
@@ -174,6 +175,30 @@ def tiny_run(tmp_path_factory) -> Path:
 def per_detector_run(tmp_path_factory) -> Path:
     """PER_DETECTOR_CONFIG run to completion once; tests must not modify it."""
     return _finished_run(tmp_path_factory, "per_detector_workflow", PER_DETECTOR_CONFIG)
+
+
+def _cluster_up() -> bool:
+    """Is the one-node SLURM cluster of .ci/slurm-up.sh answering?"""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return False
+    try:
+        state = subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10
+        ).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return bool(state) and state[0] in {"idle", "mix", "alloc"}
+
+
+@pytest.fixture
+def slurm_cluster() -> None:
+    """The local SLURM cluster: the test is skipped without it, or fails where
+    POISONDETECT_REQUIRE_SLURM=1 (.ci/run sets it)."""
+    if not _cluster_up():
+        message = "no local SLURM cluster (start it with: sudo .ci/slurm-up.sh)"
+        if os.environ.get("POISONDETECT_REQUIRE_SLURM") == "1":
+            pytest.fail(message + ", but POISONDETECT_REQUIRE_SLURM=1")
+        pytest.skip(message)
 
 
 # Fixtures that run Snakemake: a test using one of them belongs to the workflow tier.

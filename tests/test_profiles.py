@@ -7,9 +7,7 @@ when that cluster is not up, and fails instead when POISONDETECT_REQUIRE_SLURM=1
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -231,26 +229,9 @@ def test_default_profile_dry_run(toy):
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def _cluster_up() -> bool:
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        return False
-    try:
-        state = subprocess.run(
-            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10
-        ).stdout.split()
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return bool(state) and state[0] in {"idle", "mix", "alloc"}
-
-
 @pytest.mark.workflow
 @pytest.mark.slurm
-def test_toy_workflow_through_slurm(toy):
-    if not _cluster_up():
-        message = "no local SLURM cluster (start it with: sudo .ci/slurm-up.sh)"
-        if os.environ.get("POISONDETECT_REQUIRE_SLURM") == "1":  # set by .ci/run
-            pytest.fail(message + ", but POISONDETECT_REQUIRE_SLURM=1")
-        pytest.skip(message)
+def test_toy_workflow_through_slurm(slurm_cluster, toy):
     run = snakemake(
         toy,
         "--profile",

@@ -28,8 +28,9 @@ N_DETECTORS = len(PER_DETECTOR_CONFIG["sample_level"]["detectors"])
 N_NETWORKS = 4  # CAE+, RAE and CAE share an RAE and a CAE; MagNet has two RAEs; OD fits none
 
 
-def _dry_run(run, tmp_path, change, config=TINY_CONFIG) -> dict[str, int]:
-    cfg = copy.deepcopy(config)
+def _dry_run(run, tmp_path, change) -> dict[str, int]:
+    """The jobs a dry run plans in the finished ``run`` with its own config changed by ``change``."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
     change(cfg)
     path = tmp_path / "changed.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -41,7 +42,7 @@ def test_nothing_to_do_after_a_complete_run(tiny_run, tmp_path):
 
 
 def test_nothing_to_do_after_a_complete_per_detector_run(per_detector_run, tmp_path):
-    assert _dry_run(per_detector_run, tmp_path, lambda c: None, PER_DETECTOR_CONFIG) == {}
+    assert _dry_run(per_detector_run, tmp_path, lambda c: None) == {}
 
 
 def test_autoencoder_change_reruns_only_its_detectors_and_report(tiny_run, tmp_path):
@@ -98,14 +99,8 @@ def test_figure_settings_rerun_only_the_report_jobs(tiny_run, tmp_path):
     }
 
 
-def _sl_dry_run(run, tmp_path, change) -> dict[str, int]:
-    return _dry_run(run, tmp_path, change, PER_DETECTOR_CONFIG)
-
-
 def test_sample_detector_change_reruns_no_attack(per_detector_run, tmp_path):
-    jobs = _sl_dry_run(
-        per_detector_run, tmp_path, lambda c: c["sample_level"]["cae"].update(epochs=4)
-    )
+    jobs = _dry_run(per_detector_run, tmp_path, lambda c: c["sample_level"]["cae"].update(epochs=4))
     assert "poison_rounds" not in jobs and "make_rounds" not in jobs
     assert jobs["fit_filter"] == N_SL_CELLS * N_TRAIN_ON  # only the CAE's fits
     assert jobs["fit_network"] == N_SL_CELLS * N_TRAIN_ON  # its own network: CAE+'s is another
@@ -124,7 +119,7 @@ def test_sample_detector_change_reruns_no_attack(per_detector_run, tmp_path):
 def test_a_scoring_setting_refits_no_network(per_detector_run, tmp_path):
     """CAE+'s alpha acts at scoring time: its filter jobs rerun (cheap), no network is refitted,
     no other detector's job reruns."""
-    jobs = _sl_dry_run(
+    jobs = _dry_run(
         per_detector_run, tmp_path, lambda c: c["sample_level"]["cae_plus"].update(alpha=0.5)
     )
     assert "fit_network" not in jobs
@@ -149,7 +144,7 @@ def test_networks_are_fitted_once_per_cell(per_detector_run):
 
 
 def test_attack_change_reruns_the_attack_and_its_descendants_only(per_detector_run, tmp_path):
-    jobs = _sl_dry_run(
+    jobs = _dry_run(
         per_detector_run, tmp_path, lambda c: c["sample_level"]["optimal"].update(max_iter=5)
     )
     # the flipping attack does not use the optimiser's settings: only the optimal cell reruns

@@ -15,7 +15,6 @@ POISONDETECT_REQUIRE_SLURM=1 (.ci/run sets it).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -25,16 +24,17 @@ import pytest
 from conftest import REPO, TINY_CONFIG, snakemake_cmd, write_config
 
 
-def _cluster_up() -> bool:
-    if shutil.which("sinfo") is None:
-        return False
-    try:
-        out = subprocess.run(
-            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return bool(out.stdout.split()) and out.stdout.split()[0] in {"idle", "mix", "alloc"}
+def _through_slurm(work, targets: list[str], timeout: int) -> str:
+    """Snakemake in ``work`` with profiles/slurm-ci, made to build ``targets``; its console."""
+    proc = subprocess.run(
+        snakemake_cmd(work, "--profile", str(REPO / "profiles/slurm-ci"), "--verbose", *targets),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-6000:]
+    return log
 
 
 DETECTION = "results/model_level/detection.csv"
@@ -42,12 +42,7 @@ CELL = "results/sample_level/digits_1v7/flip/p3/seed0/filter"  # one cell's filt
 
 
 @pytest.mark.slurm
-def test_tiny_grid_through_slurm_equals_the_local_run(tiny_run, tmp_path):
-    if not _cluster_up():
-        message = "no local SLURM cluster (start it with: sudo .ci/slurm-up.sh)"
-        if os.environ.get("POISONDETECT_REQUIRE_SLURM") == "1":
-            pytest.fail(message + ", but POISONDETECT_REQUIRE_SLURM=1")
-        pytest.skip(message)
+def test_tiny_grid_through_slurm_equals_the_local_run(slurm_cluster, tiny_run, tmp_path):
     work = tmp_path / "slurm_run"
     write_config(work, TINY_CONFIG)
     results = sorted((tiny_run / CELL).glob("*.json"))
@@ -55,15 +50,8 @@ def test_tiny_grid_through_slurm_equals_the_local_run(tiny_run, tmp_path):
     assert len(results) == len(sl["detectors"]) * len(sl["train_on"])  # each fit, each training set
     targets = [DETECTION, *(str(p.relative_to(tiny_run)) for p in results)]
     t0 = time.time()
-    proc = subprocess.run(
-        snakemake_cmd(work, "--profile", str(REPO / "profiles/slurm-ci"), "--verbose", *targets),
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
+    log = _through_slurm(work, targets, timeout=1500)
     seconds = time.time() - t0
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
     print(
         f"tiny grid (the detection table and one sample-level cell) through SLURM: {seconds:.0f} s"
     )
@@ -95,15 +83,12 @@ PER_DETECTOR_CELL = "results/sample_level/digits_1v7/flip/p3/seed0"
 
 
 @pytest.mark.slurm
-def test_per_detector_cell_through_slurm_groups_the_filters(per_detector_run, tmp_path):
+def test_per_detector_cell_through_slurm_groups_the_filters(
+    slurm_cluster, per_detector_run, tmp_path
+):
     """The sample level one job per detector and per shared network (what configs/paper-cae.yaml
     runs on a cluster): one cell's networks and filters through SLURM, the fit_filter jobs grouped
     (profiles/slurm-ci: 4 to a group), every file the same bytes as the local run's."""
-    if not _cluster_up():
-        message = "no local SLURM cluster (start it with: sudo .ci/slurm-up.sh)"
-        if os.environ.get("POISONDETECT_REQUIRE_SLURM") == "1":
-            pytest.fail(message + ", but POISONDETECT_REQUIRE_SLURM=1")
-        pytest.skip(message)
     # a copy of the local run without the cell's networks and filter results: only the rules
     # this mode adds run again, through SLURM
     work = tmp_path / "slurm_per_detector"
@@ -116,14 +101,7 @@ def test_per_detector_cell_through_slurm_groups_the_filters(per_detector_run, tm
     for sub in ("filter", "nets"):
         shutil.rmtree(work / PER_DETECTOR_CELL / sub)
     targets = [str(p.relative_to(per_detector_run)) for p in local]
-    proc = subprocess.run(
-        snakemake_cmd(work, "--profile", str(REPO / "profiles/slurm-ci"), "--verbose", *targets),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-6000:]
+    _through_slurm(work, targets, timeout=900)
     submitted = {p.name for p in (work / ".snakemake/slurm_logs").iterdir()}
     assert "rule_fit_network" in submitted, submitted
     assert "group_filter_fit_filter" in submitted, submitted  # the detectors' fits, grouped
