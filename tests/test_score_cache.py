@@ -5,6 +5,7 @@ that changed, with the same numbers."""
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -82,3 +83,42 @@ def test_a_damaged_cache_entry_is_scored_again(records, tmp_path):
         "trigger_inversion", PARAMS, records, 1, run={"seed": 0}, cache=str(cache)
     )
     assert first.equals(again)
+
+
+def test_inversions_are_kept_apart_from_the_statistics_and_reused(records, tmp_path, monkeypatch):
+    """Trigger inversion keeps each model's inversion too (cache/<detector>/inversions/): when
+    the statistics cannot be reused (the fitted state changed: here M, which the differential
+    variant's ratios are relative to), no model whose network is unchanged is inverted again."""
+    from poisondetect.detectors.trigger_inversion import DifferentialTriggerInversion as DTI
+
+    calls = []
+    invert = DTI.invert
+    monkeypatch.setattr(
+        DTI, "invert", lambda self, rec: calls.append(rec.name) or invert(self, rec)
+    )
+    cache = tmp_path / "cache"
+    run = dict(run={"seed": 0}, cache=str(cache))
+    name = "differential_trigger_inversion"
+    _, first = fit_and_score(name, PARAMS, records, 1, **run)
+    assert sorted(calls) == sorted(records)  # M at fit, then every model
+    assert sorted(p.stem for p in (cache / "inversions").glob("*.json")) == sorted(records)
+    # the statistics are kept under M's norms: drop them, the inversions alone are reused
+    for p in cache.glob("*.json"):
+        p.unlink()
+    calls.clear()
+    _, again = fit_and_score(name, PARAMS, records, 1, **run)
+    assert calls == []
+    assert first.equals(again)
+    # a damaged inversion entry and other parameters: inverted again
+    damaged = cache / "inversions" / "honest_paper_r1.json"
+    entry = json.loads(damaged.read_text())
+    entry["inversion"]["norms"] = entry["inversion"]["norms"][:-1]  # its key still matches
+    damaged.write_text(json.dumps(entry))
+    for p in cache.glob("*.json"):
+        p.unlink()
+    _, third = fit_and_score(name, PARAMS, records, 1, **run)
+    assert calls == ["honest_paper_r1"]
+    assert first.equals(third)
+    calls.clear()
+    fit_and_score(name, {**PARAMS, "steps": 4}, records, 1, **run)
+    assert sorted(calls) == sorted(records)

@@ -25,9 +25,32 @@ class Inversion:
     norms: np.ndarray  # (P,) L1 norm of the smallest successful mask (H * W if none succeeded)
     found: np.ndarray  # (P,) bool: a mask reached the success threshold
     success: np.ndarray  # (P,) attack success of the kept mask on all the arm's images
-    masks: np.ndarray  # (P, H, W) float32 in [0, 1]
-    patterns: np.ndarray  # (P, C, H, W) float32 in [0, 1]
+    masks: np.ndarray | None  # (P, H, W) float32 in [0, 1] (None: an inversion read back from
+    # a detector's store, which keeps the arms' numbers only)
+    patterns: np.ndarray | None  # (P, C, H, W) float32 in [0, 1] (None as masks)
     steps_run: int = 0  # optimisation steps taken (fewer than ``steps`` once every arm stopped)
+    area: float = 0.0  # pixels of one image (H * W): the norm of an arm that found no trigger
+
+    ARRAYS = ("sources", "targets", "norms", "found", "success")
+
+    def to_json(self) -> dict:
+        """The arms' numbers (not masks or patterns) as plain JSON values."""
+        out = {k: getattr(self, k).tolist() for k in self.ARRAYS}
+        return {**out, "steps_run": int(self.steps_run), "area": float(self.area)}
+
+    @classmethod
+    def from_json(cls, entry: dict) -> Inversion:
+        """An inversion back from ``to_json`` (masks and patterns None); a malformed entry
+        raises ValueError."""
+        dtypes = {"sources": np.int64, "targets": np.int64, "norms": np.float64,
+                  "found": bool, "success": np.float64}  # fmt: skip
+        arrays = {k: np.asarray(entry[k], dtype=dtypes[k]) for k in cls.ARRAYS}
+        if len({len(v) for v in arrays.values()}) != 1 or arrays["norms"].ndim != 1:
+            raise ValueError("arms of different lengths")
+        if not len(arrays["norms"]) or not np.isfinite(arrays["norms"]).all():
+            raise ValueError("no arm, or a norm that is not finite")
+        return cls(**arrays, masks=None, patterns=None, steps_run=int(entry["steps_run"]),
+                   area=float(entry["area"]))  # fmt: skip
 
     @property
     def best(self) -> int:
@@ -281,4 +304,5 @@ def invert_triggers(
         masks=best_mask[:, 0].cpu().numpy(),
         patterns=best_pattern.cpu().numpy(),
         steps_run=steps_run,
+        area=area,
     )

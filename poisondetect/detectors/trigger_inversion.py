@@ -64,7 +64,8 @@ once. Both networks are copied to ``device`` and frozen; the records are not mod
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -99,7 +100,7 @@ PARAMS = {
 def summarise(inv: Inversion) -> dict[str, float]:
     """The detector's statistics from one inversion (see the module's docstring)."""
     norms = inv.target_norms().astype(np.float64)
-    area = float(np.prod(inv.masks.shape[1:]))
+    area = inv.area
     med, low = float(np.median(norms)), float(norms.min())
     mad = max(MAD_SCALE * float(np.median(np.abs(norms - med))), MAD_FLOOR * med, 1e-12)
     return {
@@ -218,8 +219,45 @@ class TriggerInversion(ModelDetector):
         """Every model's inversion (``summarise`` of each gives ``statistics``)."""
         return [self.invert(rec) for rec in records]
 
+    def keep_inversions(self, folder: str, digest: Callable[[ModelRecord], str]) -> None:
+        """Keep the inversions behind the statistics in ``folder`` (one JSON per model: the arms'
+        numbers, not masks), keyed by the parameters and ``digest(rec)`` (what the model and its
+        images are), and read them back instead of inverting again. A scoring stage sets this,
+        so that a rerun inverts only models it has not inverted with these parameters, whatever
+        else changed (the honest population the statistics are relative to, say). Not a
+        parameter and not fitted state: ``clone`` drops it. Not in joint mode, where an
+        inversion depends on M too."""
+        self._store = (folder, digest)
+
+    def _inverted(self, rec: ModelRecord) -> Inversion:
+        """``invert(rec)``, through the store of ``keep_inversions`` where there is one."""
+        store = getattr(self, "_store", None)
+        if store is None or getattr(self, "reference_mode", "shared") == "joint":
+            return self.invert(rec)
+        import hashlib
+        import json
+
+        from poisondetect.io import atomic_write_text
+
+        folder, digest = store
+        params = {k: v for k, v in self.get_params().items() if k != "device"}
+        key = json.dumps({"inversion": params, "model": digest(rec)}, sort_keys=True)
+        key = hashlib.sha256(key.encode()).hexdigest()
+        path = os.path.join(folder, f"{rec.name}.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                entry = json.load(f)
+            if entry.get("key") == key:
+                return Inversion.from_json(entry["inversion"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # none yet, or a damaged entry: inverted again
+        inv = self.invert(rec)
+        os.makedirs(folder, exist_ok=True)
+        atomic_write_text(path, json.dumps({"key": key, "inversion": inv.to_json()}))
+        return inv
+
     def _one(self, rec: ModelRecord) -> dict[str, float]:
-        return summarise(self.invert(rec))
+        return summarise(self._inverted(rec))
 
 
 class DifferentialTriggerInversion(TriggerInversion):
@@ -247,7 +285,7 @@ class DifferentialTriggerInversion(TriggerInversion):
             )
         self._fit_common(genuine)
         if self.reference_mode == "shared":
-            self.reference_norms_ = self.invert(genuine).target_norms().astype(np.float64)
+            self.reference_norms_ = self._inverted(genuine).target_norms().astype(np.float64)
             return self
         state = {
             k: v for k, v in self._network(genuine).state_dict().items() if v.is_floating_point()
@@ -259,7 +297,7 @@ class DifferentialTriggerInversion(TriggerInversion):
         return self
 
     def _one(self, rec: ModelRecord) -> dict[str, float]:
-        inv = self.invert(rec)
+        inv = self._inverted(rec)
         if self.reference_mode == "joint":
             return summarise(inv)
         if not hasattr(self, "reference_norms_"):
@@ -278,7 +316,7 @@ class DifferentialTriggerInversion(TriggerInversion):
             # (a high learning rate) moves all ratios alike, a backdoor one target's
             "score": 1.0 - low / max(med, 1e-12),
             "anomaly_index": (med - low) / mad,
-            "small_trigger": 1.0 - norms[t] / float(np.prod(inv.masks.shape[1:])),
+            "small_trigger": 1.0 - norms[t] / inv.area,
         }
 
     def _reference(self, rec: ModelRecord):
