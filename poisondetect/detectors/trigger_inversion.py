@@ -240,7 +240,8 @@ class TriggerInversion(ModelDetector):
         from poisondetect.io import atomic_write_text
 
         folder, digest = store
-        params = {k: v for k, v in self.get_params().items() if k != "device"}
+        # what shapes an inversion: the optimisation's parameters (not the statistics' settings)
+        params = {k: getattr(self, k) for k in PARAMS if k != "device"}
         key = json.dumps({"inversion": params, "model": digest(rec)}, sort_keys=True)
         key = hashlib.sha256(key.encode()).hexdigest()
         path = os.path.join(folder, f"{rec.name}.json")
