@@ -444,6 +444,10 @@ VERDICT_CANDIDATES = [
     "final_layer,differential_trigger_inversion,combined",
     "combined",
     "drift_class_profile,differential_trigger_inversion",
+    "differential_trigger_inversion:honest_z,final_layer",
+    "differential_trigger_inversion:honest_z",
+    "trigger_inversion:honest_z,differential_trigger_inversion:honest_z,final_layer",
+    "differential_trigger_inversion,differential_trigger_inversion:honest_z,final_layer",
 ]
 
 

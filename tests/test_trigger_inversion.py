@@ -16,6 +16,7 @@ from poisondetect.detectors import registry
 from poisondetect.detectors.base import fitted_state, restore_fitted
 from poisondetect.detectors.model_level import ModelRecord
 from poisondetect.detectors.trigger_inversion import (
+    SPREAD_FLOOR,
     DifferentialTriggerInversion,
     TriggerInversion,
     summarise,
@@ -114,10 +115,15 @@ def test_neural_cleanse_flags_the_backdoored_model_not_the_honest_one(all_to_one
 def test_statistics_are_the_summary_of_the_inversions(models, all_to_one):
     det = TriggerInversion(label_specific=False, **FAST).fit(models["genuine"])
     stats = det.statistics([models["honest"], models["backdoored"]])
-    assert set(stats) == {"score", "anomaly_index", "small_trigger"}  # no class index among them
+    # no class index among them
+    assert set(stats) == {"score", "anomaly_index", "small_trigger", "honest_z"}
     for i, name in enumerate(("honest", "backdoored")):
         for key, value in summarise(all_to_one[name]).items():
             assert stats[key][i] == pytest.approx(value)  # and the same seed, the same numbers
+        # no honest replicate: honest_z is the smallest target's log norm below the median, in
+        # units of the spread's floor
+        v = np.log(all_to_one[name].target_norms())
+        assert stats["honest_z"][i] == pytest.approx((np.median(v) - v.min()) / SPREAD_FLOOR)
 
 
 def test_differential_ranks_the_backdoored_model_above_the_honest_one(models):

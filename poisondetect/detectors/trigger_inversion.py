@@ -49,6 +49,18 @@ reads the configured target or attacker class):
   (equal norms give 0, not a division by zero). Neural Cleanse flags an index above 2.
 - ``small_trigger``: ``1 - min / (H * W)``, the share of the image the smallest trigger leaves
   untouched.
+- ``honest_z``: each target's trigger compared with the *same target's* trigger in the honest
+  fitting replicates. A model's profile is each target's log norm (log ratio to M's in the
+  differential variant) minus the model's median over targets (so a fine-tune that makes every
+  trigger cheaper, a high learning rate, moves nothing); the statistic is the largest amount by
+  which a target's profile lies below the honest replicates' mean profile of that target, in
+  units of their standard deviation for that target (floored at ``SPREAD_FLOOR``). A class whose
+  trigger is naturally small, or naturally varies from one honest fine-tune to the next, needs
+  to lie that much further below it. The fitted state keeps the honest replicates' profiles
+  (``honest_profiles_``, rows named by ``honest_models_``); a fitting replicate is scored
+  against the others (left out by its name), so its score is out of sample without refitting.
+  With fewer than two honest replicates the honest mean is the one replicate's profile, or with
+  none a flat one (M's, in the differential variant: every ratio 1), and the spread the floor.
 
 ``score`` is the relative gap rather than Neural Cleanse's index because the index, a ratio to the
 MAD of only ten norms, is noisy: in ``benchmarks/trigger_inversion_check.py`` on MNIST it ranked
@@ -77,6 +89,7 @@ from poisondetect.seeds import stratified_subset
 
 MAD_SCALE = 1.4826  # MAD -> standard deviation of a normal distribution (as Neural Cleanse)
 MAD_FLOOR = 0.01  # the MAD is at least this share of the median norm
+SPREAD_FLOOR = 0.05  # honest_z: the honest spread of a target's log norm is at least this (5 %)
 
 # The parameters both detectors share (config block model_level.detectors.<name>).
 PARAMS = {
@@ -153,11 +166,54 @@ class TriggerInversion(ModelDetector):
         from poisondetect.runtime import pick_device
 
         pick_device(self.device)  # a bad device fails here, before any model is scored
+        self._seen = {}  # inversions of this fit (``_inverted``)
 
     def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> TriggerInversion:
         self._validate()
         self._fit_common(genuine)
+        self._fit_honest(honest)
         return self
+
+    def _fit_honest(self, honest: Sequence[ModelRecord]) -> None:
+        """The honest replicates' profiles (``honest_z``); each is inverted once (kept for its
+        own scoring: ``_inverted``)."""
+        names = [h.name for h in honest]
+        if len(set(names)) != len(names):
+            raise PoisonDetectError(f"{self.config_name}: two honest replicates share a name")
+        profiles = [self._profile(self._inverted(h), h) for h in honest]
+        if len({len(p) for p in profiles}) > 1:
+            raise PoisonDetectError(
+                f"{self.config_name}: the honest replicates have different numbers of classes"
+            )
+        self.honest_models_ = names
+        self.honest_profiles_ = np.vstack(profiles) if profiles else np.zeros((0, 0))
+
+    def _profile(self, inv: Inversion, rec: ModelRecord | None = None) -> np.ndarray:
+        """Each target's log trigger norm minus the model's median over targets."""
+        v = np.log(np.maximum(inv.target_norms().astype(np.float64), 1e-12))
+        return v - np.median(v)
+
+    def _honest_z(self, rec: ModelRecord, profile: np.ndarray) -> float:
+        """``honest_z`` of one model's profile (see the module's docstring)."""
+        if not hasattr(self, "honest_profiles_"):
+            raise PoisonDetectError(
+                f"{type(self).__name__} was fitted without honest profiles (a detector state "
+                "saved by an earlier release?): rerun its scoring job to refit it"
+            )
+        ref = np.asarray(self.honest_profiles_, dtype=np.float64)
+        names = list(self.honest_models_)
+        if rec.name in names:  # a fitting replicate: against the others
+            ref = np.delete(ref, names.index(rec.name), axis=0)
+        if len(ref) and ref.shape[1] != len(profile):
+            raise PoisonDetectError(
+                f"model {rec.name!r}: {len(profile)} target classes, the honest replicates had "
+                f"{ref.shape[1]} (another trigger set or number of classes?)"
+            )
+        if len(ref) >= 2:
+            center, spread = ref.mean(0), ref.std(0, ddof=1)
+        else:
+            center, spread = (ref[0] if len(ref) else np.zeros_like(profile)), 0.0
+        return float(np.max((center - profile) / np.maximum(spread, SPREAD_FLOOR)))
 
     def _images(self, rec: ModelRecord) -> tuple[np.ndarray, np.ndarray]:
         """The seeded choice of ``n_images`` trigger images (the same for every model)."""
@@ -230,7 +286,20 @@ class TriggerInversion(ModelDetector):
         self._store = (folder, digest)
 
     def _inverted(self, rec: ModelRecord) -> Inversion:
-        """``invert(rec)``, through the store of ``keep_inversions`` where there is one."""
+        """``invert(rec)``, once per record object and fitted detector (the honest replicates
+        inverted at ``fit`` are not inverted again when scored), through the store of
+        ``keep_inversions`` where there is one."""
+        seen = self.__dict__.setdefault("_seen", {})  # this object's inversions, by record
+        if id(rec) in seen and seen[id(rec)][0] is rec:
+            return seen[id(rec)][1]
+        inv = self._stored(rec)
+        light = copy.copy(inv)
+        light.masks = light.patterns = None
+        seen[id(rec)] = (rec, light)
+        return inv
+
+    def _stored(self, rec: ModelRecord) -> Inversion:
+        """``invert(rec)``, read from or written to the store where there is one."""
         store = getattr(self, "_store", None)
         if store is None or getattr(self, "reference_mode", "shared") == "joint":
             return self.invert(rec)
@@ -258,7 +327,8 @@ class TriggerInversion(ModelDetector):
         return inv
 
     def _one(self, rec: ModelRecord) -> dict[str, float]:
-        return summarise(self._inverted(rec))
+        inv = self._inverted(rec)
+        return {**summarise(inv), "honest_z": self._honest_z(rec, self._profile(inv, rec))}
 
 
 class DifferentialTriggerInversion(TriggerInversion):
@@ -287,20 +357,21 @@ class DifferentialTriggerInversion(TriggerInversion):
         self._fit_common(genuine)
         if self.reference_mode == "shared":
             self.reference_norms_ = self._inverted(genuine).target_norms().astype(np.float64)
-            return self
-        state = {
-            k: v for k, v in self._network(genuine).state_dict().items() if v.is_floating_point()
-        }
-        self.reference_names_ = list(state)
-        self.reference_state_ = np.concatenate(
-            [v.detach().cpu().numpy().astype(np.float32).ravel() for v in state.values()]
-        )
+        else:
+            state = {
+                k: v
+                for k, v in self._network(genuine).state_dict().items()
+                if v.is_floating_point()
+            }
+            self.reference_names_ = list(state)
+            self.reference_state_ = np.concatenate(
+                [v.detach().cpu().numpy().astype(np.float32).ravel() for v in state.values()]
+            )
+        self._fit_honest(honest)
         return self
 
-    def _one(self, rec: ModelRecord) -> dict[str, float]:
-        inv = self._inverted(rec)
-        if self.reference_mode == "joint":
-            return summarise(inv)
+    def _ratios(self, rec: ModelRecord, inv: Inversion) -> np.ndarray:
+        """Each target's smallest trigger over M's (shared mode)."""
         if not hasattr(self, "reference_norms_"):
             raise PoisonDetectError(f"{type(self).__name__} is not fitted: call fit() first")
         norms, ref = inv.target_norms().astype(np.float64), self.reference_norms_
@@ -309,7 +380,22 @@ class DifferentialTriggerInversion(TriggerInversion):
                 f"model {rec.name!r}: {len(norms)} target classes, M had {len(ref)} (another "
                 "trigger set or number of classes?)"
             )
-        ratio = norms / np.maximum(ref, 1e-12)
+        return norms / np.maximum(ref, 1e-12)
+
+    def _profile(self, inv: Inversion, rec: ModelRecord | None = None) -> np.ndarray:
+        """Shared mode: each target's log ratio to M minus the model's median log ratio."""
+        if self.reference_mode == "joint":
+            return super()._profile(inv)
+        v = np.log(np.maximum(self._ratios(rec, inv), 1e-12))
+        return v - np.median(v)
+
+    def _one(self, rec: ModelRecord) -> dict[str, float]:
+        inv = self._inverted(rec)
+        z = {"honest_z": self._honest_z(rec, self._profile(inv, rec))}
+        if self.reference_mode == "joint":
+            return {**summarise(inv), **z}
+        norms = inv.target_norms().astype(np.float64)
+        ratio = self._ratios(rec, inv)
         med, low, t = float(np.median(ratio)), float(ratio.min()), int(np.argmin(ratio))
         mad = max(MAD_SCALE * float(np.median(np.abs(ratio - med))), MAD_FLOOR * med, 1e-12)
         return {
@@ -318,6 +404,7 @@ class DifferentialTriggerInversion(TriggerInversion):
             "score": 1.0 - low / max(med, 1e-12),
             "anomaly_index": (med - low) / mad,
             "small_trigger": 1.0 - norms[t] / inv.area,
+            **z,
         }
 
     def _reference(self, rec: ModelRecord):
