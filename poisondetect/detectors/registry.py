@@ -109,12 +109,12 @@ _REGISTRY: dict[str, dict[str, tuple[str | type, str, tuple[str, ...]]]] = {
         "trigger_inversion": (
             "poisondetect.detectors.trigger_inversion:TriggerInversion",
             "trigger_inversion",
-            ("score", "anomaly_index", "small_trigger"),
+            ("score", "anomaly_index", "small_trigger", "honest_z"),
         ),
         "differential_trigger_inversion": (
             "poisondetect.detectors.trigger_inversion:DifferentialTriggerInversion",
             "differential_trigger_inversion",
-            ("score", "anomaly_index", "small_trigger"),
+            ("score", "anomaly_index", "small_trigger", "honest_z"),
         ),
     },
 }
