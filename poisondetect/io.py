@@ -14,7 +14,7 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +183,27 @@ def read_json(path: str | os.PathLike) -> Any:
         raise PoisonDetectError(
             f"{path}: not valid JSON ({e}); delete it and rerun the job that writes it"
         ) from e
+
+
+def kept_json(path: str | os.PathLike, key: dict, make: Callable[[], Any],
+              dump: Callable[[Any], Any] = lambda v: v,
+              load: Callable[[Any], Any] = lambda v: v) -> tuple[Any, bool]:  # fmt: skip
+    """A value kept in the JSON file ``path`` under a digest of ``key`` (a JSON-able mapping of
+    everything the value depends on): read back (``load`` of what ``dump`` stored) when the file
+    holds the same digest, else made by ``make()`` and written atomically (a missing, damaged or
+    unloadable file is made again). Returns the value and whether it was kept."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    try:
+        with open(path, encoding="utf-8") as f:
+            entry = json.load(f)
+        if entry.get("key") == digest:
+            return load(entry["value"]), True
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # none yet, or damaged: made again
+    value = make()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_text(path, json.dumps({"key": digest, "value": dump(value)}))
+    return value, False
 
 
 def json_default(o: Any) -> Any:

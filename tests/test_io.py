@@ -71,3 +71,26 @@ def test_atomic_outputs_get_the_mode_the_umask_gives(tmp_path, umask, mode):
         os.umask(old)
     for name in ("a.json", "b.npz", "plain.txt"):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_kept_json_makes_once_per_key_and_remakes_a_damaged_entry(tmp_path):
+    from poisondetect.io import kept_json
+
+    made = []
+    path = tmp_path / "sub" / "m.json"
+
+    def make():
+        made.append(1)
+        return {"x": len(made)}
+
+    assert kept_json(path, {"a": 1}, make) == ({"x": 1}, False)
+    assert kept_json(path, {"a": 1}, make) == ({"x": 1}, True)  # the same key: read back
+    assert kept_json(path, {"a": 2}, make) == ({"x": 2}, False)  # another key: made again
+    path.write_text('{"key": ')  # interrupted by hand: made again, never an error
+    assert kept_json(path, {"a": 2}, make) == ({"x": 3}, False)
+
+    def bad(value):
+        raise ValueError("malformed")
+
+    assert kept_json(path, {"a": 2}, make, load=bad) == ({"x": 4}, False)
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left beside it

@@ -112,7 +112,7 @@ def test_inversions_are_kept_apart_from_the_statistics_and_reused(records, tmp_p
     # a damaged inversion entry and other parameters: inverted again
     damaged = cache / "inversions" / "honest_paper_r1.json"
     entry = json.loads(damaged.read_text())
-    entry["inversion"]["norms"] = entry["inversion"]["norms"][:-1]  # its key still matches
+    entry["value"]["norms"] = entry["value"]["norms"][:-1]  # its key still matches
     damaged.write_text(json.dumps(entry))
     for p in cache.glob("*.json"):
         p.unlink()

@@ -303,27 +303,18 @@ class TriggerInversion(ModelDetector):
         store = getattr(self, "_store", None)
         if store is None or getattr(self, "reference_mode", "shared") == "joint":
             return self.invert(rec)
-        import hashlib
-        import json
-
-        from poisondetect.io import atomic_write_text
+        from poisondetect.io import kept_json
 
         folder, digest = store
         # what shapes an inversion: the optimisation's parameters (not the statistics' settings)
         params = {k: getattr(self, k) for k in PARAMS if k != "device"}
-        key = json.dumps({"inversion": params, "model": digest(rec)}, sort_keys=True)
-        key = hashlib.sha256(key.encode()).hexdigest()
-        path = os.path.join(folder, f"{rec.name}.json")
-        try:
-            with open(path, encoding="utf-8") as f:
-                entry = json.load(f)
-            if entry.get("key") == key:
-                return Inversion.from_json(entry["inversion"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass  # none yet, or a damaged entry: inverted again
-        inv = self.invert(rec)
-        os.makedirs(folder, exist_ok=True)
-        atomic_write_text(path, json.dumps({"key": key, "inversion": inv.to_json()}))
+        inv, _ = kept_json(
+            os.path.join(folder, f"{rec.name}.json"),
+            {"inversion": params, "model": digest(rec)},
+            lambda: self.invert(rec),
+            Inversion.to_json,
+            Inversion.from_json,
+        )
         return inv
 
     def _one(self, rec: ModelRecord) -> dict[str, float]:

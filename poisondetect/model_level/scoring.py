@@ -157,13 +157,10 @@ def _kept_statistics(det, name: str, records: dict, names: list[str], cache: str
     """``det.statistics`` of the models ``names``, each model's kept in ``cache`` under a key of
     everything it depends on (the detector's parameters and fitted state, what it reads of the
     model): a model whose key is there is not scored again."""
-    import hashlib
-    import json
-    import os
-
     from poisondetect.bundles import content_digest
     from poisondetect.detectors.base import fitted_state
-    from poisondetect.io import atomic_write_text
+    from poisondetect.detectors.model_level import Progress
+    from poisondetect.io import kept_json
 
     arrays, plain = fitted_state(det)
     base = {
@@ -171,32 +168,18 @@ def _kept_statistics(det, name: str, records: dict, names: list[str], cache: str
         "params": {k: v for k, v in det.get_params().items() if k != "device"},
         "state": content_digest(arrays, plain),
     }
-    from poisondetect.detectors.model_level import Progress
-
     out: dict[str, list[float]] = {}
     hits = 0
     progress = Progress(name, len(names))
     for i, m in enumerate(names, 1):
         rec = records[m]
-        key = hashlib.sha256(
-            json.dumps({**base, "model": record_digest(rec, det.needs)}, sort_keys=True).encode()
-        ).hexdigest()
-        path = os.path.join(cache, f"{m}.json")
-        kept = None
-        if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    entry = json.load(f)
-                kept = entry["statistics"] if entry.get("key") == key else None
-            except (OSError, ValueError, KeyError, TypeError):
-                kept = None  # a damaged entry is scored again
-        if kept is None:
-            kept = {k: float(v[0]) for k, v in det.statistics([rec]).items()}
-            os.makedirs(cache, exist_ok=True)
-            atomic_write_text(path, json.dumps({"key": key, "statistics": kept}))
-        else:
-            hits += 1
-        for k, v in kept.items():
+        stats, kept = kept_json(
+            os.path.join(cache, f"{m}.json"),
+            {**base, "model": record_digest(rec, det.needs)},
+            lambda rec=rec: {k: float(v[0]) for k, v in det.statistics([rec]).items()},
+        )
+        hits += kept
+        for k, v in stats.items():
             out.setdefault(k, []).append(v)
         progress.step(i, f"; {hits} kept from an earlier run")
     log.info("%s: %d of %d models' statistics kept from an earlier run", name, hits, len(names))
