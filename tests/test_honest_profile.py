@@ -115,3 +115,18 @@ def test_fewer_than_two_honest_replicates_and_mismatched_classes(population):
     norms["odd"] = np.ones(K + 1)
     with pytest.raises(PoisonDetectError, match="target classes"):
         one.statistics([odd])
+
+
+def test_fit_says_how_far_it_is_through_the_honest_replicates(population, monkeypatch, caplog):
+    import logging
+
+    from poisondetect.detectors import model_level
+
+    records, _, _ = population
+    monkeypatch.setattr(model_level, "PROGRESS_SECONDS", 0.0)
+    honest = [records[f"honest_{i}"] for i in range(3)]
+    with caplog.at_level(logging.INFO, logger="poisondetect.detectors.model_level"):
+        TriggerInversion(device="cpu").fit(records["genuine"], honest)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("trigger_inversion (honest replicates): 3 of 3 models" in x for x in lines), lines
+    assert any(x.endswith("last honest_2)") for x in lines), lines

@@ -83,7 +83,7 @@ import numpy as np
 
 from poisondetect.detectors.base import keyword_init
 from poisondetect.detectors.inversion import Inversion, invert_triggers
-from poisondetect.detectors.model_level import ModelDetector, ModelRecord
+from poisondetect.detectors.model_level import ModelDetector, ModelRecord, Progress
 from poisondetect.errors import PoisonDetectError
 from poisondetect.seeds import stratified_subset
 
@@ -180,7 +180,10 @@ class TriggerInversion(ModelDetector):
         names = [h.name for h in honest]
         if len(set(names)) != len(names):
             raise PoisonDetectError(f"{self.config_name}: two honest replicates share a name")
-        profiles = [self._profile(self._inverted(h), h) for h in honest]
+        profiles, progress = [], Progress(f"{self.config_name} (honest replicates)", len(honest))
+        for i, h in enumerate(honest, 1):
+            profiles.append(self._profile(self._inverted(h), h))
+            progress.step(i, f", last {h.name}")
         if len({len(p) for p in profiles}) > 1:
             raise PoisonDetectError(
                 f"{self.config_name}: the honest replicates have different numbers of classes"
