@@ -435,6 +435,7 @@ def verdict_report(det: pd.DataFrame, min_success: float, log: Report) -> None:
 # Each is calibrated as the workflow calibrates it (calibration.verdict_scores); the first is the
 # default of this release, the second the default before it.
 VERDICT_CANDIDATES = [
+    "trigger_inversion:honest_z,differential_trigger_inversion",
     "differential_trigger_inversion,final_layer",
     "differential_trigger_inversion,prediction_flow:largest",
     "differential_trigger_inversion",
@@ -444,10 +445,11 @@ VERDICT_CANDIDATES = [
     "final_layer,differential_trigger_inversion,combined",
     "combined",
     "drift_class_profile,differential_trigger_inversion",
-    "differential_trigger_inversion:honest_z,final_layer",
+    "trigger_inversion:honest_z",
+    "trigger_inversion:honest_z,final_layer",
+    "trigger_inversion:honest_z,differential_trigger_inversion,final_layer",
+    "trigger_inversion:honest_z,differential_trigger_inversion:honest_z",
     "differential_trigger_inversion:honest_z",
-    "trigger_inversion:honest_z,differential_trigger_inversion:honest_z,final_layer",
-    "differential_trigger_inversion,differential_trigger_inversion:honest_z,final_layer",
 ]
 
 
@@ -504,7 +506,13 @@ def family_report(roc: pd.DataFrame, log: Report) -> None:
     if "scope" not in roc:
         return
     r = roc[(roc["scope"] == "family") & (roc["attacks"] == "effective")]
-    keep = {"combined:lofo", "prediction_flow:largest"}  # the lofo fit; the verdict's statistic
+    # the lofo fit; statistics the default verdict (or the one before) reads
+    keep = {
+        "combined:lofo",
+        "prediction_flow:largest",
+        "trigger_inversion:honest_z",
+        "differential_trigger_inversion:honest_z",
+    }
     r = r[~r["detector"].str.contains(":") | r["detector"].isin(keep)]
     if r.empty:
         return
