@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from poisondetect.errors import PoisonDetectError
 from poisondetect.metrics import (
     calibrated_threshold,
     guaranteed_fpr,
@@ -146,3 +147,10 @@ def test_the_conclusions_give_the_verdicts_rates_with_exact_intervals():
     assert line.startswith("d/cnn/s verdict") and "guarantees a false-alarm rate of 0.05" in line
     assert "2/2 = 1.00 [0.16, 1.00] effective" in line and "2/3 = 0.67" in line
     assert "1/10 = 0.10 [0.00, 0.45] held-out honest" in line
+
+
+def test_a_verdict_statistic_the_scores_lack_says_how_to_rescore():
+    # scores written by a release before the statistic existed: a clear error, and the fix
+    values = {f"honest_paper_r{i}": ("fit", 0.1 * i, 0.2 * i) for i in range(20)}
+    with pytest.raises(PoisonDetectError, match=r"y:honest_z.*--forcerun score_detector"):
+        verdict_scores(_table(values), ["x", "y:honest_z"], 0.05)

@@ -79,7 +79,11 @@ def verdict_scores(df: pd.DataFrame, verdict: list[str], fpr: float) -> pd.DataF
     wide = pd.DataFrame(wide)
     if wide.isna().any().any():
         missing = wide.columns[wide.isna().any()].tolist()
-        raise PoisonDetectError(f"calibration.verdict: {missing} did not score every model")
+        raise PoisonDetectError(
+            f"calibration.verdict: {missing} did not score every model (a detector scored by an "
+            "earlier release lacks a statistic added since: rerun its scoring, e.g. "
+            "`snakemake --forcerun score_detector`)"
+        )
     split = df.drop_duplicates("model").set_index("model")["split"].reindex(wide.index)
     fit = sorted(split.index[split == "fit"])
     rows = []
