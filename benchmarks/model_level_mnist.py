@@ -435,9 +435,9 @@ def verdict_report(det: pd.DataFrame, min_success: float, log: Report) -> None:
 # Each is calibrated as the workflow calibrates it (calibration.verdict_scores); the first is the
 # default of this release, the second the default before it.
 VERDICT_CANDIDATES = [
-    "trigger_inversion:honest_z,differential_trigger_inversion",
     "differential_trigger_inversion,final_layer",
     "differential_trigger_inversion,prediction_flow:largest",
+    "trigger_inversion:honest_z,differential_trigger_inversion",
     "differential_trigger_inversion",
     "trigger_inversion,prediction_flow:largest",
     "trigger_inversion,differential_trigger_inversion,prediction_flow:largest",
