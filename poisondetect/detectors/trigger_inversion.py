@@ -110,17 +110,24 @@ PARAMS = {
 }
 
 
+def _gap(values: np.ndarray) -> dict[str, float]:
+    """``score`` and ``anomaly_index`` of per-target values: how far the smallest lies below the
+    median (see the module's docstring)."""
+    med, low = float(np.median(values)), float(values.min())
+    mad = max(MAD_SCALE * float(np.median(np.abs(values - med))), MAD_FLOOR * med, 1e-12)
+    return {"score": 1.0 - low / max(med, 1e-12), "anomaly_index": (med - low) / mad}
+
+
+def _profile(values: np.ndarray) -> np.ndarray:
+    """``honest_z``'s profile: each target's log value minus the model's median log value."""
+    v = np.log(np.maximum(values, 1e-12))
+    return v - np.median(v)
+
+
 def summarise(inv: Inversion) -> dict[str, float]:
     """The detector's statistics from one inversion (see the module's docstring)."""
     norms = inv.target_norms().astype(np.float64)
-    area = inv.area
-    med, low = float(np.median(norms)), float(norms.min())
-    mad = max(MAD_SCALE * float(np.median(np.abs(norms - med))), MAD_FLOOR * med, 1e-12)
-    return {
-        "score": 1.0 - low / max(med, 1e-12),
-        "anomaly_index": (med - low) / mad,
-        "small_trigger": 1.0 - low / area,
-    }
+    return {**_gap(norms), "small_trigger": 1.0 - float(norms.min()) / inv.area}
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -182,7 +189,7 @@ class TriggerInversion(ModelDetector):
             raise PoisonDetectError(f"{self.config_name}: two honest replicates share a name")
         profiles, progress = [], Progress(f"{self.config_name} (honest replicates)", len(honest))
         for i, h in enumerate(honest, 1):
-            profiles.append(self._profile(self._inverted(h), h))
+            profiles.append(_profile(self._per_target(h, self._inverted(h))))
             progress.step(i, f", last {h.name}")
         if len({len(p) for p in profiles}) > 1:
             raise PoisonDetectError(
@@ -191,10 +198,9 @@ class TriggerInversion(ModelDetector):
         self.honest_models_ = names
         self.honest_profiles_ = np.vstack(profiles) if profiles else np.zeros((0, 0))
 
-    def _profile(self, inv: Inversion, rec: ModelRecord | None = None) -> np.ndarray:
-        """Each target's log trigger norm minus the model's median over targets."""
-        v = np.log(np.maximum(inv.target_norms().astype(np.float64), 1e-12))
-        return v - np.median(v)
+    def _per_target(self, rec: ModelRecord, inv: Inversion) -> np.ndarray:
+        """What the statistics are taken over: each target's smallest trigger norm."""
+        return inv.target_norms().astype(np.float64)
 
     def _honest_z(self, rec: ModelRecord, profile: np.ndarray) -> float:
         """``honest_z`` of one model's profile (see the module's docstring)."""
@@ -322,7 +328,14 @@ class TriggerInversion(ModelDetector):
 
     def _one(self, rec: ModelRecord) -> dict[str, float]:
         inv = self._inverted(rec)
-        return {**summarise(inv), "honest_z": self._honest_z(rec, self._profile(inv, rec))}
+        values = self._per_target(rec, inv)
+        norms = inv.target_norms().astype(np.float64)
+        return {
+            **_gap(values),
+            # the smallest target's own trigger (by its value: its ratio in the differential one)
+            "small_trigger": 1.0 - norms[int(np.argmin(values))] / inv.area,
+            "honest_z": self._honest_z(rec, _profile(values)),
+        }
 
 
 class DifferentialTriggerInversion(TriggerInversion):
@@ -364,8 +377,12 @@ class DifferentialTriggerInversion(TriggerInversion):
         self._fit_honest(honest)
         return self
 
-    def _ratios(self, rec: ModelRecord, inv: Inversion) -> np.ndarray:
-        """Each target's smallest trigger over M's (shared mode)."""
+    def _per_target(self, rec: ModelRecord, inv: Inversion) -> np.ndarray:
+        """Shared mode: each target's smallest trigger over M's (against the model's own median
+        ratio, a fine-tune that makes every trigger cheaper, a high learning rate, moves all
+        ratios alike, a backdoor one target's); joint mode: the norms."""
+        if self.reference_mode == "joint":
+            return super()._per_target(rec, inv)
         if not hasattr(self, "reference_norms_"):
             raise PoisonDetectError(f"{type(self).__name__} is not fitted: call fit() first")
         norms, ref = inv.target_norms().astype(np.float64), self.reference_norms_
@@ -375,31 +392,6 @@ class DifferentialTriggerInversion(TriggerInversion):
                 "trigger set or number of classes?)"
             )
         return norms / np.maximum(ref, 1e-12)
-
-    def _profile(self, inv: Inversion, rec: ModelRecord | None = None) -> np.ndarray:
-        """Shared mode: each target's log ratio to M minus the model's median log ratio."""
-        if self.reference_mode == "joint":
-            return super()._profile(inv)
-        v = np.log(np.maximum(self._ratios(rec, inv), 1e-12))
-        return v - np.median(v)
-
-    def _one(self, rec: ModelRecord) -> dict[str, float]:
-        inv = self._inverted(rec)
-        z = {"honest_z": self._honest_z(rec, self._profile(inv, rec))}
-        if self.reference_mode == "joint":
-            return {**summarise(inv), **z}
-        norms = inv.target_norms().astype(np.float64)
-        ratio = self._ratios(rec, inv)
-        med, low, t = float(np.median(ratio)), float(ratio.min()), int(np.argmin(ratio))
-        mad = max(MAD_SCALE * float(np.median(np.abs(ratio - med))), MAD_FLOOR * med, 1e-12)
-        return {
-            # against the model's own median ratio: a fine-tune that makes every trigger cheaper
-            # (a high learning rate) moves all ratios alike, a backdoor one target's
-            "score": 1.0 - low / max(med, 1e-12),
-            "anomaly_index": (med - low) / mad,
-            "small_trigger": 1.0 - norms[t] / inv.area,
-            **z,
-        }
 
     def _reference(self, rec: ModelRecord):
         """M rebuilt from the fitted state in a copy of the suspicious model (same architecture);
