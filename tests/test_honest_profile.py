@@ -113,7 +113,7 @@ def test_fewer_than_two_honest_replicates_and_mismatched_classes(population):
         restored.statistics([records["backdoored"]])
     odd = ModelRecord("odd", LABELS, LABELS)
     norms["odd"] = np.ones(K + 1)
-    with pytest.raises(PoisonDetectError, match="target classes"):
+    with pytest.raises(PoisonDetectError, match="per-class values"):
         one.statistics([odd])
 
 

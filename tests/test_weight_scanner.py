@@ -73,3 +73,63 @@ def test_loo_z_and_bad_records():
         registry.build("model", "final_layer", {"prefix": "head."}).fit(
             _rec("genuine", np.ones((K, D)), np.zeros(K))
         )
+
+
+@pytest.fixture
+def natural(models):
+    """Honest fine-tunes that all move class 7's row three times as far as the others (a class
+    every honest recipe moves most), and one more such fine-tune to audit."""
+    genuine, _, attacked = models
+    w0, b0 = genuine.weights["classifier.weight"], genuine.weights["classifier.bias"]
+
+    def moved(seed):
+        r = np.random.default_rng(seed)
+        step = r.normal(0, 0.015, (K, D))
+        step[7] *= 3
+        return _rec(f"honest_sampled_r{seed}", w0 + step, b0 + r.normal(0, 0.005, K))
+
+    return genuine, [moved(s) for s in range(100, 120)], moved(150), attacked
+
+
+def test_honest_z_forgives_a_class_every_honest_fine_tune_moves(natural):
+    genuine, honest, audited, attacked = natural
+    det = registry.build("model", "final_layer").fit(genuine, honest)
+    plain = det.fit(genuine).statistics([*honest, audited, attacked])
+    det.fit(genuine, honest)
+    stats = det.statistics([*honest, audited, attacked])
+    # score: class 7 stands out of every honest model, by several z
+    assert plain["score"][:-1].min() > 5
+    # honest_z: the audited honest model is like the honest ones; the attack is far beyond
+    assert stats["honest_z"][-2] < stats["honest_z"][:-2].max() + 1
+    assert stats["honest_z"][-1] > 3 * stats["honest_z"][:-1].max()
+
+
+def test_honest_z_by_hand_leave_one_out_and_restored_state(natural):
+    from poisondetect.detectors.base import fitted_state, restore_fitted
+    from poisondetect.detectors.weights import SPREAD_FLOOR
+
+    genuine, honest, audited, _ = natural
+    det = registry.build("model", "final_layer").fit(genuine, honest)
+    prof = {r.name: det._profile(r) for r in [*honest, audited]}
+    ref = np.stack([prof[h.name] for h in honest[1:]])  # replicate 0 left out by name
+    d = (prof[honest[0].name] - ref.mean(0)) / np.maximum(ref.std(0, ddof=1), SPREAD_FLOOR)
+    parts = np.split(d, len(FEATURES))
+    want = max(p.max() if f in ("delta", "cosine") else np.abs(p).max()
+               for f, p in zip(FEATURES, parts, strict=True))  # fmt: skip
+    assert det.statistics([honest[0]])["honest_z"][0] == pytest.approx(want)
+    refit = registry.build("model", "final_layer").fit(genuine, honest[1:])
+    assert det.statistics([honest[0]])["honest_z"][0] == pytest.approx(
+        refit.statistics([honest[0]])["honest_z"][0]
+    )
+    arrays, plain = fitted_state(det)
+    back = restore_fitted(registry.build("model", "final_layer"), arrays, plain)
+    np.testing.assert_allclose(
+        back.statistics([audited, *honest])["honest_z"],
+        det.statistics([audited, *honest])["honest_z"],
+    )
+    # no honest replicate: each z against 0, in units of the floor
+    alone = registry.build("model", "final_layer").fit(genuine)
+    p = np.split(prof[audited.name], len(FEATURES))
+    want = max(q.max() if f in ("delta", "cosine") else np.abs(q).max()
+               for f, q in zip(FEATURES, p, strict=True)) / SPREAD_FLOOR  # fmt: skip
+    assert alone.statistics([audited])["honest_z"][0] == pytest.approx(want)

@@ -134,6 +134,46 @@ class ModelDetector(Detector):
         self.labels_ = np.asarray(genuine.labels)
         self.classes_ = np.unique(self.labels_)
 
+    def _fit_honest_profiles(self, names: Sequence[str], profiles: Sequence[np.ndarray]) -> None:
+        """Keep the honest fitting replicates' per-class profiles (an ``honest_z`` statistic:
+        ``honest_profiles_``, rows named by ``honest_models_``)."""
+        who = getattr(self, "config_name", type(self).__name__)
+        if len(set(names)) != len(names):
+            raise PoisonDetectError(f"{who}: two honest replicates share a name")
+        if len({len(p) for p in profiles}) > 1:
+            raise PoisonDetectError(f"{who}: the honest replicates have different numbers of classes")
+        self.honest_models_ = list(names)
+        self.honest_profiles_ = np.vstack(profiles) if len(profiles) else np.zeros((0, 0))
+
+    def _honest_deviation(
+        self, rec: ModelRecord, profile: np.ndarray, floor: float, flat: float = 0.0
+    ) -> np.ndarray:
+        """How far each entry of a model's profile lies from the same entry's mean over the
+        honest fitting replicates, in units of their standard deviation for it (floored at
+        ``floor``): ``(profile - mean) / max(sd, floor)``. A fitting replicate is compared with
+        the others (left out by its name), so its deviation is out of sample without refitting.
+        With fewer than two honest replicates the mean is the one replicate's profile, or with
+        none ``flat`` everywhere, and the spread the floor."""
+        if not hasattr(self, "honest_profiles_"):
+            raise PoisonDetectError(
+                f"{type(self).__name__} was fitted without honest profiles (a detector state "
+                "saved by an earlier release?): rerun its scoring job to refit it"
+            )
+        ref = np.asarray(self.honest_profiles_, dtype=np.float64)
+        names = list(self.honest_models_)
+        if rec.name in names:  # a fitting replicate: against the others
+            ref = np.delete(ref, names.index(rec.name), axis=0)
+        if len(ref) and ref.shape[1] != len(profile):
+            raise PoisonDetectError(
+                f"model {rec.name!r}: {len(profile)} per-class values, the honest replicates had "
+                f"{ref.shape[1]} (another trigger set or number of classes?)"
+            )
+        if len(ref) >= 2:
+            center, spread = ref.mean(0), ref.std(0, ddof=1)
+        else:
+            center, spread = (ref[0] if len(ref) else np.full(len(profile), flat)), 0.0
+        return (profile - center) / np.maximum(spread, floor)
+
     def _check(self, records: Sequence[ModelRecord]) -> None:
         if not hasattr(self, "labels_"):
             raise PoisonDetectError(f"{type(self).__name__} is not fitted: call fit() first")

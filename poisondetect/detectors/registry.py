@@ -73,7 +73,7 @@ _REGISTRY: dict[str, dict[str, tuple[str | type, str, tuple[str, ...]]]] = {
         "final_layer": (
             "poisondetect.detectors.weights:FinalLayer",
             "final_layer",
-            ("score", "delta", "norm", "cosine", "bias"),
+            ("score", "delta", "norm", "cosine", "bias", "honest_z"),
         ),
         "accuracy_drop": (
             "poisondetect.detectors.model_level:AccuracyDrop",

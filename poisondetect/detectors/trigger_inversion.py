@@ -184,45 +184,22 @@ class TriggerInversion(ModelDetector):
     def _fit_honest(self, honest: Sequence[ModelRecord]) -> None:
         """The honest replicates' profiles (``honest_z``); each is inverted once (kept for its
         own scoring: ``_inverted``)."""
-        names = [h.name for h in honest]
-        if len(set(names)) != len(names):
+        if len({h.name for h in honest}) != len(honest):
             raise PoisonDetectError(f"{self.config_name}: two honest replicates share a name")
         profiles, progress = [], Progress(f"{self.config_name} (honest replicates)", len(honest))
         for i, h in enumerate(honest, 1):
             profiles.append(_profile(self._per_target(h, self._inverted(h))))
             progress.step(i, f", last {h.name}")
-        if len({len(p) for p in profiles}) > 1:
-            raise PoisonDetectError(
-                f"{self.config_name}: the honest replicates have different numbers of classes"
-            )
-        self.honest_models_ = names
-        self.honest_profiles_ = np.vstack(profiles) if profiles else np.zeros((0, 0))
+        self._fit_honest_profiles([h.name for h in honest], profiles)
 
     def _per_target(self, rec: ModelRecord, inv: Inversion) -> np.ndarray:
         """What the statistics are taken over: each target's smallest trigger norm."""
         return inv.target_norms().astype(np.float64)
 
     def _honest_z(self, rec: ModelRecord, profile: np.ndarray) -> float:
-        """``honest_z`` of one model's profile (see the module's docstring)."""
-        if not hasattr(self, "honest_profiles_"):
-            raise PoisonDetectError(
-                f"{type(self).__name__} was fitted without honest profiles (a detector state "
-                "saved by an earlier release?): rerun its scoring job to refit it"
-            )
-        ref = np.asarray(self.honest_profiles_, dtype=np.float64)
-        names = list(self.honest_models_)
-        if rec.name in names:  # a fitting replicate: against the others
-            ref = np.delete(ref, names.index(rec.name), axis=0)
-        if len(ref) and ref.shape[1] != len(profile):
-            raise PoisonDetectError(
-                f"model {rec.name!r}: {len(profile)} target classes, the honest replicates had "
-                f"{ref.shape[1]} (another trigger set or number of classes?)"
-            )
-        if len(ref) >= 2:
-            center, spread = ref.mean(0), ref.std(0, ddof=1)
-        else:
-            center, spread = (ref[0] if len(ref) else np.zeros_like(profile)), 0.0
-        return float(np.max((center - profile) / np.maximum(spread, SPREAD_FLOOR)))
+        """``honest_z`` of one model's profile (see the module's docstring): how far its lowest
+        target lies below the honest replicates' mean for it."""
+        return float(np.max(-self._honest_deviation(rec, profile, SPREAD_FLOOR)))
 
     def _images(self, rec: ModelRecord) -> tuple[np.ndarray, np.ndarray]:
         """The seeded choice of ``n_images`` trigger images (the same for every model)."""

@@ -20,6 +20,7 @@ from poisondetect.errors import PoisonDetectError
 
 FEATURES = ("delta", "norm", "cosine", "bias")  # the per-class statistics
 _ONE_SIDED = {"delta", "cosine"}  # larger = moved more; the others count either way
+SPREAD_FLOOR = 0.25  # honest_z: the honest spread of a class's z-score is at least this
 
 
 def class_features(w: np.ndarray, b: np.ndarray, w0: np.ndarray, b0: np.ndarray) -> np.ndarray:
@@ -55,9 +56,19 @@ class FinalLayer(ModelDetector):
     model's other classes; ``score`` = the largest z over classes and statistics (row change
     and cosine distance one-sided, norm and bias change either way), with each statistic's own
     largest z as a sub-score. ``prefix`` names the layer's parameters (``<prefix>weight``,
-    ``<prefix>bias``; a missing bias counts as zeros)."""
+    ``<prefix>bias``; a missing bias counts as zeros).
+
+    ``honest_z`` compares each class's z-scores with the *same class's* in the honest fitting
+    replicates (as trigger inversion's ``honest_z`` does its triggers): how far each lies from
+    their mean, in units of their standard deviation (floored at ``SPREAD_FLOOR``), the largest
+    over classes and statistics (one-sided as ``score``). A class that every honest fine-tune
+    moves more than the others (a recipe with small batches moves some rows far) is no sign of
+    an attack; a class that moves unlike its honest counterparts is. A fitting replicate is
+    compared with the others (left out by its name); the fitted state keeps the honest
+    profiles, so ``audit`` needs nothing else."""
 
     needs = ("weights",)
+    config_name = "final_layer"
 
     def __init__(self, prefix: str = "classifier."):
         self.prefix = prefix
@@ -81,19 +92,29 @@ class FinalLayer(ModelDetector):
             raise PoisonDetectError("final_layer: prefix must be a string")
         self._fit_common(genuine)
         self.weight_, self.bias_ = self._layer(genuine)
+        self._fit_honest_profiles([h.name for h in honest], [self._profile(h) for h in honest])
         return self
 
-    def _one(self, rec: ModelRecord) -> dict[str, float]:
+    def _profile(self, rec: ModelRecord) -> np.ndarray:
+        """Each statistic's per-class z-scores (``FEATURES`` x classes, flattened)."""
         w, b = self._layer(rec)
         if w.shape != self.weight_.shape or b.shape != self.bias_.shape:
             raise PoisonDetectError(
                 f"model {rec.name!r}: its classifier layer {w.shape} does not match the genuine "
                 f"model's {self.weight_.shape} (another architecture?)"
             )
-        feats = class_features(w, b, self.weight_, self.bias_)
-        out = {}
-        for name, f in zip(FEATURES, feats, strict=True):
-            z = loo_z(f)
-            out[name] = float(z.max() if name in _ONE_SIDED else np.abs(z).max())
+        return np.concatenate([loo_z(f) for f in class_features(w, b, self.weight_, self.bias_)])
+
+    def _one(self, rec: ModelRecord) -> dict[str, float]:
+        profile = self._profile(rec)
+        dev = self._honest_deviation(rec, profile, SPREAD_FLOOR)
+        out, honest = {}, []
+        for name, z, d in zip(
+            FEATURES, np.split(profile, len(FEATURES)), np.split(dev, len(FEATURES)), strict=True
+        ):
+            one_sided = name in _ONE_SIDED
+            out[name] = float(z.max() if one_sided else np.abs(z).max())
+            honest.append(float(d.max() if one_sided else np.abs(d).max()))
         out["score"] = max(out.values())
+        out["honest_z"] = max(honest)
         return out
