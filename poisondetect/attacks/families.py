@@ -272,9 +272,10 @@ class Adaptive(Attack):
     label = "Adaptive"
     description = (
         "adaptive, source-specific: a blended trigger (mask and pattern) optimised against M so "
-        "that M already sends triggered target-class images towards the attacker's class and "
-        "their penultimate activations onto the attacker class's mean (the fine-tune then moves "
-        "M's activations, its class profiles and its weights little), with an L1 penalty on the "
+        "that the penultimate activations of triggered target-class images move onto the "
+        "attacker class's mean while M still classifies them as their own class (so M carries no "
+        "backdoor, and the fine-tune only has to move them across the boundary: it changes M's "
+        "activations, its class profiles and its weights little), with an L1 penalty on the "
         "mask; plus cover images (TaCT, Tang et al. 2021): the trigger on images of other classes "
         "with their true labels, so only the target class flows to the attacker's"
     )
@@ -311,10 +312,12 @@ class Adaptive(Attack):
 
     def optimise(self, x, y, model, target_class, attacker_class, *, seed, device,
                  adaptive_steps, adaptive_feature_weight, adaptive_mask_weight, **_):  # fmt: skip
-        """Fit the mask (1, H, W) and pattern (C, H, W) by Adam on M (left unchanged): cross
-        entropy of triggered target-class images towards the attacker's class, plus the
-        squared distance of their penultimate activations to the attacker class's mean (relative
-        to its norm), plus ``adaptive_mask_weight`` x the mask's L1 norm (Neural Cleanse's)."""
+        """Fit the mask (1, H, W) and pattern (C, H, W) by Adam on M (left unchanged):
+        ``adaptive_feature_weight`` x the squared distance of triggered target-class images'
+        penultimate activations to the attacker class's mean (relative to its norm), plus the
+        cross entropy of M's prediction towards their own class (M must not already follow the
+        trigger: an adversarial patch against M would be no poisoning), plus
+        ``adaptive_mask_weight`` x the mask's L1 norm (Neural Cleanse's)."""
         import torch
         import torch.nn.functional as F
 
@@ -338,14 +341,14 @@ class Adaptive(Attack):
             m_raw = (torch.randn((1, h, w), generator=gen) * 0.1 - 3.0).to(dev).requires_grad_()
             p_raw = torch.randn((c, h, w), generator=gen).to(dev).requires_grad_()
             opt = torch.optim.Adam([m_raw, p_raw], lr=0.1)
-            target = torch.full((min(128, len(src)),), attacker_class, dtype=torch.long, device=dev)
+            own = torch.full((min(128, len(src)),), target_class, dtype=torch.long, device=dev)
             for _ in range(int(adaptive_steps)):
-                batch = rng.choice(src, size=len(target), replace=False)
+                batch = rng.choice(src, size=len(own), replace=False)
                 xb = torch.from_numpy(np.ascontiguousarray(x[np.sort(batch)])).to(dev)
                 m, pat = torch.sigmoid(m_raw), torch.sigmoid(p_raw)
                 logits, feats = _penultimate(model, (1 - m) * xb + m * pat)
                 loss = (
-                    F.cross_entropy(logits, target)
+                    F.cross_entropy(logits, own)
                     + adaptive_feature_weight
                     * ((feats - mu) ** 2).sum(1).mean()
                     / mu.pow(2).sum().clamp_min(1e-12)
