@@ -181,13 +181,21 @@ def start_benchmark(
 ) -> tuple[Report, Path]:
     """The part every benchmark's ``main`` shares: check ``args.data``, prepare ``args.workdir``,
     write ``config`` there, print the header (title, machine, preset, settings), run the workflow
-    and print its wall time. Returns the report and the resolved work directory."""
-    if not args.data.exists():
-        raise SystemExit(f"--data {args.data}: not found (a data directory or archive)")
+    and print its wall time. Returns the report and the resolved work directory.
+
+    With ``args.report_only`` the workflow is not run: the report is that of the results already
+    in the work directory (made by an earlier run, or by a Snakemake command of your own there
+    with its ``bench-config.yaml``), which stay as they are."""
     work = args.workdir.resolve()
-    fresh_workdir(work, args.resume)
     cfg_path = work / "bench-config.yaml"
-    write_config(config, cfg_path)
+    report_only = getattr(args, "report_only", False)
+    if report_only and not (work / "results").is_dir():
+        raise SystemExit(f"--report-only: {work} holds no results of an earlier run")
+    if not report_only:
+        if not args.data.exists():
+            raise SystemExit(f"--data {args.data}: not found (a data directory or archive)")
+        fresh_workdir(work, args.resume)
+        write_config(config, cfg_path)
 
     log = Report()
     log("=" * 100)
@@ -199,8 +207,17 @@ def start_benchmark(
     log(f"settings     : {settings}")
     log(f"work dir     : {work}")
     log(f"config       : {cfg_path}")
-    wall = run_workflow(work, cfg_path, args.cores, log)
-    log(f"workflow wall time: {wall:.1f} s ({wall / 60:.1f} min) with --cores {args.cores}")
+    if report_only:
+        log("workflow     : not run (--report-only: the results already in the work directory)")
+        kept = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else None
+        if kept != yaml.safe_load(yaml.safe_dump(config, sort_keys=False)):
+            log(
+                f"warning      : {cfg_path} differs from this command's settings: the results "
+                "are those of the work directory's config, not of the settings above"
+            )
+    else:
+        wall = run_workflow(work, cfg_path, args.cores, log)
+        log(f"workflow wall time: {wall:.1f} s ({wall / 60:.1f} min) with --cores {args.cores}")
     log("")
     return log, work
 

@@ -13,8 +13,8 @@ fixed: the fixed recipe of the runs before issue 23); a few shadow attacks per p
 other pairs, fit the combined detector and are never evaluated. Every replicate has its own seed.
 
 The script prints, per detector and attack population, against all honest models pooled and
-against the sampled null alone, over the effective attacks (held-out attack success >= 0.2) and
-over all of them: the AUROC with its bootstrap 95 % interval, the TPR at a 5 % false-alarm rate,
+against the sampled null alone, over the effective attacks (held-out attack success gained over M
+>= 0.2) and over all of them: the AUROC with its bootstrap 95 % interval, the TPR at a 5 % false-alarm rate,
 and the calibrated threshold's detection and measured false-alarm rates with exact (Clopper-
 Pearson) intervals; then the cost per model of every detector, the wall time of every stage, and
 the machine.
@@ -48,6 +48,10 @@ and the combined detector's leave-one-family-out AUROC (combined:lofo).
 The work directory (default /tmp/poisondetect-bench/model_level_<dataset>) receives the config
 (bench-config.yaml), the workflow's results/ and logs/, snakemake.log, and benchmark_report.txt
 (this script's printed report). Earlier outputs in it are deleted first unless --resume is given.
+--report-only runs no workflow and reports the results already there: for example after a
+Snakemake command of your own in the work directory (say with --forcerun finetune_attack and
+--rerun-triggers without code, to redo the attacks after a change to them without refitting the
+honest null).
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ from _bench import (  # noqa: E402
     start_benchmark,
 )
 
+from poisondetect.model_level.calibration import effective, success_gain  # noqa: E402
 from poisondetect.names import MODEL_ATTACKS, attack_label  # noqa: E402
 
 STAGES = [
@@ -207,6 +212,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--resume", action="store_true", help="keep earlier outputs in the work directory"
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run no workflow: report the results already in the work directory (an earlier "
+        "run's, or those of a snakemake command of your own there with its bench-config.yaml); "
+        "a warning says when this command's settings differ from the work directory's",
     )
     args = p.parse_args(argv)
     if args.data is None:
@@ -396,7 +408,7 @@ def _verdict_groups(det: pd.DataFrame, min_success: float) -> tuple[pd.DataFrame
     models and honest fitting replicates."""
     honest = det[det["role"] == "honest"]
     att = det[det["split"] == "attack"]
-    eff = att[att["attack_success_test"] >= min_success]
+    eff = att[effective(att, min_success)]
     return att, eff, honest[honest["split"] == "heldout"], honest[honest["split"] == "fit"]
 
 
@@ -468,7 +480,7 @@ def verdict_candidates(
     cell = ["dataset", "arch", "scenario", "seed"]
     log(
         f"Candidate verdicts on the same scores (calibration.fpr {fpr:g}; effective = held-out "
-        f"success >= {min_success:g}):"
+        f"success gained over M >= {min_success:g}):"
     )
     scored = set(scores["detector"] + ":" + scores["statistic"]) | set(scores["detector"])
     for cand in candidates:
@@ -587,10 +599,14 @@ def main(argv=None) -> None:
             work, args.verdict_candidates, FPR, float(roc["min_success"].iloc[0]), log
         )
     detector_costs(work, len(det), log)
+    det = det.assign(gain=success_gain(det))
     acc = det.groupby(["split", "variant", "attack", "fraction"], dropna=False)[
-        ["accuracy", "attack_success", "attack_success_test"]
+        ["accuracy", "attack_success", "attack_success_test", "gain"]
     ].agg(["mean", "min", "max"])
-    log("Test accuracy and attack success (training images / held-out) per population:")
+    log(
+        "Test accuracy and attack success (training images / held-out / held-out gained over M) "
+        "per population:"
+    )
     for idx, row in acc.iterrows():
         log(
             f"  {' '.join(str(i) for i in idx if i == i):<26} acc "
@@ -599,6 +615,7 @@ def main(argv=None) -> None:
             f"  held-out {fmt(row[('attack_success_test', 'mean')] * 100, '.1f')} % "
             f"[{fmt(row[('attack_success_test', 'min')] * 100, '.0f')}, "
             f"{fmt(row[('attack_success_test', 'max')] * 100, '.0f')}]"
+            f"  gained {fmt(row[('gain', 'mean')] * 100, '.1f')} %"
         )
     log("")
     stages = functools.partial(stage_of, part="model_level", classify=model_stage)

@@ -129,6 +129,8 @@ def test_every_kind_fine_tunes_through_the_stage(cell, sampled):
         assert ev["model"] == m and ev["attacker_class"] == 7
         assert ev["n_attacked"] > 0
         assert 0 <= ev["attack_success_test"] <= 1 and 0 <= ev["attack_success"] <= 1
+        # M's own held-out success with the same trigger, measured before the fine-tune
+        assert 0 <= ev["attack_success_genuine"] <= 1
         assert ev["epochs"] == 1
         if sampled:  # the recipe recorded like an honest sampled replicate's (hp_* columns)
             hp = ev["hyperparameters"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import pytest
 from conftest import REPO
@@ -122,3 +123,21 @@ def test_fit_profile_extrapolates_steady_epochs_and_counts_setup_once():
     assert bench.fit_estimate(res, "cpu")["rae"] == 300 * 0.5 + (3.0 - 3 * 0.5)
     with pytest.raises(SystemExit):
         bench.parse_args(["--detectors", "rae,od"])
+
+
+def test_model_level_benchmark_report_only_runs_no_workflow(tmp_path, monkeypatch):
+    """--report-only reports what the work directory holds: it refuses one without results,
+    and otherwise neither runs Snakemake nor deletes the results there."""
+    bench = _load("model_level_mnist")
+    argv = ["--quick", "--data", str(tmp_path / "absent"), "--report-only"]
+    with pytest.raises(SystemExit, match="--report-only: .* holds no results"):
+        bench.main([*argv, "--workdir", str(tmp_path / "empty")])
+    work = tmp_path / "work"
+    (work / "results" / "model_level").mkdir(parents=True)
+    kept = work / "results" / "kept.txt"
+    kept.write_text("an earlier run's")
+    shared = sys.modules[bench.start_benchmark.__module__]
+    monkeypatch.setattr(shared, "run_workflow", lambda *a, **k: pytest.fail("ran the workflow"))
+    with pytest.raises(FileNotFoundError, match="roc.csv"):  # the report reads the results
+        bench.main([*argv, "--workdir", str(work)])
+    assert kept.read_text() == "an earlier run's"

@@ -149,6 +149,27 @@ def test_the_conclusions_give_the_verdicts_rates_with_exact_intervals():
     assert "1/10 = 0.10 [0.00, 0.45] held-out honest" in line
 
 
+def test_an_attack_is_effective_by_the_success_its_fine_tune_added():
+    """A trigger M already follows (held-out success 0.95, M's own 0.94) is no effective
+    poisoning; one M does not follow is; a fine-tune of an earlier release (M's own success not
+    recorded) is judged on its held-out success; the conclusions count them so."""
+    from poisondetect.model_level.calibration import effective, success_gain
+    from poisondetect.model_level.collection import verdict_lines
+
+    det = pd.DataFrame(
+        dict(
+            dataset="d", arch="cnn", scenario="s", split=["attack"] * 4 + ["heldout"],
+            attack_success_test=[0.95, 0.95, 0.3, 0.1, np.nan],
+            attack_success_genuine=[0.94, 0.01, np.nan, 0.0, np.nan],
+            verdict_flagged=[True, False, True, False, False], verdict_guaranteed_fpr=0.05,
+        )
+    )  # fmt: skip
+    np.testing.assert_allclose(success_gain(det)[:4], [0.01, 0.94, 0.3, 0.1])
+    assert effective(det, 0.2).tolist() == [False, True, True, False, False]
+    (line,) = verdict_lines(det, 0.2)
+    assert "1/2 = 0.50 [0.01, 0.99] effective" in line and "2/4 = 0.50" in line
+
+
 def test_a_verdict_statistic_the_scores_lack_says_how_to_rescore():
     # scores written by a release before the statistic existed: a clear error, and the fix
     values = {f"honest_paper_r{i}": ("fit", 0.1 * i, 0.2 * i) for i in range(20)}

@@ -188,12 +188,26 @@ def detection_table(
                 "accuracy": ev["accuracy"],
                 "attack_success": ev["attack_success"],
                 "attack_success_test": ev["attack_success_test"],
+                # M's own held-out success with the same trigger (none before this release)
+                "attack_success_genuine": ev.get("attack_success_genuine"),
                 # an attack's class pair; an honest fine-tune's training settings (hp_*)
                 **{k: ev[k] for k in ("target_class", "attacker_class") if k in ev},
                 **{f"hp_{k}": v for k, v in ev.get("hyperparameters", {}).items()},
             }
         )
     det = _with_spec(pd.DataFrame(rows), cell, n_fit_replicates)
+    det["attack_success_genuine"] = det["attack_success_genuine"].astype(float)
+    det["attack_success_gain"] = success_gain(det)
+    older = det["attack_success_test"].notna() & det["attack_success_genuine"].isna()
+    if older.any():
+        log.warning(
+            "%d attacked fine-tunes (e.g. %s) were made by an earlier release, which did not "
+            "record M's own success with their trigger: they are judged effective on held-out "
+            "success alone. Rerun them (snakemake --forcerun finetune_attack) to judge them on "
+            "the success the fine-tune added",
+            int(older.sum()),
+            det.loc[older, "model"].iloc[0],
+        )
     det["epochs"] = det.pop("epochs_trained").astype("Int64")
     rule_det, _ = parse_statistic(paper_rule)
     if rule_det in set(scores["detector"]):
@@ -209,6 +223,22 @@ def detection_table(
     # the configured rate is out of reach with this many honest fitting replicates
     det["verdict_fpr_reachable"] = det["verdict_guaranteed_fpr"] <= fpr + 1e-12
     return det
+
+
+def success_gain(detection: pd.DataFrame) -> pd.Series:
+    """The held-out attack success a fine-tune added: its held-out success minus M's own with
+    the same trigger (a trigger M already follows, as an adversarial patch against M does, is no
+    poisoning by the fine-tune). Fine-tunes that do not record M's own success (made by an
+    earlier release) keep their held-out success; honest and genuine models have none."""
+    base = detection.get("attack_success_genuine")
+    base = 0.0 if base is None else base.astype(float).fillna(0.0)
+    return detection["attack_success_test"].astype(float) - base
+
+
+def effective(detection: pd.DataFrame, min_success: float) -> pd.Series:
+    """Which models are effective attacks: the held-out success their fine-tune added
+    (``success_gain``) is at least ``min_success``."""
+    return success_gain(detection) >= min_success
 
 
 def calibrate(

@@ -17,6 +17,7 @@ import pandas as pd
 
 from poisondetect.detectors.base import statistic_name
 from poisondetect.io import atomic_path, atomic_write_text
+from poisondetect.model_level.calibration import effective, success_gain
 from poisondetect.population import attack_population
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,9 @@ def roc_table(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """ROC summaries of every detector statistic, honest variant (and all of them pooled) and
     attack population, pooled over the seeds of a dataset x arch x scenario: over every attacked
-    model (``attacks`` = all) and over the effective attacks only (``attacks`` = effective: held-out
-    attack success at least ``min_success``).
+    model (``attacks`` = all) and over the effective attacks only (``attacks`` = effective: the
+    held-out attack success the fine-tune added over M at least ``min_success``,
+    ``calibration.effective``).
 
     Each model's score enters as its margin over its own cell's calibrated threshold (the same
     ordering within a cell; comparable operating points across cells). AUROC and TPR at ``fpr``
@@ -91,7 +93,7 @@ def roc_table(
     """
     from poisondetect.metrics import roc_curve_points
 
-    success = detection.set_index([*_CELL, "model"])["attack_success_test"]
+    success = success_gain(detection.set_index([*_CELL, "model"]))
 
     def prepared(scores):
         df = scores[scores["split"].isin(["fit", "heldout", "attack"])].copy()  # no shadows
@@ -347,7 +349,7 @@ def verdict_lines(detection: pd.DataFrame, min_success: float) -> list[str]:
         return lines
     for key, d in detection.groupby(_GROUP, sort=True):
         att = d[d["split"] == "attack"]
-        eff = att[att["attack_success_test"] >= min_success]
+        eff = att[effective(att, min_success)]
         held = d[d["split"] == "heldout"]
         rate = float(held["verdict_guaranteed_fpr"].max()) if len(held) else float("nan")
         lines.append(
@@ -379,7 +381,7 @@ def summary_lines(roc: pd.DataFrame, detection: pd.DataFrame) -> list[str]:
         pop = attack_population(key[3], key[4], int(key[5]))
         att = d[(d["split"] == "attack") & d["model"].str.fullmatch(rf"{re.escape(pop)}_r\d+")]
         min_success = float(g["min_success"].iloc[0])
-        eff = att[att["attack_success_test"] >= min_success]
+        eff = att[effective(att, min_success)]
         hon = d[d["split"] == "heldout"]
         rules = (
             f"calibrated verdict flags {_flag_counts(eff, 'verdict_flagged')} effective, "
@@ -391,7 +393,7 @@ def summary_lines(roc: pd.DataFrame, detection: pd.DataFrame) -> list[str]:
             rules += f"{_flag_counts(d[d['role'] == 'honest'], 'paper_flagged')} honest"
         lines.append(
             f"{'/'.join(key[:3])} {key[3]} {key[4] * 100:g}% e{int(key[5])} ({len(eff)} of {len(att)} "
-            f"effective: held-out success >= {min_success:g}; "
+            f"effective: held-out success gained over M >= {min_success:g}; "
             f"{int(g['n_honest'].iloc[0])} honest): effective: best "
             f"{_best(g[g['attacks'] == 'effective'])}; all: best {_best(g[g['attacks'] == 'all'])}; "
             f"{rules}"

@@ -341,6 +341,13 @@ def _finetune_one(
             f"{model}: a fine-tune needs its honest variant's or its attack's settings"
         )
     opts = {**train, "lr_milestones": [], **opts}
+    genuine_success = None
+    if attacked is not None:
+        # M's own held-out success with this trigger, before the fine-tune: what the attack adds
+        # is the difference (a trigger M already follows is no poisoning by the fine-tune)
+        _, genuine_success = _attack_success(
+            net, ds, x, attacked, kind, {**attack, **record}, s, device
+        )
     t0 = time.perf_counter()
     history = train_model(net, x, y, seed=s, device=device, desc=f"{meta['arch']} {model}", **opts)
     acc = accuracy(net, ds.x_test, ds.y_test, device=device)
@@ -350,10 +357,12 @@ def _finetune_one(
             net, ds, x, attacked, kind, {**attack, **record}, s, device
         )
     log.info(
-        "%s: test accuracy %.4f, attack success %s (%.1fs)",
+        "%s: test accuracy %.4f, attack success %s (held-out %s, M's own %s) (%.1fs)",
         model,
         acc,
         success,
+        success_test,
+        genuine_success,
         time.perf_counter() - t0,
     )
     meta = {**meta, "model": model, "seed": seed}
@@ -368,6 +377,7 @@ def _finetune_one(
         accuracy=acc,
         attack_success=success,
         attack_success_test=success_test,
+        attack_success_genuine=genuine_success,
         n_train=len(y),
         n_attacked=None if attacked is None else len(attacked),
         device=str(device),

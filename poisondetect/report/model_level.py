@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from poisondetect.model_level.calibration import success_gain
 from poisondetect.population import ModelSpec, parse_model, population_label
 from poisondetect.report.common import CELL, plt, save, series_styles, write_table
 
@@ -133,8 +134,8 @@ def model_level_tables(detection_csv: str, roc_csv: str, out: dict[str, str]) ->
         out["roc_csv"],
         out["roc_tex"],
         "Every detector against every attack population, over every attacked model (all) and "
-        "over the effective attacks only (effective: held-out attack success of at least "
-        f"{roc['min_success'].iloc[0]:g}): AUROC [bootstrap interval] / detection rate at a "
+        "over the effective attacks only (effective: held-out attack success gained over M of at "
+        f"least {roc['min_success'].iloc[0]:g}): AUROC [bootstrap interval] / detection rate at a "
         f"{roc['fpr'].iloc[0] * 100:g}\\% false-alarm rate, against all honest fine-tunes "
         f"({int(n['n_honest'].min())} to {int(n['n_honest'].max())} honest and "
         f"{int(n['n_attacked'].min())} to {int(n['n_attacked'].max())} attacked models per cell).",
@@ -336,8 +337,9 @@ def model_level_success_figure(
     context: str = "paper",
 ) -> None:
     """Does a detector catch the attacks that work? One panel per detector: each attacked model's
-    score (as its margin over its cell's calibrated threshold, 0 = the threshold) against its
-    held-out attack success, the honest models' margins beside them, the effective-attack line."""
+    score (as its margin over its cell's calibrated threshold, 0 = the threshold) against the
+    held-out attack success its fine-tune added over M (``calibration.success_gain``), the
+    honest models' margins beside them, the effective-attack line."""
     import seaborn as sns
 
     sel = {"dataset": dataset, "arch": arch, "scenario": scenario}
@@ -347,8 +349,9 @@ def model_level_success_figure(
     df = scores[
         (scores[list(sel)] == pd.Series(sel)).all(axis=1) & (scores["statistic"] == "score")
     ]
+    det = det.assign(gain=success_gain(det))
     df = df[df["split"].isin(["fit", "heldout", "attack"])].merge(
-        det[[*keys, "attack_success_test"]], on=keys, how="left"
+        det[[*keys, "gain"]], on=keys, how="left"
     )
     df["margin"] = df["value"] - df["calibrated_threshold"]
     df["population"] = [
@@ -372,12 +375,12 @@ def model_level_success_figure(
         )
         for pop in pops[1:]:
             a = d[d["population"] == pop]
-            ax.scatter(a["attack_success_test"], a["margin"], s=14, color=colors[pop], label=pop)
+            ax.scatter(a["gain"], a["margin"], s=14, color=colors[pop], label=pop)
         ax.axhline(0, color="red", linestyle="--", linewidth=1)
         ax.axvline(min_success, color="grey", linestyle=":", linewidth=1)
         ax.set_title(name, fontsize=8)
         ax.set_xlim(-0.2, 1.02)
-        ax.set_xlabel("held-out attack success (honest: left)", fontsize=7)
+        ax.set_xlabel("held-out success gained over M (honest: left)", fontsize=7)
         ax.set_ylabel("score - calibrated threshold", fontsize=7)
     for ax in list(axes.flat)[len(detectors) :]:
         ax.axis("off")
@@ -391,8 +394,8 @@ def model_level_success_figure(
         bbox_to_anchor=(0.5, -0.02),
     )
     fig.suptitle(
-        f"{title}: does each detector catch the attacks that work? (effective: success >= "
-        f"{min_success:g}, dotted; threshold: dashed)",
+        f"{title}: does each detector catch the attacks that work? (effective: success gained "
+        f">= {min_success:g}, dotted; threshold: dashed)",
         fontsize=9,
     )
     fig.tight_layout(rect=(0, 0.05, 1, 0.95))
