@@ -462,6 +462,10 @@ VERDICT_CANDIDATES = [
     "trigger_inversion:honest_z,differential_trigger_inversion,final_layer",
     "trigger_inversion:honest_z,differential_trigger_inversion:honest_z",
     "differential_trigger_inversion:honest_z",
+    "final_layer:honest_z",
+    "differential_trigger_inversion,final_layer:honest_z",
+    "trigger_inversion:honest_z,final_layer:honest_z",
+    "trigger_inversion:honest_z,differential_trigger_inversion,final_layer:honest_z",
 ]
 
 
@@ -524,6 +528,7 @@ def family_report(roc: pd.DataFrame, log: Report) -> None:
         "prediction_flow:largest",
         "trigger_inversion:honest_z",
         "differential_trigger_inversion:honest_z",
+        "final_layer:honest_z",
     }
     r = r[~r["detector"].str.contains(":") | r["detector"].isin(keep)]
     if r.empty:
