@@ -141,7 +141,9 @@ class ModelDetector(Detector):
         if len(set(names)) != len(names):
             raise PoisonDetectError(f"{who}: two honest replicates share a name")
         if len({len(p) for p in profiles}) > 1:
-            raise PoisonDetectError(f"{who}: the honest replicates have different numbers of classes")
+            raise PoisonDetectError(
+                f"{who}: the honest replicates have different numbers of classes"
+            )
         self.honest_models_ = list(names)
         self.honest_profiles_ = np.vstack(profiles) if len(profiles) else np.zeros((0, 0))
 
