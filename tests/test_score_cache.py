@@ -122,3 +122,28 @@ def test_inversions_are_kept_apart_from_the_statistics_and_reused(records, tmp_p
     calls.clear()
     fit_and_score(name, {**PARAMS, "steps": 4}, records, 1, **run)
     assert sorted(calls) == sorted(records)
+
+
+def test_kept_statistics_of_other_detector_code_are_scored_again(records, tmp_path, monkeypatch):
+    """An edit to the detectors' code (a statistic added or changed) makes the kept statistics
+    stale: every model's are computed again, from the kept inversions (none inverted again)."""
+    from poisondetect.model_level import scoring
+
+    cache = str(tmp_path / "cache")
+    fit_and_score("trigger_inversion", PARAMS, records, 1, run={"seed": 0}, cache=cache)
+    calls, inverted = [], []
+    one, invert = TriggerInversion._one, TriggerInversion.invert
+    monkeypatch.setattr(
+        TriggerInversion, "_one", lambda self, rec: calls.append(rec.name) or one(self, rec)
+    )
+    monkeypatch.setattr(
+        TriggerInversion,
+        "invert",
+        lambda self, rec: inverted.append(rec.name) or invert(self, rec),
+    )
+    fit_and_score("trigger_inversion", PARAMS, records, 1, run={"seed": 0}, cache=cache)
+    assert calls == [] and inverted == []
+    assert len(scoring.detectors_code_digest()) == 16
+    monkeypatch.setattr(scoring, "detectors_code_digest", lambda: "an edited release")
+    fit_and_score("trigger_inversion", PARAMS, records, 1, run={"seed": 0}, cache=cache)
+    assert sorted(calls) == sorted(records) and inverted == []

@@ -8,9 +8,11 @@ never by file names or positions.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -153,10 +155,27 @@ def record_digest(rec, fields) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+@functools.cache
+def detectors_code_digest() -> str:
+    """A digest of the detectors' source (every file of ``poisondetect/detectors``): kept
+    statistics computed by other code (a statistic added or changed) are not reused. Trigger
+    inversion's kept inversions are keyed by the optimisation's parameters instead, so its
+    statistics are recomputed from them in a fraction of a second per model."""
+    import hashlib
+
+    from poisondetect import detectors
+
+    h = hashlib.sha256()
+    for path in sorted(Path(detectors.__path__[0]).rglob("*.py")):
+        h.update(path.relative_to(detectors.__path__[0]).as_posix().encode() + b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _kept_statistics(det, name: str, records: dict, names: list[str], cache: str) -> dict:
     """``det.statistics`` of the models ``names``, each model's kept in ``cache`` under a key of
-    everything it depends on (the detector's parameters and fitted state, what it reads of the
-    model): a model whose key is there is not scored again."""
+    everything it depends on (the detector's parameters, fitted state and code, what it reads
+    of the model): a model whose key is there is not scored again."""
     from poisondetect.bundles import content_digest
     from poisondetect.detectors.base import fitted_state
     from poisondetect.detectors.model_level import Progress
@@ -167,6 +186,7 @@ def _kept_statistics(det, name: str, records: dict, names: list[str], cache: str
         "detector": name,
         "params": {k: v for k, v in det.get_params().items() if k != "device"},
         "state": content_digest(arrays, plain),
+        "code": detectors_code_digest(),
     }
     out: dict[str, list[float]] = {}
     hits = 0
