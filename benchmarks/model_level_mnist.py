@@ -14,10 +14,10 @@ other pairs, fit the combined detector and are never evaluated. Every replicate 
 
 The script prints, per detector and attack population, against all honest models pooled and
 against the sampled null alone, over the effective attacks (held-out attack success gained over M
->= 0.2) and over all of them: the AUROC with its bootstrap 95 % interval, the TPR at a 5 % false-alarm rate,
-and the calibrated threshold's detection and measured false-alarm rates with exact (Clopper-
-Pearson) intervals; then the cost per model of every detector, the wall time of every stage, and
-the machine.
+>= 0.2) and over all of them: the AUROC with its bootstrap 95 % interval, the TPR at a 5 %
+false-alarm rate, and the calibrated threshold's detection and measured false-alarm rates with
+exact (Clopper-Pearson) intervals; then the cost per model of every detector, the wall time of
+every stage, and the machine.
 
 Usage (from the repository root)::
 

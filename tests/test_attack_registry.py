@@ -266,9 +266,9 @@ def test_blend_trigger_is_arts_insert_image_blend(data, tmp_path):
 def test_adaptive_trigger_is_optimised_against_m(data):
     """The optimised trigger moves the penultimate activations of M's triggered target-class
     images towards the attacker class's mean (more than a trigger optimised without the
-    activation term), while M still classifies them as their own class (M does not follow the trigger: no
-    adversarial patch, which would be no poisoning by the fine-tune); it leaves M unchanged and
-    needs M."""
+    activation term), while M still classifies them as their own class (M does not follow the
+    trigger: no adversarial patch, which would be no poisoning by the fine-tune); it leaves M
+    unchanged and needs M."""
     import torch
 
     from poisondetect.attacks.families import _penultimate
