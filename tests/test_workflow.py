@@ -7,6 +7,7 @@ import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -254,3 +255,45 @@ def test_report_states_the_population_sizes(tiny_run, tmp_path):
     assert "4 honest fine-tunes of each of the variants paper" in html
     assert "2 attacked fine-tunes" in html and "of each of the attacks flipping (FA)" in html
     assert "roc_digits_cnn_standard.png" in html and "table_roc.csv" in html
+
+
+def test_effective_attacks_are_judged_by_the_success_the_fine_tune_added(
+    tiny_run, tmp_path, caplog
+):
+    """Every attacked fine-tune records M's own held-out success with its trigger, and
+    detection.csv the gain; a fine-tune of an earlier release (no such record) keeps its
+    held-out success as the gain, with a warning that says how to rerun it."""
+    import logging
+
+    from poisondetect import population
+    from poisondetect.model_level.calibration import detection_table
+
+    df = pd.read_csv(tiny_run / "results/model_level/detection.csv")
+    att = df[df["role"] == "attack"]
+    assert att["attack_success_genuine"].between(0, 1).all()
+    np.testing.assert_allclose(
+        att["attack_success_gain"], att["attack_success_test"] - att["attack_success_genuine"]
+    )
+    assert df.loc[df["role"] != "attack", "attack_success_gain"].isna().all()
+
+    metrics = []
+    for m in MODELS:
+        ev = json.loads((tiny_run / CELL / f"eval/{m}.json").read_text())
+        if m == att["model"].iloc[0]:
+            del ev["attack_success_genuine"]  # as an earlier release wrote it
+        (tmp_path / f"{m}.json").write_text(json.dumps(ev))
+        metrics.append(str(tmp_path / f"{m}.json"))
+    scores = pd.read_csv(tiny_run / CELL / "scores.csv")
+    with caplog.at_level(logging.WARNING):
+        det = detection_table(
+            metrics,
+            scores,
+            cell={"dataset": "digits", "arch": "cnn", "scenario": "standard", "seed": 0},
+            n_fit_replicates=population.fit_counts(ML_CONFIG),
+            paper_rule=ML_CONFIG["calibration"]["paper_rule"],
+            fpr=ML_CONFIG["calibration"]["fpr"],
+        )
+    old = det[det["model"] == att["model"].iloc[0]].iloc[0]
+    assert np.isnan(old["attack_success_genuine"])
+    assert old["attack_success_gain"] == old["attack_success_test"]
+    assert "1 attacked fine-tunes" in caplog.text and "--forcerun finetune_attack" in caplog.text
