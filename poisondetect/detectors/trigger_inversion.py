@@ -184,7 +184,7 @@ class TriggerInversion(ModelDetector):
     def _fit_honest(self, honest: Sequence[ModelRecord]) -> None:
         """The honest replicates' profiles (``honest_z``); each is inverted once (kept for its
         own scoring: ``_inverted``)."""
-        if len({h.name for h in honest}) != len(honest):
+        if len({h.name for h in honest}) != len(honest):  # before minutes of inversions
             raise PoisonDetectError(f"{self.config_name}: two honest replicates share a name")
         profiles, progress = [], Progress(f"{self.config_name} (honest replicates)", len(honest))
         for i, h in enumerate(honest, 1):
