@@ -124,10 +124,17 @@ def _profile(values: np.ndarray) -> np.ndarray:
     return v - np.median(v)
 
 
+def _summary(values: np.ndarray, norms: np.ndarray, area: float) -> dict[str, float]:
+    """``score``, ``anomaly_index`` and ``small_trigger`` over per-target ``values`` (the norms,
+    or their ratios to M's): ``small_trigger`` is the smallest target's own trigger (the one
+    with the smallest value) against the image's area."""
+    return {**_gap(values), "small_trigger": 1.0 - norms[int(np.argmin(values))] / area}
+
+
 def summarise(inv: Inversion) -> dict[str, float]:
     """The detector's statistics from one inversion (see the module's docstring)."""
     norms = inv.target_norms().astype(np.float64)
-    return {**_gap(norms), "small_trigger": 1.0 - float(norms.min()) / inv.area}
+    return _summary(norms, norms, inv.area)
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -308,9 +315,7 @@ class TriggerInversion(ModelDetector):
         values = self._per_target(rec, inv)
         norms = inv.target_norms().astype(np.float64)
         return {
-            **_gap(values),
-            # the smallest target's own trigger (by its value: its ratio in the differential one)
-            "small_trigger": 1.0 - norms[int(np.argmin(values))] / inv.area,
+            **_summary(values, norms, inv.area),
             "honest_z": self._honest_z(rec, _profile(values)),
         }
 
