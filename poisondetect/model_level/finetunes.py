@@ -162,23 +162,26 @@ def _honest_set(ds, spec: ModelSpec, honest: dict, *, scenario, new_data_fractio
     return x, y
 
 
-def _attack_success(net, ds, x, attacked, kind, attack: dict, seed: int, device):
-    """Attack success on the attacked training images (Table 2 of the paper: the share classified
-    as the attacker wants) and on held-out images (the kind's ``success_images``: the source
-    classes' test images with its trigger; ``kind``: the instance that poisoned the training set,
-    which holds a trigger it optimised)."""
-    from poisondetect.classifiers import predict
-
-    target = attack["attacker_class"]
-    success = kind.success(predict(net, x[attacked], device=device), target)
-    xt = kind.success_images(
+def _success_images(ds, kind, attack: dict, seed: int) -> np.ndarray:
+    """The held-out images attack success is measured on: the kind's ``success_images`` (the
+    source classes' test images with its trigger; ``kind``: the instance that poisoned the
+    training set, which holds a trigger it optimised)."""
+    return kind.success_images(
         ds.x_test,
         ds.y_test,
         **{k: v for k, v in attack.items() if k not in ("seed",)},
         seed=seed,
     )
-    success_test = kind.success(predict(net, xt, device=device), target) if len(xt) else None
-    return success, success_test
+
+
+def _held_out_success(net, xt, kind, attack: dict, device) -> float | None:
+    """The share of the held-out success images ``xt`` that ``net`` classifies as the attacker
+    wants (None without any)."""
+    from poisondetect.classifiers import predict
+
+    if not len(xt):
+        return None
+    return kind.success(predict(net, xt, device=device), attack["attacker_class"])
 
 
 def honest_hyperparameters(train: dict, honest: dict, spec: ModelSpec, scenario: str, seed: int):
@@ -307,7 +310,7 @@ def _finetune_one(
     the name)."""
     from poisondetect.attacks.registry import get as get_attack
     from poisondetect.checkpoints import load_checkpoint
-    from poisondetect.classifiers import accuracy, train_model
+    from poisondetect.classifiers import accuracy, predict, train_model
 
     spec = parse_model(model)
     s = model_seed(seed, model)
@@ -341,21 +344,22 @@ def _finetune_one(
             f"{model}: a fine-tune needs its honest variant's or its attack's settings"
         )
     opts = {**train, "lr_milestones": [], **opts}
-    genuine_success = None
+    genuine_success = xt = None
     if attacked is not None:
+        drawn = {**attack, **record}  # its class pair: configured or its own draw
+        xt = _success_images(ds, kind, drawn, s)
         # M's own held-out success with this trigger, before the fine-tune: what the attack adds
         # is the difference (a trigger M already follows is no poisoning by the fine-tune)
-        _, genuine_success = _attack_success(
-            net, ds, x, attacked, kind, {**attack, **record}, s, device
-        )
+        genuine_success = _held_out_success(net, xt, kind, drawn, device)
     t0 = time.perf_counter()
     history = train_model(net, x, y, seed=s, device=device, desc=f"{meta['arch']} {model}", **opts)
     acc = accuracy(net, ds.x_test, ds.y_test, device=device)
     success = success_test = None
     if attacked is not None:
-        success, success_test = _attack_success(
-            net, ds, x, attacked, kind, {**attack, **record}, s, device
-        )
+        # Table 2 of the paper: the share of the attacked training images classified as the
+        # attacker wants; and the same on the held-out success images
+        success = kind.success(predict(net, x[attacked], device=device), drawn["attacker_class"])
+        success_test = _held_out_success(net, xt, kind, drawn, device)
     log.info(
         "%s: test accuracy %.4f, attack success %s (held-out %s, M's own %s) (%.1fs)",
         model,
