@@ -447,6 +447,7 @@ def verdict_report(det: pd.DataFrame, min_success: float, log: Report) -> None:
 # Each is calibrated as the workflow calibrates it (calibration.verdict_scores); the first is the
 # default of this release, the second the default before it.
 VERDICT_CANDIDATES = [
+    "differential_trigger_inversion,final_layer:honest_z",
     "differential_trigger_inversion,final_layer",
     "differential_trigger_inversion,prediction_flow:largest",
     "trigger_inversion:honest_z,differential_trigger_inversion",
@@ -463,7 +464,6 @@ VERDICT_CANDIDATES = [
     "trigger_inversion:honest_z,differential_trigger_inversion:honest_z",
     "differential_trigger_inversion:honest_z",
     "final_layer:honest_z",
-    "differential_trigger_inversion,final_layer:honest_z",
     "trigger_inversion:honest_z,final_layer:honest_z",
     "trigger_inversion:honest_z,differential_trigger_inversion,final_layer:honest_z",
 ]
