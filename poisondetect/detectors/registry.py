@@ -116,6 +116,11 @@ _REGISTRY: dict[str, dict[str, tuple[str | type, str, tuple[str, ...]]]] = {
             "differential_trigger_inversion",
             ("score", "anomaly_index", "small_trigger", "honest_z"),
         ),
+        "max_margin": (
+            "poisondetect.detectors.max_margin:MaxMargin",
+            "max_margin",
+            ("score", "honest_z"),
+        ),
     },
 }
 
