@@ -445,8 +445,9 @@ def verdict_report(det: pd.DataFrame, min_success: float, log: Report) -> None:
 
 # Verdicts compared on the same scores (--verdict-candidates): what calibration.verdict could be.
 # Each is calibrated as the workflow calibrates it (calibration.verdict_scores); the first is the
-# default of this release, the second the default before it.
+# default of this release, the second the default before it, the third the one before that.
 VERDICT_CANDIDATES = [
+    "differential_trigger_inversion,final_layer:honest_z,max_margin:honest_z",
     "differential_trigger_inversion,final_layer:honest_z",
     "differential_trigger_inversion,final_layer",
     "differential_trigger_inversion,prediction_flow:largest",
@@ -466,6 +467,9 @@ VERDICT_CANDIDATES = [
     "final_layer:honest_z",
     "trigger_inversion:honest_z,final_layer:honest_z",
     "trigger_inversion:honest_z,differential_trigger_inversion,final_layer:honest_z",
+    "differential_trigger_inversion,max_margin:honest_z",
+    "max_margin:honest_z",
+    "max_margin",
 ]
 
 
@@ -529,6 +533,7 @@ def family_report(roc: pd.DataFrame, log: Report) -> None:
         "trigger_inversion:honest_z",
         "differential_trigger_inversion:honest_z",
         "final_layer:honest_z",
+        "max_margin:honest_z",
     }
     r = r[~r["detector"].str.contains(":") | r["detector"].isin(keep)]
     if r.empty:
