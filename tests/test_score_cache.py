@@ -147,3 +147,42 @@ def test_kept_statistics_of_other_detector_code_are_scored_again(records, tmp_pa
     monkeypatch.setattr(scoring, "detectors_code_digest", lambda: "an edited release")
     fit_and_score("trigger_inversion", PARAMS, records, 1, run={"seed": 0}, cache=cache)
     assert sorted(calls) == sorted(records) and inverted == []
+
+
+def test_max_margin_keeps_each_models_margins_and_a_new_honest_set_searches_none_again(
+    records, tmp_path, monkeypatch
+):
+    """The maximum-margin search keeps each model's margins too (cache/<detector>/margins/):
+    when the statistics cannot be reused (another honest population: here one replicate fewer
+    fits), no model is searched again; a damaged entry and other parameters are."""
+    from poisondetect.detectors.max_margin import MaxMargin
+
+    calls = []
+    search = MaxMargin.margins
+    monkeypatch.setattr(
+        MaxMargin, "margins", lambda self, rec: calls.append(rec.name) or search(self, rec)
+    )
+    cache = tmp_path / "cache"
+    run = dict(run={"seed": 0}, cache=str(cache))
+    params = {"steps": 5, "device": "cpu"}
+    _, first = fit_and_score("max_margin", params, records, 2, **run)
+    assert sorted(calls) == sorted(records)  # each model searched once (the honest ones at fit)
+    assert sorted(p.stem for p in (cache / "margins").glob("*.json")) == sorted(records)
+    calls.clear()
+    _, fewer = fit_and_score("max_margin", params, records, 1, **run)  # other honest profiles
+    assert calls == []
+    assert not fewer.equals(first)  # the statistics were computed again, from kept margins
+    _, again = fit_and_score("max_margin", params, records, 2, **run)
+    assert first.equals(again)
+    damaged = cache / "margins" / "honest_paper_r1.json"
+    entry = json.loads(damaged.read_text())
+    entry["value"] = entry["value"][:-1] + ["NaN"]  # its key still matches
+    damaged.write_text(json.dumps(entry))
+    for p in cache.glob("*.json"):
+        p.unlink()
+    _, third = fit_and_score("max_margin", params, records, 2, **run)
+    assert calls == ["honest_paper_r1"]
+    assert first.equals(third)
+    calls.clear()
+    fit_and_score("max_margin", {**params, "steps": 6}, records, 2, **run)
+    assert sorted(calls) == sorted(records)

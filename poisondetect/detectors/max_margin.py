@@ -28,7 +28,8 @@ attacks that trigger inversion misses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -88,6 +89,15 @@ def max_margins(net, shape: tuple[int, ...], *, steps: int, lr: float, restarts:
     with torch.no_grad():
         reached = margins().view(k, restarts).max(1).values
     return reached.cpu().numpy().astype(np.float64)
+
+
+def _read_margins(entry) -> np.ndarray:
+    """Margins read back from the store; anything but a non-empty list of finite numbers raises
+    ValueError (the entry is then searched again)."""
+    m = np.asarray(entry, dtype=np.float64)
+    if m.ndim != 1 or not len(m) or not np.isfinite(m).all():
+        raise ValueError("not a list of finite margins")
+    return m
 
 
 def _profile(margins: np.ndarray) -> np.ndarray:
@@ -158,13 +168,38 @@ class MaxMargin(ModelDetector):
                            restarts=self.restarts, seed=self.seed,
                            device=pick_device(self.device))  # fmt: skip
 
+    def keep_searches(self, cache: str, digest: Callable[[ModelRecord], str]) -> None:
+        """Keep each model's margins in ``cache``/margins (one JSON per model), keyed by the
+        search's parameters, the input shape and ``digest(rec)`` (what the model is), and read
+        them back instead of searching again: a scoring stage sets this, so that a rerun after
+        the attacks changed searches no honest model again. Not a parameter and not fitted
+        state: ``clone`` drops it."""
+        self._store = (os.path.join(cache, "margins"), digest)
+
     def _margins(self, rec: ModelRecord) -> np.ndarray:
         """``margins(rec)`` once per record object and fit (an honest replicate searched at
-        ``fit`` is not searched again when scored)."""
+        ``fit`` is not searched again when scored), through the store of ``keep_searches``
+        where there is one."""
         seen = self.__dict__.setdefault("_seen", {})
-        if id(rec) not in seen or seen[id(rec)][0] is not rec:
-            seen[id(rec)] = (rec, self.margins(rec))
-        return seen[id(rec)][1]
+        if id(rec) in seen and seen[id(rec)][0] is rec:
+            return seen[id(rec)][1]
+        store = getattr(self, "_store", None)
+        if store is None:
+            margins = self.margins(rec)
+        else:
+            from poisondetect.io import kept_json
+
+            folder, digest = store
+            params = {k: v for k, v in self.get_params().items() if k != "device"}
+            margins, _ = kept_json(
+                os.path.join(folder, f"{rec.name}.json"),
+                {"search": params, "shape": self.input_shape_, "model": digest(rec)},
+                lambda: self.margins(rec),
+                lambda m: [float(v) for v in m],
+                _read_margins,
+            )
+        seen[id(rec)] = (rec, margins)
+        return margins
 
     def _one(self, rec: ModelRecord) -> dict[str, float]:
         profile = _profile(self._margins(rec))

@@ -268,20 +268,20 @@ class TriggerInversion(ModelDetector):
         """Every model's inversion (``summarise`` of each gives ``statistics``)."""
         return [self.invert(rec) for rec in records]
 
-    def keep_inversions(self, folder: str, digest: Callable[[ModelRecord], str]) -> None:
-        """Keep the inversions behind the statistics in ``folder`` (one JSON per model: the arms'
-        numbers, not masks), keyed by the parameters and ``digest(rec)`` (what the model and its
-        images are), and read them back instead of inverting again. A scoring stage sets this,
-        so that a rerun inverts only models it has not inverted with these parameters, whatever
-        else changed (the honest population the statistics are relative to, say). Not a
-        parameter and not fitted state: ``clone`` drops it. Not in joint mode, where an
-        inversion depends on M too."""
-        self._store = (folder, digest)
+    def keep_searches(self, cache: str, digest: Callable[[ModelRecord], str]) -> None:
+        """Keep the inversions behind the statistics in ``cache``/inversions (one JSON per model:
+        the arms' numbers, not masks), keyed by the parameters and ``digest(rec)`` (what the
+        model and its images are), and read them back instead of inverting again. A scoring
+        stage sets this, so that a rerun inverts only models it has not inverted with these
+        parameters, whatever else changed (the honest population the statistics are relative
+        to, say). Not a parameter and not fitted state: ``clone`` drops it. Not in joint mode,
+        where an inversion depends on M too."""
+        self._store = (os.path.join(cache, "inversions"), digest)
 
     def _inverted(self, rec: ModelRecord) -> Inversion:
         """``invert(rec)``, once per record object and fitted detector (the honest replicates
         inverted at ``fit`` are not inverted again when scored), through the store of
-        ``keep_inversions`` where there is one."""
+        ``keep_searches`` where there is one."""
         seen = self.__dict__.setdefault("_seen", {})  # this object's inversions, by record
         if id(rec) in seen and seen[id(rec)][0] is rec:
             return seen[id(rec)][1]

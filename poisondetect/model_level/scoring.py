@@ -304,10 +304,8 @@ def fit_and_score(
         context["reference"] = records[reference]
     if det.uses_shadow:
         context["shadow"] = [records[m] for m in records if split[m] == "shadow"]
-    if cache and hasattr(det, "keep_inversions"):  # trigger inversion: what each model cost
-        det.keep_inversions(
-            os.path.join(cache, "inversions"), lambda r: record_digest(r, det.needs)
-        )
+    if cache and hasattr(det, "keep_searches"):  # the per-model searches (seconds each)
+        det.keep_searches(cache, lambda r: record_digest(r, det.needs))
     det.fit(genuine, [records[m] for m in fit_names], **context)
     names = list(records)
     if cache and det.costly:
