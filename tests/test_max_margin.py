@@ -179,6 +179,11 @@ def test_bad_records_are_refused(population):
         det.statistics([ModelRecord("x", labels, labels, images=genuine.images)])
     with pytest.raises(PoisonDetectError, match="nn.Module"):
         det.statistics([ModelRecord("x", labels, labels, network="m.pt", images=genuine.images)])
+    import torch
+
+    wider = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(SHAPE)), K + 1))
+    with pytest.raises(PoisonDetectError, match="5 per-class values, the honest replicates had 4"):
+        det.statistics([dataclasses.replace(genuine, name="x", network=wider.eval())])
     twin = population["honest"][0]
     with pytest.raises(PoisonDetectError, match="share a name"):
         MaxMargin(**FAST).fit(genuine, [twin, twin])
