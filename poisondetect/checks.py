@@ -85,3 +85,19 @@ def check_fitted(obj: object, attr: str) -> None:
     """``obj`` has the fitted attribute ``attr`` (scikit-learn style, ending in ``_``)."""
     if not hasattr(obj, attr):
         raise PoisonDetectError(f"{type(obj).__name__} is not fitted yet; call fit(X, y) first")
+
+
+def check_int(name: str, value, minimum: int) -> None:
+    """``value`` an integer (not a bool) of at least ``minimum``; the message names ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise PoisonDetectError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_number(name: str, value, low: float, high: float | None = None, *, closed=False) -> None:
+    """``value`` a number above ``low`` (at least ``low`` if ``closed``), at most ``high``."""
+    ok = not isinstance(value, bool) and isinstance(value, int | float)
+    ok = ok and (value >= low if closed else value > low) and (high is None or value <= high)
+    if not ok:
+        span = f">= {low}" if closed else f"> {low}"
+        span = f"in ({low}, {high}]" if high is not None else span
+        raise PoisonDetectError(f"{name} must be a number {span}, got {value!r}")

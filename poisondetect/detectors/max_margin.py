@@ -33,9 +33,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from poisondetect.checks import check_int, check_number
 from poisondetect.detectors.base import keyword_init
-from poisondetect.detectors.model_level import ModelDetector, ModelRecord, Progress
-from poisondetect.detectors.trigger_inversion import _check_int, _check_number
+from poisondetect.detectors.model_level import (
+    ModelDetector,
+    ModelRecord,
+    record_images,
+    record_network,
+)
 from poisondetect.errors import PoisonDetectError
 
 SPREAD_FLOOR = 0.05  # honest_z: the honest spread of a class's log margin is at least this
@@ -119,51 +124,25 @@ class MaxMargin(ModelDetector):
     def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> MaxMargin:
         where = f"model_level.detectors.{self.config_name}"
         for name in ("steps", "restarts"):
-            _check_int(f"{where}.{name}", getattr(self, name), 1)
-        _check_int(f"{where}.seed", self.seed, 0)
-        _check_number(f"{where}.lr", self.lr, 0)
+            check_int(f"{where}.{name}", getattr(self, name), 1)
+        check_int(f"{where}.seed", self.seed, 0)
+        check_number(f"{where}.lr", self.lr, 0)
         from poisondetect.runtime import pick_device
 
         pick_device(self.device)  # a bad device fails here, before any model is scored
         self._fit_common(genuine)
-        self.input_shape_ = list(self._shape(genuine))
-        if len({h.name for h in honest}) != len(honest):  # before a second per replicate
-            raise PoisonDetectError(f"{self.config_name}: two honest replicates share a name")
-        self._seen = {}
-        progress = Progress(f"{self.config_name} (honest replicates)", len(honest))
-        profiles = []
-        for i, h in enumerate(honest, 1):
-            profiles.append(_profile(self._margins(h)))
-            progress.step(i, f", last {h.name}")
-        self._fit_honest_profiles([h.name for h in honest], profiles)
+        self.input_shape_ = [int(n) for n in record_images(genuine).shape[1:]]
+        self._seen = {}  # margins of this fit (``_margins``)
+        self._fit_honest_profiles(honest, lambda h: _profile(self._margins(h)))
         return self
-
-    def _shape(self, rec: ModelRecord) -> tuple[int, ...]:
-        x = np.asarray(rec.need("images"))
-        if x.ndim != 4 or not len(x):
-            raise PoisonDetectError(
-                f"model {rec.name!r}: images must be shaped (N, C, H, W), got shape {x.shape}"
-            )
-        if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-            raise PoisonDetectError(
-                f"model {rec.name!r}: trigger images must be finite and in [0, 1] (as the models "
-                "see them); the margins are searched over that range"
-            )
-        return tuple(int(s) for s in x.shape[1:])
 
     def margins(self, rec: ModelRecord) -> np.ndarray:
         """One model's largest margin per class."""
-        from torch import nn
-
         from poisondetect.runtime import pick_device
 
         if not hasattr(self, "input_shape_"):
             raise PoisonDetectError(f"{type(self).__name__} is not fitted: call fit() first")
-        net = rec.need("network")
-        if not isinstance(net, nn.Module):
-            raise PoisonDetectError(
-                f"model {rec.name!r}: network must be a torch nn.Module, got {type(net).__name__}"
-            )
+        net = record_network(rec)
         return max_margins(net, tuple(self.input_shape_), steps=self.steps, lr=self.lr,
                            restarts=self.restarts, seed=self.seed,
                            device=pick_device(self.device))  # fmt: skip

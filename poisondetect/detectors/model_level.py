@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,6 +117,35 @@ def class_means(values: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> 
     return np.array([values[labels == c].mean() for c in classes], dtype=np.float64)
 
 
+def record_images(rec: ModelRecord) -> np.ndarray:
+    """A record's trigger images, checked: shaped (N, C, H, W) with one row per label, finite,
+    in [0, 1] (as the models see them)."""
+    x = np.asarray(rec.need("images"))
+    if x.ndim != 4 or len(x) != len(rec.labels):
+        raise PoisonDetectError(
+            f"model {rec.name!r}: images must be shaped (N, C, H, W) with one row per trigger "
+            f"label ({len(rec.labels)}), got shape {x.shape}"
+        )
+    if x.size and (not np.isfinite(x).all() or x.min() < 0 or x.max() > 1):
+        raise PoisonDetectError(
+            f"model {rec.name!r}: trigger images must be finite and in [0, 1] (as the models "
+            "see them); pass the prepared data set's images"
+        )
+    return x
+
+
+def record_network(rec: ModelRecord):
+    """A record's network, checked to be a torch module (a loader is loaded)."""
+    from torch import nn
+
+    net = rec.need("network")
+    if not isinstance(net, nn.Module):
+        raise PoisonDetectError(
+            f"model {rec.name!r}: network must be a torch nn.Module, got {type(net).__name__}"
+        )
+    return net
+
+
 class ModelDetector(Detector):
     """Shared checks of the model-level detectors: ``fit`` stores the trigger set's labels and
     classes; ``score_samples`` / ``sub_scores`` check every record against them."""
@@ -134,17 +163,26 @@ class ModelDetector(Detector):
         self.labels_ = np.asarray(genuine.labels)
         self.classes_ = np.unique(self.labels_)
 
-    def _fit_honest_profiles(self, names: Sequence[str], profiles: Sequence[np.ndarray]) -> None:
-        """Keep the honest fitting replicates' per-class profiles (an ``honest_z`` statistic:
-        ``honest_profiles_``, rows named by ``honest_models_``)."""
+    def _fit_honest_profiles(
+        self, honest: Sequence[ModelRecord], profile: Callable[[ModelRecord], np.ndarray]
+    ) -> None:
+        """Keep the honest fitting replicates' per-class profiles, ``profile(h)`` of each (an
+        ``honest_z`` statistic: ``honest_profiles_``, rows named by ``honest_models_``); their
+        names are checked before any profile is computed (a costly one takes seconds), and a
+        slow loop says how far it is."""
         who = getattr(self, "config_name", type(self).__name__)
+        names = [h.name for h in honest]
         if len(set(names)) != len(names):
             raise PoisonDetectError(f"{who}: two honest replicates share a name")
+        profiles, progress = [], Progress(f"{who} (honest replicates)", len(honest))
+        for i, h in enumerate(honest, 1):
+            profiles.append(profile(h))
+            progress.step(i, f", last {h.name}")
         if len({len(p) for p in profiles}) > 1:
             raise PoisonDetectError(
                 f"{who}: the honest replicates have different numbers of classes"
             )
-        self.honest_models_ = list(names)
+        self.honest_models_ = names
         self.honest_profiles_ = np.vstack(profiles) if len(profiles) else np.zeros((0, 0))
 
     def _honest_deviation(

@@ -81,9 +81,15 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from poisondetect.checks import check_int, check_number
 from poisondetect.detectors.base import keyword_init
 from poisondetect.detectors.inversion import Inversion, invert_triggers
-from poisondetect.detectors.model_level import ModelDetector, ModelRecord, Progress
+from poisondetect.detectors.model_level import (
+    ModelDetector,
+    ModelRecord,
+    record_images,
+    record_network,
+)
 from poisondetect.errors import PoisonDetectError
 from poisondetect.seeds import stratified_subset
 
@@ -137,21 +143,6 @@ def summarise(inv: Inversion) -> dict[str, float]:
     return _summary(norms, norms, inv.area)
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise PoisonDetectError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_number(name: str, value, low: float, high: float | None = None, *, closed=False) -> None:
-    """``value`` a number above ``low`` (at least ``low`` if ``closed``), at most ``high``."""
-    ok = not isinstance(value, bool) and isinstance(value, int | float)
-    ok = ok and (value >= low if closed else value > low) and (high is None or value <= high)
-    if not ok:
-        span = f">= {low}" if closed else f"> {low}"
-        span = f"in ({low}, {high}]" if high is not None else span
-        raise PoisonDetectError(f"{name} must be a number {span}, got {value!r}")
-
-
 class TriggerInversion(ModelDetector):
     """Neural Cleanse on the suspicious model: how much smaller its smallest target's trigger is
     than the median target's."""
@@ -164,15 +155,15 @@ class TriggerInversion(ModelDetector):
     def _validate(self) -> None:
         where = f"model_level.detectors.{self.config_name}"
         for name in ("steps", "batch_size", "n_images", "patience"):
-            _check_int(f"{where}.{name}", getattr(self, name), 1)
-        _check_int(f"{where}.seed", self.seed, 0)
-        _check_int(f"{where}.converge", self.converge, 0)
-        _check_number(f"{where}.converge_tol", self.converge_tol, 0, 1, closed=True)
-        _check_int(f"{where}.prune_after", self.prune_after, 0)
-        _check_number(f"{where}.lr", self.lr, 0)
-        _check_number(f"{where}.init_cost", self.init_cost, 0)
-        _check_number(f"{where}.cost_multiplier", self.cost_multiplier, 1)
-        _check_number(f"{where}.success_threshold", self.success_threshold, 0, 1)
+            check_int(f"{where}.{name}", getattr(self, name), 1)
+        check_int(f"{where}.seed", self.seed, 0)
+        check_int(f"{where}.converge", self.converge, 0)
+        check_number(f"{where}.converge_tol", self.converge_tol, 0, 1, closed=True)
+        check_int(f"{where}.prune_after", self.prune_after, 0)
+        check_number(f"{where}.lr", self.lr, 0)
+        check_number(f"{where}.init_cost", self.init_cost, 0)
+        check_number(f"{where}.cost_multiplier", self.cost_multiplier, 1)
+        check_number(f"{where}.success_threshold", self.success_threshold, 0, 1)
         if not isinstance(self.label_specific, bool):
             raise PoisonDetectError(
                 f"{where}.label_specific must be true or false, got {self.label_specific!r}"
@@ -191,13 +182,9 @@ class TriggerInversion(ModelDetector):
     def _fit_honest(self, honest: Sequence[ModelRecord]) -> None:
         """The honest replicates' profiles (``honest_z``); each is inverted once (kept for its
         own scoring: ``_inverted``)."""
-        if len({h.name for h in honest}) != len(honest):  # before minutes of inversions
-            raise PoisonDetectError(f"{self.config_name}: two honest replicates share a name")
-        profiles, progress = [], Progress(f"{self.config_name} (honest replicates)", len(honest))
-        for i, h in enumerate(honest, 1):
-            profiles.append(_profile(self._per_target(h, self._inverted(h))))
-            progress.step(i, f", last {h.name}")
-        self._fit_honest_profiles([h.name for h in honest], profiles)
+        self._fit_honest_profiles(
+            honest, lambda h: _profile(self._per_target(h, self._inverted(h)))
+        )
 
     def _per_target(self, rec: ModelRecord, inv: Inversion) -> np.ndarray:
         """What the statistics are taken over: each target's smallest trigger norm."""
@@ -210,29 +197,9 @@ class TriggerInversion(ModelDetector):
 
     def _images(self, rec: ModelRecord) -> tuple[np.ndarray, np.ndarray]:
         """The seeded choice of ``n_images`` trigger images (the same for every model)."""
-        x = np.asarray(rec.need("images"))
-        if x.ndim != 4 or len(x) != len(rec.labels):
-            raise PoisonDetectError(
-                f"model {rec.name!r}: images must be shaped (N, C, H, W) with one row per trigger "
-                f"label ({len(rec.labels)}), got shape {x.shape}"
-            )
-        if x.size and (not np.isfinite(x).all() or x.min() < 0 or x.max() > 1):
-            raise PoisonDetectError(
-                f"model {rec.name!r}: trigger images must be finite and in [0, 1] (as the models "
-                "see them); pass the prepared data set's images"
-            )
+        x = record_images(rec)
         idx = stratified_subset(rec.labels, int(self.n_images), self.seed)
         return x[idx].astype(np.float32), np.asarray(rec.labels)[idx]
-
-    def _network(self, rec: ModelRecord):
-        from torch import nn
-
-        net = rec.need("network")
-        if not isinstance(net, nn.Module):
-            raise PoisonDetectError(
-                f"model {rec.name!r}: network must be a torch nn.Module, got {type(net).__name__}"
-            )
-        return net
 
     def _reference(self, rec: ModelRecord):
         return None
@@ -244,7 +211,7 @@ class TriggerInversion(ModelDetector):
         self._check([rec])
         x, y = self._images(rec)
         return invert_triggers(
-            self._network(rec),
+            record_network(rec),
             x,
             y,
             label_specific=self.label_specific,
@@ -338,7 +305,7 @@ class DifferentialTriggerInversion(TriggerInversion):
     ) -> DifferentialTriggerInversion:
         self._validate()
         where = f"model_level.detectors.{self.config_name}"
-        _check_number(f"{where}.reference_weight", self.reference_weight, 0, closed=True)
+        check_number(f"{where}.reference_weight", self.reference_weight, 0, closed=True)
         if self.reference_mode not in ("shared", "joint"):
             raise PoisonDetectError(
                 f"{where}.reference_mode must be 'shared' or 'joint', got {self.reference_mode!r:.40}"
@@ -349,7 +316,7 @@ class DifferentialTriggerInversion(TriggerInversion):
         else:
             state = {
                 k: v
-                for k, v in self._network(genuine).state_dict().items()
+                for k, v in record_network(genuine).state_dict().items()
                 if v.is_floating_point()
             }
             self.reference_names_ = list(state)
@@ -384,7 +351,7 @@ class DifferentialTriggerInversion(TriggerInversion):
             return None
         if not hasattr(self, "reference_state_"):
             raise PoisonDetectError(f"{type(self).__name__} is not fitted: call fit() first")
-        net = copy.deepcopy(self._network(rec)).cpu()
+        net = copy.deepcopy(record_network(rec)).cpu()
         state = net.state_dict()
         sizes = [state[k].numel() if k in state else -1 for k in self.reference_names_]
         floats = [k for k, v in state.items() if v.is_floating_point()]

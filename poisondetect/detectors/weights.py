@@ -92,7 +92,7 @@ class FinalLayer(ModelDetector):
             raise PoisonDetectError("final_layer: prefix must be a string")
         self._fit_common(genuine)
         self.weight_, self.bias_ = self._layer(genuine)
-        self._fit_honest_profiles([h.name for h in honest], [self._profile(h) for h in honest])
+        self._fit_honest_profiles(honest, self._profile)
         return self
 
     def _profile(self, rec: ModelRecord) -> np.ndarray:
