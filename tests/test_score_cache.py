@@ -36,16 +36,19 @@ def records():
     return out
 
 
+def _calls(monkeypatch, cls, method: str) -> list[str]:
+    """The names of the records ``cls.method(rec)`` is called with, from now on (in order)."""
+    names, real = [], getattr(cls, method)
+    monkeypatch.setattr(cls, method, lambda self, rec: names.append(rec.name) or real(self, rec))
+    return names
+
+
 def test_kept_statistics_are_reused_and_only_changed_models_rescored(
     records, tmp_path, monkeypatch
 ):
     import torch
 
-    calls = []
-    one = TriggerInversion._one
-    monkeypatch.setattr(
-        TriggerInversion, "_one", lambda self, rec: calls.append(rec.name) or one(self, rec)
-    )
+    calls = _calls(monkeypatch, TriggerInversion, "_one")
     cache = str(tmp_path / "cache")
     run = dict(run={"seed": 0}, cache=cache)
     _, first = fit_and_score("trigger_inversion", PARAMS, records, 1, **run)
@@ -91,11 +94,7 @@ def test_inversions_are_kept_apart_from_the_statistics_and_reused(records, tmp_p
     variant's ratios are relative to), no model whose network is unchanged is inverted again."""
     from poisondetect.detectors.trigger_inversion import DifferentialTriggerInversion as DTI
 
-    calls = []
-    invert = DTI.invert
-    monkeypatch.setattr(
-        DTI, "invert", lambda self, rec: calls.append(rec.name) or invert(self, rec)
-    )
+    calls = _calls(monkeypatch, DTI, "invert")
     cache = tmp_path / "cache"
     run = dict(run={"seed": 0}, cache=str(cache))
     name = "differential_trigger_inversion"
@@ -131,16 +130,8 @@ def test_kept_statistics_of_other_detector_code_are_scored_again(records, tmp_pa
 
     cache = str(tmp_path / "cache")
     fit_and_score("trigger_inversion", PARAMS, records, 1, run={"seed": 0}, cache=cache)
-    calls, inverted = [], []
-    one, invert = TriggerInversion._one, TriggerInversion.invert
-    monkeypatch.setattr(
-        TriggerInversion, "_one", lambda self, rec: calls.append(rec.name) or one(self, rec)
-    )
-    monkeypatch.setattr(
-        TriggerInversion,
-        "invert",
-        lambda self, rec: inverted.append(rec.name) or invert(self, rec),
-    )
+    calls = _calls(monkeypatch, TriggerInversion, "_one")
+    inverted = _calls(monkeypatch, TriggerInversion, "invert")
     fit_and_score("trigger_inversion", PARAMS, records, 1, run={"seed": 0}, cache=cache)
     assert calls == [] and inverted == []
     assert len(scoring.detectors_code_digest()) == 16
@@ -157,11 +148,7 @@ def test_max_margin_keeps_each_models_margins_and_a_new_honest_set_searches_none
     fits), no model is searched again; a damaged entry and other parameters are."""
     from poisondetect.detectors.max_margin import MaxMargin
 
-    calls = []
-    search = MaxMargin.margins
-    monkeypatch.setattr(
-        MaxMargin, "margins", lambda self, rec: calls.append(rec.name) or search(self, rec)
-    )
+    calls = _calls(monkeypatch, MaxMargin, "margins")
     cache = tmp_path / "cache"
     run = dict(run={"seed": 0}, cache=str(cache))
     params = {"steps": 5, "device": "cpu"}
