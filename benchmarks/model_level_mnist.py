@@ -206,7 +206,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         nargs="*",
         metavar="STATS",
         help="compare verdicts on this run's scores: each a comma-separated list of statistics "
-        "(detector or detector:statistic); with no list, the preset candidates "
+        "(detector or detector:statistic), prefixed fisher= to combine them by Fisher's sum "
+        "(calibration.combine); with no list, the preset candidates "
         "(VERDICT_CANDIDATES)",
     )
     p.add_argument("--seed", type=int, default=0)
@@ -448,6 +449,9 @@ def verdict_report(det: pd.DataFrame, min_success: float, log: Report) -> None:
 # default of this release, the second the default before it, the third the one before that.
 VERDICT_CANDIDATES = [
     "differential_trigger_inversion,final_layer:honest_z,max_margin:honest_z",
+    "fisher=differential_trigger_inversion,final_layer:honest_z,max_margin:honest_z,"
+    "differential_trigger_inversion:honest_z,prediction_change:worst_class",
+    "fisher=differential_trigger_inversion,final_layer:honest_z,max_margin:honest_z",
     "differential_trigger_inversion,final_layer:honest_z",
     "differential_trigger_inversion,final_layer",
     "differential_trigger_inversion,prediction_flow:largest",
@@ -492,13 +496,18 @@ def verdict_candidates(
     )
     scored = set(scores["detector"] + ":" + scores["statistic"]) | set(scores["detector"])
     for cand in candidates:
-        missing = [name for name in cand.split(",") if name not in scored]
+        # "fisher=a,b": calibration.combine fisher over a and b; "a,b": the smallest p-value
+        combine, _, stats = cand.rpartition("=")
+        combine = combine or "smallest_p"
+        missing = [name for name in stats.split(",") if name not in scored]
         if missing:
             log(f"  {cand}: not computed ({', '.join(missing)} not scored in this run)")
             continue
         try:
             v = pd.concat(
-                verdict_scores(g, cand.split(","), fpr).assign(**dict(zip(cell, key, strict=True)))
+                verdict_scores(g, stats.split(","), fpr, combine).assign(
+                    **dict(zip(cell, key, strict=True))
+                )
                 for key, g in scores.groupby(cell)
             )
         except PoisonDetectError as err:

@@ -155,10 +155,13 @@ def format_audit(r: dict) -> str:
             f"{mark} {d['detector']:<{w}}{d['score']:>12.5g}{d['threshold']:>12.5g}"
             f"{d['pvalue']:>9.3f}  {'yes' if d['flagged'] else 'no'}"
         )
-    by = f"; most extreme on: {', '.join(r['flagged_by'])}" if r["flagged_by"] else ""
+    fisher = r.get("combine") == "fisher"
+    by = f"; {'unusual' if fisher else 'most extreme'} on: {', '.join(r['flagged_by'])}"
+    how = "Fisher's sum over" if fisher else "the smallest p-value of"
     lines.append(
-        f"calibrated verdict: {r['verdict']} (one test over the statistics marked *: p-value "
-        f"{r['verdict_pvalue']:.3f} among {r['n_honest']} honest models{by})"
+        f"calibrated verdict: {r['verdict']} (one test, {how} the statistics marked *: p-value "
+        f"{r['verdict_pvalue']:.3f} among {r['n_honest']} honest models"
+        f"{by if r['flagged_by'] else ''})"
     )
     rate = (
         f"false-alarm rate this calibration guarantees: {r['guaranteed_fpr'] * 100:.3g}% "

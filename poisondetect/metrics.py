@@ -224,25 +224,71 @@ def _suspicion_keys(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return m, lead.max(axis=1)
 
 
-def verdict_pvalue(scores, honest) -> float:
+def _fisher_suspicion(z: np.ndarray) -> np.ndarray:
+    """For each row of ``z`` (models x statistics, higher = more suspicious), Fisher's sum of
+    -log p over the statistics, each p the normal upper tail of the row's score standardised by
+    the other rows (their mean and standard deviation: a model far beyond the others cannot hide
+    by widening the spread it is measured by; a statistic constant over the others adds
+    nothing). It adds up evidence: a model unusual on several statistics at once outranks one a
+    little beyond the honest models on a single one, and how far beyond counts. A symmetric
+    function of the rows: exchangeable rows give exchangeable suspicions. At least 3 rows."""
+    from scipy.stats import norm
+
+    n = len(z)
+    z = z - z.mean(axis=0)  # centred first: the sums below lose no precision to an offset
+    total, squares = z.sum(axis=0), (z**2).sum(axis=0)
+    mean = (total - z) / (n - 1)  # of the other rows
+    var = np.maximum((squares - z**2 - (n - 1) * mean**2) / (n - 2), 0.0)
+    sd = np.sqrt(var)
+    # a spread of rounding noise counts as none
+    tiny = 1e-12 * (1.0 + np.abs(z).max(axis=0))
+    std = np.divide(z - mean, sd, out=np.zeros_like(z), where=sd > tiny)
+    return -norm.logsf(std).sum(axis=1)
+
+
+# how the verdict makes one statistic of several (calibration.combine)
+VERDICT_COMBINE = ("smallest_p", "fisher")
+
+
+def verdict_pvalue(scores, honest, combine: str = "smallest_p") -> float:
     """The verdict's p-value of one model: its scores on k statistics (``scores``, shape (k,);
     higher = more suspicious) against n honest calibration models (``honest``, shape (n, k)).
 
-    Full conformal over the n + 1 models: each model's suspicion is its smallest per-statistic
-    rank p-value among the n + 1 (ties ordered by how far it leads the next model there); the verdict's
-    p-value is the share of the n + 1 models at least as suspicious as this one. For an honest
-    model exchangeable with the calibration models, P(p-value <= a) <= floor(a (n + 1)) / (n + 1)
-    whatever the statistics' dependence: flagging at ``p <= a`` is one test at one rate, not k
-    tests at ``a`` each. With no calibration model the p-value is 1 (nothing can be flagged)."""
+    Full conformal over the n + 1 models: each model gets one suspicion from its k scores, and
+    the verdict's p-value is the share of the n + 1 models at least as suspicious as this one.
+    ``combine`` says how:
+
+    - ``smallest_p``: its smallest per-statistic rank p-value among the n + 1 (ties ordered by
+      how far it leads the next model there);
+    - ``fisher``: Fisher's sum of -log p over the statistics, each p the normal tail of the score
+      standardised by the other n models (``_fisher_suspicion``); with fewer than 2 calibration
+      models there is no spread to standardise by, and the p-value is 1.
+
+    Either way, for an honest model exchangeable with the calibration models,
+    P(p-value <= a) <= floor(a (n + 1)) / (n + 1) whatever the statistics' dependence or
+    distribution: flagging at ``p <= a`` is one test at one rate, not k tests at ``a`` each.
+    With no calibration model the p-value is 1 (nothing can be flagged)."""
+    if combine not in VERDICT_COMBINE:
+        raise PoisonDetectError(
+            f"calibration.combine must be one of {', '.join(VERDICT_COMBINE)}, got {combine!r}"
+        )
     x = _population(scores, "the model's").reshape(1, -1)
     h = np.asarray(honest, dtype=np.float64).reshape(-1, x.shape[1])
     if not np.all(np.isfinite(h)):
         raise PoisonDetectError("honest scores contain NaN or infinite values")
     if not len(h):
         return 1.0
-    m, t = _suspicion_keys(np.vstack([h, x]))
-    as_suspicious = (m < m[-1]) | ((m == m[-1]) & (t >= t[-1]))
-    return float(as_suspicious.sum() / len(m))
+    pool = np.vstack([h, x])
+    if combine == "fisher":
+        if len(h) < 2:
+            return 1.0
+        s = _fisher_suspicion(pool)
+        # a tolerance for the rounding of sums over the same numbers in another order
+        as_suspicious = s >= s[-1] - 1e-9 * (1.0 + abs(s[-1]))
+    else:
+        m, t = _suspicion_keys(pool)
+        as_suspicious = (m < m[-1]) | ((m == m[-1]) & (t >= t[-1]))
+    return float(as_suspicious.sum() / len(pool))
 
 
 def verdict_cutoff(n_honest: int, fpr: float) -> float:

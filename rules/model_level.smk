@@ -241,6 +241,7 @@ rule calibrate:
     params:
         fpr=ML["calibration"]["fpr"],
         verdict=ML["calibration"]["verdict"],
+        combine=ML["calibration"]["combine"],
         paper_rule=ML["calibration"]["paper_rule"],
         n_fit=ml_n_fit(),
         trigger=ML["trigger_set"],

@@ -18,6 +18,7 @@ run_logged(
     cell=cell_of(sm.wildcards),
     fpr=sm.params.fpr,
     verdict=sm.params.verdict,
+    combine=sm.params.combine,
     paper_rule=sm.params.paper_rule,
     n_fit_replicates=sm.params.n_fit,
     trigger=sm.params.trigger,

@@ -28,14 +28,15 @@ def _honest(rng, n, k=2, rho=0.3):
 
 
 @pytest.mark.parametrize("n", [19, 39])
-def test_the_verdict_holds_its_rate_where_an_or_of_thresholds_does_not(n):
+@pytest.mark.parametrize("combine", ["smallest_p", "fisher"])
+def test_the_verdict_holds_its_rate_where_an_or_of_thresholds_does_not(n, combine):
     rng = np.random.default_rng(0)
     trials, fpr = 3000, 0.05
     verdict_alarms = or_alarms = 0
     for _ in range(trials):
         pop = _honest(rng, n + 1)
         honest, new = pop[:n], pop[n]
-        verdict_alarms += verdict_pvalue(new, honest) <= verdict_cutoff(n, fpr) + 1e-12
+        verdict_alarms += verdict_pvalue(new, honest, combine) <= verdict_cutoff(n, fpr) + 1e-12
         thr = [calibrated_threshold(honest[:, j], fpr) for j in range(2)]
         or_alarms += any(new[j] > thr[j] for j in range(2))
     rate = guaranteed_fpr(n, fpr)
@@ -44,22 +45,51 @@ def test_the_verdict_holds_its_rate_where_an_or_of_thresholds_does_not(n):
     assert or_alarms / trials > rate + slack  # the rule the verdict replaces: about twice it
 
 
-def test_a_model_far_beyond_the_honest_on_one_statistic_is_flagged_with_19_of_them():
+@pytest.mark.parametrize("combine", ["smallest_p", "fisher"])
+def test_a_model_far_beyond_the_honest_on_one_statistic_is_flagged_with_19_of_them(combine):
+    """Even when it is middling on four other statistics, and its own score would widen the
+    spread Fisher's standardisation measures it by, were it counted there."""
     rng = np.random.default_rng(1)
-    honest = _honest(rng, 19)
-    new = np.array([np.median(honest[:, 0]), honest[:, 1].max() * 100])
-    p = verdict_pvalue(new, honest)
+    honest = np.c_[_honest(rng, 19), rng.normal(size=(19, 3))]
+    new = np.median(honest, axis=0)
+    new[1] = honest[:, 1].max() * 100
+    p = verdict_pvalue(new, honest, combine)
     assert p == pytest.approx(1 / 20)
     assert p <= verdict_cutoff(19, 0.05)
     # a model in the middle of the population is not
-    assert verdict_pvalue(np.median(honest, axis=0), honest) > verdict_cutoff(19, 0.05)
+    assert verdict_pvalue(np.median(honest, axis=0), honest, combine) > verdict_cutoff(19, 0.05)
 
 
-def test_the_verdict_p_value_does_not_depend_on_a_statistics_scale():
+@pytest.mark.parametrize("combine", ["smallest_p", "fisher"])
+def test_the_verdict_p_value_does_not_depend_on_a_statistics_scale(combine):
     rng = np.random.default_rng(2)
     honest, new = _honest(rng, 30), _honest(rng, 1)[0]
-    scale = np.array([1e-3, 1e4])
-    assert verdict_pvalue(new, honest) == verdict_pvalue(new * scale, honest * scale)
+    scale, shift = np.array([1e-3, 1e4]), np.array([5.0, -300.0])
+    p = verdict_pvalue(new, honest, combine)
+    assert p == verdict_pvalue(new * scale, honest * scale, combine)
+    assert p == verdict_pvalue(new * scale + shift, honest * scale + shift, combine)
+
+
+def test_fisher_adds_up_a_model_unusual_on_several_statistics():
+    """Five independent statistics, the model at 1.6 honest standard deviations on each: no
+    single one stands out (several honest models go further on some statistic), the evidence
+    together does. A model far beyond on one statistic is flagged either way."""
+    rng = np.random.default_rng(4)
+    honest = rng.normal(size=(39, 5))
+    new = honest.mean(axis=0) + 1.6 * honest.std(axis=0, ddof=1)
+    cut = verdict_cutoff(39, 0.05)
+    assert verdict_pvalue(new, honest, "smallest_p") > cut
+    assert verdict_pvalue(new, honest, "fisher") <= cut
+    far = np.median(honest, axis=0)
+    far[2] = honest[:, 2].max() + 10
+    assert verdict_pvalue(far, honest, "fisher") <= cut
+    assert verdict_pvalue(far, honest, "smallest_p") <= cut
+    # a statistic constant over the honest models and the new one changes nothing
+    const = np.c_[honest, np.full(39, 3.0)]
+    p = verdict_pvalue(new, honest, "fisher")
+    assert verdict_pvalue(np.r_[new, 3.0], const, "fisher") == p
+    with pytest.raises(PoisonDetectError, match="calibration.combine must be one of"):
+        verdict_pvalue(new, honest, "mean")
 
 
 def test_cutoff_guaranteed_rate_and_replicates_needed_agree():
@@ -175,3 +205,40 @@ def test_a_verdict_statistic_the_scores_lack_says_how_to_rescore():
     values = {f"honest_paper_r{i}": ("fit", 0.1 * i, 0.2 * i) for i in range(20)}
     with pytest.raises(PoisonDetectError, match=r"y:honest_z.*--forcerun score_detector"):
         verdict_scores(_table(values), ["x", "y:honest_z"], 0.05)
+
+
+def test_audit_combines_as_the_bundle_says_and_older_bundles_take_the_smallest_p():
+    from poisondetect.metrics import empirical_pvalue
+    from poisondetect.model_level.audit import verdict
+
+    rng = np.random.default_rng(4)
+    honest = rng.normal(size=(39, 3))
+    new = honest.mean(axis=0) + 1.8 * honest.std(axis=0, ddof=1)
+    names = ["x", "y:s", "z:t"]
+    keys = ["x:score", "y:s", "z:t"]
+    cal = {
+        "verdict": names,
+        "fpr": 0.05,
+        "thresholds": {k: {"honest_scores": honest[:, j].tolist()} for j, k in enumerate(keys)},
+    }
+    by_name = {
+        v: {"score": new[j], "pvalue": empirical_pvalue(new[j], honest[:, j])}
+        for j, v in enumerate(names)
+    }
+    older = verdict(by_name, cal)  # a bundle written before calibration.combine
+    fisher = verdict(by_name, {**cal, "combine": "fisher"})
+    assert older["combine"] == "smallest_p" and fisher["combine"] == "fisher"
+    assert older["verdict_pvalue"] == verdict_pvalue(new, honest, "smallest_p")
+    assert fisher["verdict_pvalue"] == verdict_pvalue(new, honest, "fisher")
+    assert not older["flagged"] and fisher["flagged"]
+    # what it is unusual on: the statistics at the configured rate (none alone would be flagged)
+    unusual = [v for v in names if by_name[v]["pvalue"] <= 0.05]
+    assert fisher["flagged_by"] == unusual and 0 < len(unusual) < len(names)
+
+
+def test_the_config_refuses_an_unknown_combination():
+    from poisondetect.config import validate_config
+
+    cfg = {"model_level": {"calibration": {"combine": "average"}}}
+    with pytest.raises(PoisonDetectError, match="combine"):
+        validate_config(cfg)

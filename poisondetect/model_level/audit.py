@@ -256,7 +256,9 @@ def _statistics(record, arrays: dict, meta: dict, device: str = "auto") -> list[
 def verdict(by_name: dict, cal: dict) -> dict:
     """The calibrated verdict of one model from its statistics (``by_name``: statistic name ->
     its result): one p-value over the verdict's statistics against the honest models' scores
-    stored in the bundle (``metrics.verdict_pvalue``), flagged at ``metrics.verdict_cutoff``."""
+    stored in the bundle (``metrics.verdict_pvalue``, made one as the calibration's ``combine``
+    says: bundles written before it had one took the smallest p-value), flagged at
+    ``metrics.verdict_cutoff``."""
     from poisondetect.metrics import (
         guaranteed_fpr,
         replicates_needed,
@@ -268,17 +270,21 @@ def verdict(by_name: dict, cal: dict) -> dict:
     keys = [":".join(parse_statistic(v)) for v in cal["verdict"]]
     honest = np.array([cal["thresholds"][k]["honest_scores"] for k in keys], dtype=float).T
     n, fpr = len(honest), cal["fpr"]
-    p = verdict_pvalue([by_name[v]["score"] for v in names], honest)
+    combine = cal.get("combine", "smallest_p")
+    p = verdict_pvalue([by_name[v]["score"] for v in names], honest, combine)
     flagged = p <= verdict_cutoff(n, fpr) + 1e-12
     rate = guaranteed_fpr(n, fpr)
+    # smallest_p: the statistics this model is at least as extreme on as the flagged p-value;
+    # fisher: those it is unusual on at the configured rate (the evidence adds up), or its most
+    # unusual one
+    pvalues = {v: by_name[v]["pvalue"] for v in names}
+    level = max(p, 1 / (n + 1)) if combine == "smallest_p" else max(fpr, min(pvalues.values()))
     return {
         "verdict": "POISONED" if flagged else "not poisoned",
         "flagged": bool(flagged),
         "verdict_from": names,
-        # the statistics this model is at least as extreme on as the flagged p-value
-        "flagged_by": [v for v in names if by_name[v]["pvalue"] <= max(p, 1 / (n + 1))]
-        if flagged
-        else [],
+        "combine": combine,
+        "flagged_by": [v for v in names if pvalues[v] <= level] if flagged else [],
         "verdict_pvalue": p,
         "fpr": fpr,
         "guaranteed_fpr": rate,

@@ -62,10 +62,12 @@ def calibrate_scores(df: pd.DataFrame, fpr: float) -> tuple[pd.DataFrame, dict]:
 VERDICT = "verdict"  # the verdict's rows in the scores table: detector "verdict", statistic "score"
 
 
-def verdict_scores(df: pd.DataFrame, verdict: list[str], fpr: float) -> pd.DataFrame:
+def verdict_scores(
+    df: pd.DataFrame, verdict: list[str], fpr: float, combine: str = "smallest_p"
+) -> pd.DataFrame:
     """The calibrated verdict of every model as rows of the scores table (detector ``verdict``):
-    one statistic over the verdict's statistics (``metrics.verdict_pvalue``: the smallest
-    per-statistic p-value, calibrated as one), its p-value against the honest fitting replicates
+    one statistic over the verdict's statistics (``metrics.verdict_pvalue``, which ``combine``
+    makes: the smallest per-statistic p-value, or Fisher's sum, calibrated as one), its p-value against the honest fitting replicates
     (a fitting replicate against the others: out of sample), ``value`` = -log10(p-value),
     flagged when the p-value is at most ``metrics.verdict_cutoff`` of the replicates it was
     calibrated on, and the false-alarm rate those replicates guarantee (``guaranteed_fpr``)."""
@@ -89,7 +91,7 @@ def verdict_scores(df: pd.DataFrame, verdict: list[str], fpr: float) -> pd.DataF
     rows = []
     for model, scores in wide.iterrows():
         ref = [m for m in fit if m != model]
-        p = verdict_pvalue(scores.to_numpy(), wide.loc[ref].to_numpy())
+        p = verdict_pvalue(scores.to_numpy(), wide.loc[ref].to_numpy(), combine)
         cut = verdict_cutoff(len(ref), fpr)
         rows.append(
             {
@@ -132,16 +134,17 @@ def scores_table(
     fpr: float,
     n_fit_replicates: int | dict[str, int],
     verdict: list[str] = (),
+    combine: str = "smallest_p",
 ) -> tuple[pd.DataFrame, dict]:
     """The calibrated scores of every detector of a cell (each file names its detector), and the
-    verdict's rows when ``verdict`` names its statistics."""
+    verdict's rows when ``verdict`` names its statistics (made one by ``combine``)."""
     df = pd.concat([pd.read_csv(p) for p in score_files], ignore_index=True)
     specs = {m: parse_model(m) for m in df["model"].unique()}
     df["split"] = df["model"].map(lambda m: split_of(specs[m], n_fit_replicates))
     df, thresholds = calibrate_scores(df, fpr)
     if verdict:
         check_verdict(verdict, thresholds)
-        df = pd.concat([df, verdict_scores(df, list(verdict), fpr)], ignore_index=True)
+        df = pd.concat([df, verdict_scores(df, list(verdict), fpr, combine)], ignore_index=True)
     return _with_spec(df, cell, n_fit_replicates), thresholds
 
 
@@ -255,6 +258,7 @@ def calibrate(
     cell: dict,
     fpr: float,
     verdict: list[str],
+    combine: str = "smallest_p",
     paper_rule: str,
     n_fit_replicates: int | dict[str, int],
     trigger: dict,
@@ -265,7 +269,12 @@ def calibrate(
     from poisondetect.metrics import guaranteed_fpr, replicates_needed
 
     table, thresholds = scores_table(
-        scores, cell=cell, fpr=fpr, n_fit_replicates=n_fit_replicates, verdict=verdict
+        scores,
+        cell=cell,
+        fpr=fpr,
+        n_fit_replicates=n_fit_replicates,
+        verdict=verdict,
+        combine=combine,
     )
     with atomic_path(scores_out) as tmp:
         table.to_csv(tmp, index=False)
@@ -289,6 +298,7 @@ def calibrate(
     meta["calibration"] = {
         "fpr": fpr,
         "verdict": verdict,
+        "combine": combine,
         "paper_rule": paper_rule,
         "thresholds": thresholds,
         # the honest fitting replicates, in the order of every statistic's honest_scores
