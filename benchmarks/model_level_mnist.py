@@ -444,16 +444,18 @@ def verdict_report(det: pd.DataFrame, min_success: float, log: Report) -> None:
     log("")
 
 
-# Verdicts compared on the same scores (--verdict-candidates): what calibration.verdict could be.
-# Each is calibrated as the workflow calibrates it (calibration.verdict_scores); the first is the
-# default of this release, the second the default before it, the third the one before that.
+# Verdicts compared on the same scores (--verdict-candidates): what calibration.verdict (and
+# calibration.combine, a fisher= prefix) could be. Each is calibrated as the workflow calibrates
+# it (calibration.verdict_scores); the first is the default of this release, the second the
+# default before it, the third the one before that; then Fisher's sum over five statistics (more
+# detections, one more held-out false alarm on seed 5: docs/benchmarks.md) and over the default's.
 VERDICT_CANDIDATES = [
     "differential_trigger_inversion,final_layer:honest_z,max_margin:honest_z",
+    "differential_trigger_inversion,final_layer:honest_z",
+    "differential_trigger_inversion,final_layer",
     "fisher=differential_trigger_inversion,final_layer:honest_z,max_margin:honest_z,"
     "differential_trigger_inversion:honest_z,prediction_change:worst_class",
     "fisher=differential_trigger_inversion,final_layer:honest_z,max_margin:honest_z",
-    "differential_trigger_inversion,final_layer:honest_z",
-    "differential_trigger_inversion,final_layer",
     "differential_trigger_inversion,prediction_flow:largest",
     "trigger_inversion:honest_z,differential_trigger_inversion",
     "differential_trigger_inversion",
