@@ -131,6 +131,23 @@ def test_verdict_rows_score_fitting_replicates_out_of_sample():
     assert (v["guaranteed_fpr"] <= 0.05).all()
 
 
+def test_verdict_rows_combine_as_asked():
+    """The scores table's verdict rows with Fisher's sum: each model's p-value is the one
+    verdict_pvalue gives against the other fitting replicates, and a model a little unusual on
+    both statistics is flagged where the smallest p-value does not flag it."""
+    rng = np.random.default_rng(5)
+    values = {f"honest_paper_r{i}": ("fit", *rng.normal(size=2)) for i in range(39)}
+    fit = np.array([values[f"honest_paper_r{i}"][1:] for i in range(39)])
+    both = fit.mean(axis=0) + 2.0 * fit.std(axis=0, ddof=1)
+    values["pattern_f50_e2_r0"] = ("attack", *both)
+    table = _table(values)
+    fisher = verdict_scores(table, ["x", "y:s"], 0.05, "fisher").set_index("model")
+    smallest = verdict_scores(table, ["x", "y:s"], 0.05).set_index("model")
+    assert fisher.loc["honest_paper_r0", "pvalue"] == verdict_pvalue(fit[0], fit[1:], "fisher")
+    assert fisher.loc["pattern_f50_e2_r0", "calibrated_flagged"]
+    assert not smallest.loc["pattern_f50_e2_r0", "calibrated_flagged"]
+
+
 def _ml(sampled, verdict=("ae_class", "prediction_flow:largest"), fpr=0.05):
     from poisondetect.config import validate_config
 

@@ -148,6 +148,7 @@ def test_audit_reproduces_the_workflow_scores(tiny_run):
             assert d["threshold"] == pytest.approx(row["calibrated_threshold"].iloc[0])
         # one verdict, the workflow's: the same p-value and flag
         assert out["verdict_from"] == verdict
+        assert out["combine"] == ML_CONFIG["calibration"]["combine"]  # as the bundle records it
         assert out["verdict_pvalue"] == pytest.approx(detection.loc[model, "verdict_pvalue"])
         assert out["flagged"] == bool(detection.loc[model, "verdict_flagged"])
         assert out["guaranteed_fpr"] == pytest.approx(

@@ -67,8 +67,9 @@ def verdict_scores(
 ) -> pd.DataFrame:
     """The calibrated verdict of every model as rows of the scores table (detector ``verdict``):
     one statistic over the verdict's statistics (``metrics.verdict_pvalue``, which ``combine``
-    makes: the smallest per-statistic p-value, or Fisher's sum, calibrated as one), its p-value against the honest fitting replicates
-    (a fitting replicate against the others: out of sample), ``value`` = -log10(p-value),
+    makes: the smallest per-statistic p-value, or Fisher's sum, calibrated as one), its p-value
+    against the honest fitting replicates (a fitting replicate against the others: out of
+    sample), ``value`` = -log10(p-value),
     flagged when the p-value is at most ``metrics.verdict_cutoff`` of the replicates it was
     calibrated on, and the false-alarm rate those replicates guarantee (``guaranteed_fpr``)."""
     from poisondetect.metrics import guaranteed_fpr, verdict_cutoff, verdict_pvalue
