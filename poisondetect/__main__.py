@@ -156,12 +156,12 @@ def format_audit(r: dict) -> str:
             f"{d['pvalue']:>9.3f}  {'yes' if d['flagged'] else 'no'}"
         )
     fisher = r.get("combine") == "fisher"
-    by = f"; {'unusual' if fisher else 'most extreme'} on: {', '.join(r['flagged_by'])}"
+    on = "unusual" if fisher else "most extreme"
+    by = f"; {on} on: {', '.join(r['flagged_by'])}" if r["flagged_by"] else ""
     how = "Fisher's sum over" if fisher else "the smallest p-value of"
     lines.append(
         f"calibrated verdict: {r['verdict']} (one test, {how} the statistics marked *: p-value "
-        f"{r['verdict_pvalue']:.3f} among {r['n_honest']} honest models"
-        f"{by if r['flagged_by'] else ''})"
+        f"{r['verdict_pvalue']:.3f} among {r['n_honest']} honest models{by})"
     )
     rate = (
         f"false-alarm rate this calibration guarantees: {r['guaranteed_fpr'] * 100:.3g}% "
