@@ -28,14 +28,14 @@ attacks that trigger inversion misses.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from poisondetect.checks import check_int, check_number
 from poisondetect.detectors.base import keyword_init
 from poisondetect.detectors.model_level import (
+    KeptSearch,
     ModelDetector,
     ModelRecord,
     record_images,
@@ -96,22 +96,13 @@ def max_margins(net, shape: tuple[int, ...], *, steps: int, lr: float, restarts:
     return reached.cpu().numpy().astype(np.float64)
 
 
-def _read_margins(entry) -> np.ndarray:
-    """Margins read back from the store; anything but a non-empty list of finite numbers raises
-    ValueError (the entry is then searched again)."""
-    m = np.asarray(entry, dtype=np.float64)
-    if m.ndim != 1 or not len(m) or not np.isfinite(m).all():
-        raise ValueError("not a list of finite margins")
-    return m
-
-
 def _profile(margins: np.ndarray) -> np.ndarray:
     """Each class's log margin minus the model's median log margin."""
     v = np.log(np.maximum(margins, MARGIN_FLOOR))
     return v - np.median(v)
 
 
-class MaxMargin(ModelDetector):
+class MaxMargin(KeptSearch, ModelDetector):
     """MM-BD's maximum margin per class (see the module's docstring): ``score`` the largest
     class's log margin over the median class's, ``honest_z`` each class against the same class
     in the honest fitting replicates."""
@@ -119,6 +110,7 @@ class MaxMargin(ModelDetector):
     needs = ("network", "images")
     costly = True  # about a second per model: the stage keeps each model's statistics
     config_name = "max_margin"
+    search_folder = "margins"
     __init__ = keyword_init(**PARAMS)
 
     def fit(self, genuine: ModelRecord, honest: Sequence[ModelRecord] = ()) -> MaxMargin:
@@ -132,8 +124,8 @@ class MaxMargin(ModelDetector):
         pick_device(self.device)  # a bad device fails here, before any model is scored
         self._fit_common(genuine)
         self.input_shape_ = [int(n) for n in record_images(genuine).shape[1:]]
-        self._seen = {}  # margins of this fit (``_margins``)
-        self._fit_honest_profiles(honest, lambda h: _profile(self._margins(h)))
+        self._seen = {}  # margins of this fit (``KeptSearch._searched``)
+        self._fit_honest_profiles(honest, lambda h: _profile(self._searched(h)))
         return self
 
     def margins(self, rec: ModelRecord) -> np.ndarray:
@@ -147,41 +139,14 @@ class MaxMargin(ModelDetector):
                            restarts=self.restarts, seed=self.seed,
                            device=pick_device(self.device))  # fmt: skip
 
-    def keep_searches(self, cache: str, digest: Callable[[ModelRecord], str]) -> None:
-        """Keep each model's margins in ``cache``/margins (one JSON per model), keyed by the
-        search's parameters, the input shape and ``digest(rec)`` (what the model is), and read
-        them back instead of searching again: a scoring stage sets this, so that a rerun after
-        the attacks changed searches no honest model again. Not a parameter and not fitted
-        state: ``clone`` drops it."""
-        self._store = (os.path.join(cache, "margins"), digest)
+    def _search_key(self) -> dict:
+        return {**super()._search_key(), "shape": self.input_shape_}
 
-    def _margins(self, rec: ModelRecord) -> np.ndarray:
-        """``margins(rec)`` once per record object and fit (an honest replicate searched at
-        ``fit`` is not searched again when scored), through the store of ``keep_searches``
-        where there is one."""
-        seen = self.__dict__.setdefault("_seen", {})
-        if id(rec) in seen and seen[id(rec)][0] is rec:
-            return seen[id(rec)][1]
-        store = getattr(self, "_store", None)
-        if store is None:
-            margins = self.margins(rec)
-        else:
-            from poisondetect.io import kept_json
-
-            folder, digest = store
-            params = {k: v for k, v in self.get_params().items() if k != "device"}
-            margins, _ = kept_json(
-                os.path.join(folder, f"{rec.name}.json"),
-                {"search": params, "shape": self.input_shape_, "model": digest(rec)},
-                lambda: self.margins(rec),
-                lambda m: [float(v) for v in m],
-                _read_margins,
-            )
-        seen[id(rec)] = (rec, margins)
-        return margins
+    def _search(self, rec: ModelRecord) -> np.ndarray:
+        return self.margins(rec)  # what KeptSearch keeps, in cache/margins
 
     def _one(self, rec: ModelRecord) -> dict[str, float]:
-        profile = _profile(self._margins(rec))
+        profile = _profile(self._searched(rec))
         return {
             "score": float(profile.max()),
             "honest_z": float(self._honest_deviation(rec, profile, SPREAD_FLOOR).max()),

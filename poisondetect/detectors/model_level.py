@@ -30,6 +30,7 @@ Detectors (config names in the registry):
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -244,6 +245,63 @@ class ModelDetector(Detector):
 
     def _one(self, rec: ModelRecord) -> dict[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class KeptSearch:
+    """A per-model search of a costly detector (a second or more per model: max_margin's
+    margins, neuron_stimulation's elevations), done once per record object and fit (an honest
+    replicate searched at ``fit`` is not searched again when scored) and, once a scoring stage
+    has called ``keep_searches``, kept on disk (one JSON per model, keyed by the search's
+    parameters, ``_search_key()`` and the model's digest), so that a rerun after the attacks
+    changed searches no honest model again. The class names its folder (``search_folder``) and
+    defines ``_search(rec)``, which returns a 1-D array of finite numbers."""
+
+    search_folder = "searches"
+
+    def keep_searches(self, cache: str, digest: Callable[[ModelRecord], str]) -> None:
+        """Keep each model's search in ``cache``/``search_folder`` and read it back instead of
+        searching again. Not a parameter and not fitted state: ``clone`` drops it."""
+        self._store = (os.path.join(cache, self.search_folder), digest)
+
+    def _search_key(self) -> dict:
+        """What a kept search depends on besides the model (default: the parameters but the
+        device)."""
+        return {"search": {k: v for k, v in self.get_params().items() if k != "device"}}
+
+    def _search(self, rec: ModelRecord) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _searched(self, rec: ModelRecord) -> np.ndarray:
+        """``_search(rec)`` once per record object and fit, through the store of
+        ``keep_searches`` where there is one."""
+        seen = self.__dict__.setdefault("_seen", {})
+        if id(rec) in seen and seen[id(rec)][0] is rec:
+            return seen[id(rec)][1]
+        store = getattr(self, "_store", None)
+        if store is None:
+            values = self._search(rec)
+        else:
+            from poisondetect.io import kept_json
+
+            folder, digest = store
+            values, _ = kept_json(
+                os.path.join(folder, f"{rec.name}.json"),
+                {**self._search_key(), "model": digest(rec)},
+                lambda: self._search(rec),
+                lambda v: [float(x) for x in v],
+                _read_search,
+            )
+        seen[id(rec)] = (rec, values)
+        return values
+
+
+def _read_search(entry) -> np.ndarray:
+    """A search read back from the store; anything but a non-empty list of finite numbers raises
+    ValueError (the model is then searched again)."""
+    v = np.asarray(entry, dtype=np.float64)
+    if v.ndim != 1 or not len(v) or not np.isfinite(v).all():
+        raise ValueError("not a list of finite numbers")
+    return v
 
 
 class AEMean(ModelDetector):

@@ -121,6 +121,11 @@ _REGISTRY: dict[str, dict[str, tuple[str | type, str, tuple[str, ...]]]] = {
             "max_margin",
             ("score", "honest_z"),
         ),
+        "neuron_stimulation": (
+            "poisondetect.detectors.neuron_stimulation:NeuronStimulation",
+            "neuron_stimulation",
+            ("score", "honest_z"),
+        ),
     },
 }
 
