@@ -448,7 +448,8 @@ def verdict_report(det: pd.DataFrame, min_success: float, log: Report) -> None:
 # calibration.combine, a fisher= prefix) could be. Each is calibrated as the workflow calibrates
 # it (calibration.verdict_scores); the first is the default of this release, the second the
 # default before it, the third the one before that; then Fisher's sum over five statistics (more
-# detections, one more held-out false alarm on seed 5: docs/benchmarks.md) and over the default's.
+# detections, one more held-out false alarm on seed 5: docs/benchmarks.md) and over the default's;
+# then both with neuron stimulation added, and neuron stimulation alone.
 VERDICT_CANDIDATES = [
     "differential_trigger_inversion,final_layer:honest_z,max_margin:honest_z",
     "differential_trigger_inversion,final_layer:honest_z",
@@ -456,6 +457,12 @@ VERDICT_CANDIDATES = [
     "fisher=differential_trigger_inversion,final_layer:honest_z,max_margin:honest_z,"
     "differential_trigger_inversion:honest_z,prediction_change:worst_class",
     "fisher=differential_trigger_inversion,final_layer:honest_z,max_margin:honest_z",
+    "differential_trigger_inversion,final_layer:honest_z,max_margin:honest_z,"
+    "neuron_stimulation:honest_z",
+    "fisher=differential_trigger_inversion,final_layer:honest_z,max_margin:honest_z,"
+    "differential_trigger_inversion:honest_z,prediction_change:worst_class,"
+    "neuron_stimulation:honest_z",
+    "neuron_stimulation:honest_z",
     "differential_trigger_inversion,prediction_flow:largest",
     "trigger_inversion:honest_z,differential_trigger_inversion",
     "differential_trigger_inversion",
@@ -545,6 +552,7 @@ def family_report(roc: pd.DataFrame, log: Report) -> None:
         "differential_trigger_inversion:honest_z",
         "final_layer:honest_z",
         "max_margin:honest_z",
+        "neuron_stimulation:honest_z",
     }
     r = r[~r["detector"].str.contains(":") | r["detector"].isin(keep)]
     if r.empty:
