@@ -145,9 +145,8 @@ def elevations(net, x, y, *, layer: str, multipliers: Sequence[float], device) -
                 return model(xs[:1])
 
             # the layer must be a cut: nothing below it may reach above it (a skip connection)
-            if tuple(upper(h).shape) != tuple(logits.shape) or not torch.allclose(
-                upper(h), logits, rtol=1e-4, atol=1e-4
-            ):
+            again = upper(h)
+            if again.shape != logits.shape or not torch.allclose(again, logits, 1e-4, 1e-4):
                 raise PoisonDetectError(
                     f"neuron_stimulation: module {layer!r} is not a cut of the network (a skip "
                     "connection bypasses it); name a whole stage, or leave layer at auto"
