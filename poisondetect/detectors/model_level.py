@@ -39,6 +39,7 @@ import numpy as np
 
 from poisondetect.detectors.base import Detector
 from poisondetect.errors import PoisonDetectError
+from poisondetect.seeds import stratified_subset
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,16 @@ def record_images(rec: ModelRecord) -> np.ndarray:
             "see them); pass the prepared data set's images"
         )
     return x
+
+
+def record_image_subset(
+    rec: ModelRecord, n_images: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded stratified choice of ``n_images`` of a record's trigger images (all if fewer),
+    float32, and their labels: the same rows for every record of a cell."""
+    x = record_images(rec)
+    idx = stratified_subset(rec.labels, int(n_images), seed)
+    return x[idx].astype(np.float32), np.asarray(rec.labels)[idx]
 
 
 def record_network(rec: ModelRecord):

@@ -43,11 +43,10 @@ from poisondetect.detectors.model_level import (
     KeptSearch,
     ModelDetector,
     ModelRecord,
-    record_images,
+    record_image_subset,
     record_network,
 )
 from poisondetect.errors import PoisonDetectError
-from poisondetect.seeds import stratified_subset
 
 SPREAD_FLOOR = 0.05  # honest_z: the honest spread of a class's value is at least this
 PROB_CLIP = 1e-4  # elevations are clipped to [PROB_CLIP, 1 - PROB_CLIP] before the logit
@@ -211,19 +210,13 @@ class NeuronStimulation(KeptSearch, ModelDetector):
         if self.layer == "auto":
             import torch
 
-            x, _ = self._images(genuine)
+            x, _ = record_image_subset(genuine, self.n_images, self.seed)
             self.layer_ = find_layer(record_network(genuine), torch.from_numpy(x))
         else:
             self.layer_ = self.layer
         self.reference_ = _logit(self._searched(genuine))
         self._fit_honest_profiles(honest, self._profile)
         return self
-
-    def _images(self, rec: ModelRecord) -> tuple[np.ndarray, np.ndarray]:
-        """The seeded choice of ``n_images`` trigger images (the same for every model)."""
-        x = record_images(rec)
-        idx = stratified_subset(rec.labels, int(self.n_images), self.seed)
-        return x[idx].astype(np.float32), np.asarray(rec.labels)[idx]
 
     def elevations(self, rec: ModelRecord) -> np.ndarray:
         """One model's elevation per class."""
@@ -232,7 +225,7 @@ class NeuronStimulation(KeptSearch, ModelDetector):
         if not hasattr(self, "layer_"):
             raise PoisonDetectError(f"{type(self).__name__} is not fitted: call fit() first")
         self._check([rec])
-        x, y = self._images(rec)
+        x, y = record_image_subset(rec, self.n_images, self.seed)
         return elevations(record_network(rec), x, y, layer=self.layer_,
                           multipliers=self.multipliers, device=pick_device(self.device))  # fmt: skip
 

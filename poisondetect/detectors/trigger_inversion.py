@@ -87,11 +87,10 @@ from poisondetect.detectors.inversion import Inversion, invert_triggers
 from poisondetect.detectors.model_level import (
     ModelDetector,
     ModelRecord,
-    record_images,
+    record_image_subset,
     record_network,
 )
 from poisondetect.errors import PoisonDetectError
-from poisondetect.seeds import stratified_subset
 
 MAD_SCALE = 1.4826  # MAD -> standard deviation of a normal distribution (as Neural Cleanse)
 MAD_FLOOR = 0.01  # the MAD is at least this share of the median norm
@@ -195,12 +194,6 @@ class TriggerInversion(ModelDetector):
         target lies below the honest replicates' mean for it."""
         return float(np.max(-self._honest_deviation(rec, profile, SPREAD_FLOOR)))
 
-    def _images(self, rec: ModelRecord) -> tuple[np.ndarray, np.ndarray]:
-        """The seeded choice of ``n_images`` trigger images (the same for every model)."""
-        x = record_images(rec)
-        idx = stratified_subset(rec.labels, int(self.n_images), self.seed)
-        return x[idx].astype(np.float32), np.asarray(rec.labels)[idx]
-
     def _reference(self, rec: ModelRecord):
         return None
 
@@ -209,7 +202,7 @@ class TriggerInversion(ModelDetector):
         from poisondetect.runtime import pick_device
 
         self._check([rec])
-        x, y = self._images(rec)
+        x, y = record_image_subset(rec, self.n_images, self.seed)
         return invert_triggers(
             record_network(rec),
             x,
